@@ -1,0 +1,180 @@
+"""The ``medagent`` command line: a thin face over the library."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medagent import __version__
+from medagent.errors import MedagentError
+
+app = typer.Typer(help="medagent: a planner model reasoning over medical images with expert models.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+experts_app = typer.Typer(help="Inspect the expert models.", no_args_is_help=True)
+app.add_typer(experts_app, name="experts")
+
+console = Console()
+errors = Console(stderr=True)
+
+EXAMPLES = {"ct": "pydicom CT example", "mr": "pydicom MR example", "nifti": "nibabel anatomical.nii"}
+
+
+def _example_path(name: str) -> Path:
+    if name in ("ct", "mr"):
+        import pydicom.examples
+
+        return Path(pydicom.examples.get_path(name))
+    if name == "nifti":
+        import importlib.resources
+
+        return Path(str(importlib.resources.files("nibabel") / "tests" / "data" / "anatomical.nii"))
+    raise typer.BadParameter(f"unknown example {name!r}; choose from {', '.join(EXAMPLES)}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"medagent {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """medagent command line."""
+
+
+@experts_app.command("list")
+def experts_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Each expert: what it does, its weights (present or missing, and where), its device."""
+    from medagent.config import Settings
+    from medagent.experts.suite import ExpertSuite
+
+    suite = ExpertSuite.from_settings(Settings())
+    rows = []
+    for expert in suite.all():
+        status = expert.weights_status()
+        rows.append({"name": expert.name, "summary": expert.card.summary, "device": expert.device,
+                     "modalities": [m.value for m in expert.card.modalities] if expert.card.modalities else "any",
+                     "weights": status.model_dump(exclude_none=True)})
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title="medagent experts")
+    for column in ("expert", "accepts", "weights", "device", "what it does"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        weights = row["weights"]
+        if weights.get("weightless"):
+            where = "none needed"
+        elif weights["present"]:
+            where = f"[green]present[/] {weights['path']}"
+        else:
+            where = f"[red]missing[/]: put {weights['expected_path']}"
+        accepts = row["modalities"] if isinstance(row["modalities"], str) else ", ".join(row["modalities"])
+        table.add_row(row["name"], accepts, where, row["device"], row["summary"])
+    console.print(table)
+
+
+async def _inspect_one(toolbox: Any, path: Path, modality: str | None, out: Path | None) -> dict[str, Any]:
+    artifact = toolbox.attach(path, modality=modality)
+    context = toolbox.context([artifact.id])
+    report: dict[str, Any] = {"image_id": artifact.id, "image": artifact.metadata["summary"], "results": {}}
+    record = artifact.metadata["record"]
+    if record.get("deid"):
+        report["deidentification"] = {"profile": record["deid"]["profile"],
+                                      "attributes_changed": len(record["deid"]["actions"]),
+                                      "private_tags_removed": record["deid"]["private_tags_removed"]}
+    names = ["assess_image_quality", "read_dicom_header", "locate_lungs", "classify_chest_xray"]
+    outcomes = await asyncio.gather(*(toolbox.call(n, {"image_id": artifact.id}, context) for n in names),
+                                    return_exceptions=True)
+    for name, outcome in zip(names, outcomes, strict=True):
+        if isinstance(outcome, MedagentError):
+            report["results"][name] = {"error": outcome.to_dict()}
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            report["results"][name] = outcome.model_dump(mode="json")
+    overlay_id = report["results"]["locate_lungs"].get("overlay_id")
+    if overlay_id and out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        target = out / f"{artifact.id}-lungs.png"
+        shutil.copyfile(toolbox.store.get(overlay_id).path, target)
+        report["results"]["locate_lungs"]["overlay_file"] = str(target)
+    return report
+
+
+def _print_report(source: str, report: dict[str, Any]) -> None:
+    image = report["image"]
+    console.rule(f"[bold]{source}[/] -> {report['image_id']}")
+    console.print(f"{image['modality']} {image['format']} {'x'.join(map(str, image['shape']))}"
+                  f"  spacing {image['spacing_mm'] or 'unknown'} mm  orientation {image['orientation'] or 'unknown'}")
+    if "deidentification" in report:
+        deid = report["deidentification"]
+        console.print(f"de-identified: {deid['attributes_changed']} attributes changed, "
+                      f"{deid['private_tags_removed']} private tags removed")
+    for name, result in report["results"].items():
+        if "error" in result:
+            error = result["error"]
+            colour = "yellow" if error["family"] == "tool_failure" else "red"
+            console.print(f"[{colour}]{name}: {error['code']}[/] - {error['message']}")
+        elif name == "assess_image_quality":
+            flags = ", ".join(f["message"] for f in result["flags"]) or "no problems found"
+            console.print(f"[green]{name}[/]: {'usable' if result['usable'] else 'NOT usable'} - {flags}")
+        elif name == "read_dicom_header":
+            meta = {k: v for k, v in result["metadata"].items() if v not in (None, "") and not k.endswith("uid")}
+            console.print(f"[green]{name}[/]: {meta}")
+        elif name == "locate_lungs":
+            boxes = "; ".join(f"{l['side']} lung {l['box']['x0']},{l['box']['y0']}-{l['box']['x1']},{l['box']['y1']}"
+                              f" ({l['method']})" for l in result["lungs"])
+            console.print(f"[green]{name}[/]: {boxes}" + (f"  overlay: {result['overlay_file']}"
+                                                         if result.get("overlay_file") else ""))
+        elif name == "classify_chest_xray":
+            top = ", ".join(f"{f['label']} {f['probability']:.2f}" for f in result["findings"][:5])
+            marker = " [red](UNTRAINED test weights)[/]" if result["provenance"]["untrained"] else ""
+            console.print(f"[green]{name}[/]{marker}: {top}")
+
+
+@app.command()
+def inspect(
+    images: Annotated[list[Path] | None, typer.Argument(help="PNG, JPEG, DICOM or NIfTI files.")] = None,
+    example: Annotated[list[str] | None, typer.Option("--example", help=f"Bundled example: {', '.join(EXAMPLES)}.")] = None,
+    modality: Annotated[str | None, typer.Option(help="Declare the modality of PNG/JPEG/NIfTI inputs (e.g. DX, CT).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder to write overlay PNGs into.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Load, de-identify and assess images: quality, header, lung boxes, classifier where weights exist."""
+    from medagent.tools.builtin import Toolbox
+
+    sources = [(str(path), path) for path in images or []]
+    sources += [(f"example:{name}", _example_path(name)) for name in example or []]
+    if not sources:
+        raise typer.BadParameter("give at least one image or --example")
+    toolbox = Toolbox()
+    reports: dict[str, Any] = {}
+    failed = 0
+    try:
+        for label, path in sources:
+            try:
+                reports[label] = asyncio.run(_inspect_one(toolbox, path, modality, out))
+            except MedagentError as exc:
+                failed += 1
+                reports[label] = {"error": exc.to_dict()}
+                errors.print(f"[red]error[/] {label}: {exc.code}: {exc.message}")
+                continue
+            if not as_json:
+                _print_report(label, reports[label])
+    finally:
+        toolbox.close()
+    if as_json:
+        sys.stdout.write(json.dumps(reports, indent=2) + "\n")
+    if failed:
+        raise typer.Exit(code=2)

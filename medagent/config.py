@@ -1,0 +1,47 @@
+"""Settings shared by every room: one object, from environment variables or code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from platformdirs import user_data_dir
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from medagent.imaging.limits import ImageLimits
+
+
+def _default_home() -> Path:
+    return Path(user_data_dir("medagent", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """``MEDAGENT_*`` environment variables override the defaults (e.g. ``MEDAGENT_WEIGHTS_DIR``)."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDAGENT_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="artifacts, secrets and databases live here")
+    weights_dir: Path | None = Field(default=None, description="folder searched for model weight files")
+    xrv_cache_dir: Path = Field(
+        default=Path("~/.torchxrayvision/models_data").expanduser(),
+        description="TorchXRayVision's own weight cache (file names as in its release URLs)",
+    )
+    workspace: Path | None = Field(default=None, description="when set, input files must resolve inside it")
+    device: str | None = Field(default=None, description="force 'cpu' or 'cuda'; default picks cuda when present")
+    model_cache_mb: int = Field(default=4096, gt=0)
+    max_batch_size: int = Field(default=16, ge=1)
+    max_batch_wait_ms: float = Field(default=5.0, ge=0)
+    allow_untrained_test_only: bool = Field(
+        default=False,
+        description="TEST ONLY: build experts with random weights when real ones are missing; outputs say untrained",
+    )
+    limits: ImageLimits = Field(default_factory=ImageLimits)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    def weight_dirs(self) -> list[Path]:
+        """Where weight files are looked for, in order."""
+        dirs = [self.weights_dir] if self.weights_dir else []
+        return [*dirs, self.home / "weights"]

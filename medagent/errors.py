@@ -1,0 +1,170 @@
+"""One error taxonomy for every room of medagent.
+
+Four families, each with a stable ``code`` that callers (planner loop, CLI, HTTP
+service, study runner) can switch on without parsing messages:
+
+* :class:`ModelRetry` - the planner sent something invalid; tell it what to fix
+  and let it try again.
+* :class:`ToolFailure` - the tool ran (or refused to) for a reason the planner can
+  adapt to: a failed modality precondition, an unusable input image.
+* :class:`ConfigurationError` - a developer or configuration mistake; retrying
+  will not help, a human must change something.
+* :class:`InfrastructureError` - the machinery failed: weights missing, out of
+  memory, timeout, a dead server.
+
+Messages never carry patient data: they name artifact ids, tag keywords and
+limits, never file contents, DICOM values or user paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+ErrorFamily = Literal["retry", "tool_failure", "configuration", "infrastructure"]
+
+
+class MedagentError(Exception):
+    """Base of every error medagent raises on purpose."""
+
+    family: ClassVar[ErrorFamily]
+    code: ClassVar[str] = "medagent_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe view for tool results, logs and CLI ``--json`` output."""
+        return {"family": self.family, "code": self.code, "message": self.message, **self.details}
+
+
+# -- family 1: ask the model to retry ------------------------------------------------
+
+
+class ModelRetry(MedagentError):
+    """The planner's call was invalid; the message says how to correct it."""
+
+    family = "retry"
+    code = "retry"
+
+
+class InvalidToolArguments(ModelRetry):
+    code = "invalid_arguments"
+
+
+class UnknownTool(ModelRetry):
+    code = "unknown_tool"
+
+
+# -- family 2: a failure the model can adapt to ------------------------------------
+
+
+class ToolFailure(MedagentError):
+    family = "tool_failure"
+    code = "tool_failure"
+
+
+class PreconditionFailed(ToolFailure):
+    """The input does not suit this expert (wrong modality, dimensionality, body part)."""
+
+    code = "precondition_failed"
+
+
+class UnknownArtifact(ToolFailure):
+    code = "unknown_artifact"
+
+
+class ApprovalRejected(ToolFailure):
+    code = "approval_rejected"
+
+
+class ImageInputError(ToolFailure):
+    """An input image was refused before or while decoding. Raised fast, without large allocations."""
+
+    code = "image_input"
+
+
+class UnsupportedFormat(ImageInputError):
+    code = "unsupported_format"
+
+
+class FileTooLarge(ImageInputError):
+    code = "file_too_large"
+
+
+class ImageTooLarge(ImageInputError):
+    """Pixel count beyond the cap (decompression bombs, huge NIfTI dimensions)."""
+
+    code = "image_too_large"
+
+
+class TruncatedFile(ImageInputError):
+    code = "truncated_file"
+
+
+class CorruptFile(ImageInputError):
+    code = "corrupt_file"
+
+
+class PathOutsideWorkspace(ImageInputError):
+    code = "path_outside_workspace"
+
+
+class InputNotFound(ImageInputError):
+    code = "input_not_found"
+
+
+# -- family 3: a developer or configuration mistake ---------------------------------
+
+
+class ConfigurationError(MedagentError):
+    family = "configuration"
+    code = "configuration"
+
+
+class ApprovalRequired(ConfigurationError):
+    """A tool that needs human approval was called without it (the graph must interrupt first)."""
+
+    code = "approval_required"
+
+
+class DuplicateTool(ConfigurationError):
+    code = "duplicate_tool"
+
+
+class MissingDependency(ConfigurationError):
+    code = "missing_dependency"
+
+
+# -- family 4: infrastructure --------------------------------------------------------
+
+
+class InfrastructureError(MedagentError):
+    family = "infrastructure"
+    code = "infrastructure"
+
+
+class WeightsUnavailable(InfrastructureError):
+    """Model weights are not on disk. The message names the file, the folder and the source URL."""
+
+    code = "weights_unavailable"
+
+
+class ChecksumMismatch(InfrastructureError):
+    code = "checksum_mismatch"
+
+
+class ExpertOutOfMemory(InfrastructureError):
+    code = "out_of_memory"
+
+
+class ToolTimeout(InfrastructureError):
+    code = "timeout"
+
+
+class ExpertCrashed(InfrastructureError):
+    code = "expert_crashed"
+
+
+__all__ = [name for name, value in globals().items() if isinstance(value, type) and issubclass(value, Exception)]

@@ -1,0 +1,58 @@
+"""NIfTI-1/2 loading through nibabel, with the header checked before any voxel is read."""
+
+from __future__ import annotations
+
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from medagent.errors import CorruptFile, TruncatedFile
+from medagent.imaging.limits import ImageLimits, check_pixel_count
+from medagent.imaging.record import ImageRecord, Modality, SafeMetadata
+
+
+def load_nifti(path: Path, file_size: int, sha256: str, limits: ImageLimits, modality: Modality) -> ImageRecord:
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # header oddities are checked below, not printed
+            image = nib.load(str(path))
+    except (ImageFileError, ValueError, OSError, EOFError, zlib.error) as exc:
+        raise CorruptFile("NIfTI header could not be parsed") from exc
+    header = image.header
+    shape = tuple(int(extent) for extent in header.get_data_shape())
+    check_pixel_count(shape, limits)
+
+    if not path.name.endswith(".gz"):
+        needed = int(header.get_data_offset()) + int(np.prod(shape)) * header.get_data_dtype().itemsize
+        if needed > file_size:
+            raise TruncatedFile(f"NIfTI header declares {needed} bytes of voxels and header; the file has {file_size}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            voxels = np.asarray(image.get_fdata(dtype=np.float32), dtype=np.float32)
+    except (EOFError, OSError, zlib.error, ValueError) as exc:
+        raise TruncatedFile("NIfTI voxel data ends early or is corrupt") from exc
+
+    zooms = tuple(float(z) for z in header.get_zooms()[: min(3, len(shape))])
+    affine = image.affine
+    try:
+        orientation = "".join(nib.aff2axcodes(affine)) if affine is not None else None
+    except ValueError:
+        orientation = None
+    metadata = SafeMetadata(modality=modality, rows=shape[0], columns=shape[1] if len(shape) > 1 else None)
+    return ImageRecord(
+        pixels=voxels,
+        modality=modality,
+        source_format="nifti",
+        source_sha256=sha256,
+        spacing_mm=zooms if all(z > 0 for z in zooms) else None,
+        orientation=orientation,
+        affine=affine.tolist() if affine is not None else None,
+        metadata=metadata,
+        modality_declared_by_user=modality is not Modality.UNKNOWN,
+    )

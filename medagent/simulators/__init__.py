@@ -1,0 +1,1 @@
+"""Simulated patients, the measurement agent and the dialogue assessor."""

@@ -1,0 +1,163 @@
+"""Content-addressed artifact store: inputs, masks, overlays and reports, with ids and provenance.
+
+Layout under ``root``::
+
+    objects/<sha256[:2]>/<sha256><suffix>   the bytes, written once, never changed
+    index/<artifact id>.json                 the Artifact record
+
+Writers put bytes into a private temporary file in the target folder and
+``os.replace`` it into place, so concurrent writers of the same content race
+harmlessly and readers never see a partial file. Input images are stored as
+de-identified pixel arrays (``.npy``) plus their record: no PHI reaches the store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import os
+import tempfile
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from medagent.errors import UnknownArtifact
+from medagent.imaging.record import DeidReport, ImageRecord, Modality, SafeMetadata
+
+
+class ArtifactKind(StrEnum):
+    IMAGE = "image"
+    MASK = "mask"
+    OVERLAY = "overlay"
+    HEATMAP = "heatmap"
+    REPORT = "report"
+
+
+_ID_PREFIX = {
+    ArtifactKind.IMAGE: "img",
+    ArtifactKind.MASK: "mask",
+    ArtifactKind.OVERLAY: "ovl",
+    ArtifactKind.HEATMAP: "heat",
+    ArtifactKind.REPORT: "rep",
+}
+
+
+class Artifact(BaseModel):
+    id: str
+    kind: ArtifactKind
+    media_type: str
+    sha256: str
+    size_bytes: int
+    path: Path
+    created_at: dt.datetime
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+    def reference(self) -> dict[str, str]:
+        """What a planner may see: never the path."""
+        return {"id": self.id, "kind": self.kind.value, "media_type": self.media_type}
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class ArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        (self.root / "objects").mkdir(parents=True, exist_ok=True)
+        (self.root / "index").mkdir(parents=True, exist_ok=True)
+
+    def _index_path(self, artifact_id: str) -> Path:
+        if not artifact_id or "/" in artifact_id or "\\" in artifact_id or artifact_id.startswith("."):
+            raise UnknownArtifact(f"{artifact_id!r} is not a valid artifact id")
+        return self.root / "index" / f"{artifact_id}.json"
+
+    def put_bytes(
+        self,
+        data: bytes,
+        kind: ArtifactKind,
+        media_type: str,
+        suffix: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> Artifact:
+        sha256 = hashlib.sha256(data).hexdigest()
+        object_path = self.root / "objects" / sha256[:2] / f"{sha256}{suffix}"
+        if not object_path.exists():
+            _atomic_write(object_path, data)
+        artifact = Artifact(
+            id=f"{_ID_PREFIX[kind]}-{sha256[:12]}",
+            kind=kind,
+            media_type=media_type,
+            sha256=sha256,
+            size_bytes=len(data),
+            path=object_path,
+            created_at=dt.datetime.now(dt.UTC),
+            metadata=metadata or {},
+            provenance=provenance or {},
+        )
+        _atomic_write(self._index_path(artifact.id), artifact.model_dump_json(indent=1).encode())
+        return artifact
+
+    def put_image(self, record: ImageRecord) -> Artifact:
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(record.pixels), allow_pickle=False)
+        description = record.model_dump(mode="json", exclude={"pixels"})
+        return self.put_bytes(
+            buffer.getvalue(),
+            ArtifactKind.IMAGE,
+            "application/x-npy",
+            ".npy",
+            metadata={"record": description, "summary": record.summary()},
+            provenance={"source_sha256": record.source_sha256, "deidentified": record.deid is not None},
+        )
+
+    def put_png(self, png: bytes, kind: ArtifactKind, *, metadata: dict[str, Any] | None = None,
+                provenance: dict[str, Any] | None = None) -> Artifact:
+        return self.put_bytes(png, kind, "image/png", ".png", metadata=metadata, provenance=provenance)
+
+    def get(self, artifact_id: str) -> Artifact:
+        index_path = self._index_path(artifact_id)
+        try:
+            return Artifact.model_validate_json(index_path.read_bytes())
+        except FileNotFoundError:
+            raise UnknownArtifact(f"no artifact with id {artifact_id!r}") from None
+
+    def read_bytes(self, artifact_id: str) -> bytes:
+        return self.get(artifact_id).path.read_bytes()
+
+    def load_image(self, artifact_id: str) -> ImageRecord:
+        artifact = self.get(artifact_id)
+        if artifact.kind is not ArtifactKind.IMAGE:
+            raise UnknownArtifact(f"artifact {artifact_id!r} is a {artifact.kind.value}, not an image")
+        pixels = np.load(artifact.path, allow_pickle=False)
+        fields = dict(artifact.metadata["record"])
+        fields["metadata"] = SafeMetadata.model_validate(fields["metadata"])
+        fields["deid"] = DeidReport.model_validate(fields["deid"]) if fields.get("deid") else None
+        fields["modality"] = Modality(fields["modality"])
+        for key in ("spacing_mm", "window"):
+            if fields.get(key) is not None:
+                fields[key] = tuple(fields[key])
+        return ImageRecord(pixels=pixels, **fields)
+
+    def list(self, kind: ArtifactKind | None = None) -> list[Artifact]:
+        found = []
+        for path in sorted((self.root / "index").glob("*.json")):
+            artifact = Artifact.model_validate_json(path.read_bytes())
+            if kind is None or artifact.kind is kind:
+                found.append(artifact)
+        return found

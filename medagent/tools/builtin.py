@@ -1,0 +1,96 @@
+"""The built-in expert tools, and the Toolbox that ties settings, store, loader and registry together."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from medagent.config import Settings
+from medagent.experts.cxr_classifier import Classification
+from medagent.experts.dicom_header import DicomHeader
+from medagent.experts.lungs import LungLocalization
+from medagent.experts.quality import QualityReport
+from medagent.experts.runtime import Expert
+from medagent.experts.suite import ExpertSuite
+from medagent.imaging import Deidentifier, ImageLoader, Modality, load_or_create_secret
+from medagent.imaging.overlay import boxes_overlay_png
+from medagent.tools.artifacts import Artifact, ArtifactKind, ArtifactStore
+from medagent.tools.registry import ToolRegistry
+from medagent.tools.spec import ImageId, Tool, ToolContext, ToolPolicy
+
+
+class ImageInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image_id: ImageId
+
+
+def _image_tool(name: str, expert: Expert[Any, Any], output: type[BaseModel], policy: ToolPolicy) -> Tool[ImageInput, Any]:
+    async def run(arguments: ImageInput, context: ToolContext) -> Any:
+        image = context.load_image(arguments.image_id)
+        expert.card.check_image(image, expert.name)  # a precondition failure before any weights are needed
+        return await expert(image)
+
+    return Tool(name=name, card=expert.card, input_model=ImageInput, output_model=output, run=run, policy=policy)
+
+
+def _lung_tool(expert: Expert[Any, Any]) -> Tool[ImageInput, LungLocalization]:
+    async def run(arguments: ImageInput, context: ToolContext) -> LungLocalization:
+        image = context.load_image(arguments.image_id)
+        result: LungLocalization = await expert(image)
+        boxes = [(f"{lung.side} lung ({lung.method})", (lung.box.x0, lung.box.y0, lung.box.x1, lung.box.y1))
+                 for lung in result.lungs]
+        overlay = context.artifacts.put_png(
+            boxes_overlay_png(image.as_2d(), boxes),
+            ArtifactKind.OVERLAY,
+            metadata={"source": arguments.image_id, "shows": "lung boxes"},
+            provenance=result.provenance.model_dump(),
+        )
+        return result.model_copy(update={"overlay_id": overlay.id})
+
+    return Tool(name="locate_lungs", card=expert.card, input_model=ImageInput, output_model=LungLocalization,
+                run=run, policy=ToolPolicy(timeout_s=30, max_concurrency=2))
+
+
+def build_registry(experts: ExpertSuite) -> ToolRegistry:
+    return ToolRegistry(
+        [
+            _image_tool("assess_image_quality", experts.quality, QualityReport, ToolPolicy(timeout_s=30)),
+            _image_tool("read_dicom_header", experts.dicom_header, DicomHeader, ToolPolicy(timeout_s=10)),
+            _image_tool("classify_chest_xray", experts.classifier, Classification,
+                        ToolPolicy(timeout_s=120, max_concurrency=32)),
+            _lung_tool(experts.lungs),
+        ]
+    )
+
+
+class Toolbox:
+    """Everything a session needs to attach images and call expert tools."""
+
+    def __init__(self, settings: Settings | None = None, experts: ExpertSuite | None = None) -> None:
+        self.settings = settings or Settings()
+        self.store = ArtifactStore(self.settings.artifacts_dir)
+        self.loader = ImageLoader(
+            Deidentifier(load_or_create_secret(self.settings.home)),
+            limits=self.settings.limits,
+            workspace=self.settings.workspace,
+        )
+        self.experts = experts or ExpertSuite.from_settings(self.settings)
+        self.registry = build_registry(self.experts)
+
+    def attach(self, path: str | os.PathLike[str] | Path, modality: Modality | str | None = None) -> Artifact:
+        """Load, de-identify and store an image; the returned artifact id is what tools accept."""
+        return self.store.put_image(self.loader.load(path, modality=modality))
+
+    def context(self, image_ids: list[str]) -> ToolContext:
+        return ToolContext(artifacts=self.store, image_ids=list(image_ids))
+
+    async def call(self, name: str, arguments: str | dict[str, Any], context: ToolContext, *,
+                   approved: bool = False) -> BaseModel:
+        return await self.registry.call(name, arguments, context, approved=approved)
+
+    def close(self) -> None:
+        self.experts.close()

@@ -1,0 +1,181 @@
+"""The tool registry: schemas for the planner, argument validation, policy-enforced calls."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+import weakref
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from medagent.errors import (
+    ApprovalRequired,
+    DuplicateTool,
+    InvalidToolArguments,
+    ToolTimeout,
+    UnknownTool,
+)
+from medagent.tools.spec import ARTIFACT_ID_MARKER, Tool, ToolContext
+
+_MAX_ERRORS_SHOWN = 3
+
+
+def _artifact_fields(model: type[BaseModel]) -> list[str]:
+    fields = []
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra
+        for meta in info.metadata:
+            extra = extra or getattr(meta, "json_schema_extra", None)
+        if isinstance(extra, dict) and ARTIFACT_ID_MARKER in extra:
+            fields.append(name)
+    return fields
+
+
+def _strict_schema(schema: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Close every object schema; report whether OpenAI strict mode can accept it (all fields required)."""
+    strict = True
+
+    def visit(node: Any) -> None:
+        nonlocal strict
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node:
+                node["additionalProperties"] = False
+                if set(node.get("required", [])) != set(node["properties"]):
+                    strict = False
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(schema)
+    return schema, strict
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """A short message a small model can act on."""
+    parts = []
+    for item in error.errors()[:_MAX_ERRORS_SHOWN]:
+        location = ".".join(str(part) for part in item["loc"]) or "arguments"
+        if item["type"] == "missing":
+            parts.append(f"`{location}` is required")
+        elif item["type"] == "extra_forbidden":
+            parts.append(f"`{location}` is not an argument of this tool")
+        else:
+            parts.append(f"`{location}`: {item['msg']}")
+    more = len(error.errors()) - _MAX_ERRORS_SHOWN
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+class ToolRegistry:
+    def __init__(self, tools: list[Tool[Any, Any]] | None = None) -> None:
+        self._tools: dict[str, Tool[Any, Any]] = {}
+        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
+            weakref.WeakKeyDictionary()
+        )
+        for tool in tools or []:
+            self.register(tool)
+
+    def register(self, tool: Tool[Any, Any]) -> None:
+        if tool.name in self._tools:
+            raise DuplicateTool(f"a tool named {tool.name!r} is already registered")
+        self._tools[tool.name] = tool
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tools
+
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
+    def tools(self) -> list[Tool[Any, Any]]:
+        return [self._tools[name] for name in self.names()]
+
+    def get(self, name: str) -> Tool[Any, Any]:
+        try:
+            return self._tools[name]
+        except KeyError:
+            raise UnknownTool(f"no tool named `{name}`; available: {', '.join(self.names())}") from None
+
+    def openai_tools(self, context: ToolContext | None = None) -> list[dict[str, Any]]:
+        """OpenAI-style ``tools`` entries, artifact-id fields restricted to the session's ids."""
+        entries = []
+        for tool in self.tools():
+            schema = copy.deepcopy(tool.input_model.model_json_schema())
+            schema.pop("title", None)
+            for name in _artifact_fields(tool.input_model):
+                prop = schema["properties"][name]
+                if context is not None:
+                    prop["enum"] = list(context.image_ids)
+                prop.pop(ARTIFACT_ID_MARKER, None)
+                prop.pop("title", None)
+                for bound in ("minLength", "maxLength"):
+                    prop.pop(bound, None)
+            schema, strict = _strict_schema(schema)
+            entries.append(
+                {
+                    "type": "function",
+                    "function": {
+                        "name": tool.name,
+                        "description": tool.description,
+                        "parameters": schema,
+                        "strict": strict,
+                    },
+                }
+            )
+        return entries
+
+    def validate(self, name: str, arguments: str | dict[str, Any], context: ToolContext) -> BaseModel:
+        """Parse planner-supplied arguments into the tool's input model or raise a retry signal."""
+        tool = self.get(name)
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments or "{}")
+            except json.JSONDecodeError as exc:
+                raise InvalidToolArguments(f"arguments are not valid JSON ({exc.msg} at position {exc.pos})") from None
+        if not isinstance(arguments, dict):
+            raise InvalidToolArguments("arguments must be a JSON object")
+        try:
+            parsed = tool.input_model.model_validate(arguments)
+        except ValidationError as exc:
+            raise InvalidToolArguments(describe_validation_error(exc), tool=name) from None
+        for field_name in _artifact_fields(tool.input_model):
+            value = getattr(parsed, field_name)
+            if value not in context.image_ids:
+                allowed = ", ".join(context.image_ids) or "(no image is attached)"
+                raise InvalidToolArguments(f"`{field_name}` must be one of: {allowed}", tool=name)
+        return parsed
+
+    def _semaphore(self, tool: Tool[Any, Any]) -> asyncio.Semaphore:
+        per_loop = self._semaphores.setdefault(asyncio.get_running_loop(), {})
+        if tool.name not in per_loop:
+            per_loop[tool.name] = asyncio.Semaphore(tool.policy.max_concurrency)
+        return per_loop[tool.name]
+
+    async def call(
+        self,
+        name: str,
+        arguments: str | dict[str, Any],
+        context: ToolContext,
+        *,
+        approved: bool = False,
+    ) -> BaseModel:
+        """Validate, check approval, then run under the tool's concurrency limit and timeout."""
+        tool = self.get(name)
+        parsed = self.validate(name, arguments, context)
+        if tool.policy.requires_approval and not approved:
+            raise ApprovalRequired(f"tool {name} requires human approval before it runs", tool=name)
+        async with self._semaphore(tool):
+            started = time.perf_counter()
+            try:
+                result = await asyncio.wait_for(tool.run(parsed, context), timeout=tool.policy.timeout_s)
+            except TimeoutError:
+                elapsed = time.perf_counter() - started
+                raise ToolTimeout(
+                    f"tool {name} did not finish within {tool.policy.timeout_s:g} s", tool=name, elapsed_s=elapsed
+                ) from None
+        if not isinstance(result, tool.output_model):
+            result = tool.output_model.model_validate(result)
+        return result

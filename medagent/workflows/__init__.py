@@ -1,0 +1,1 @@
+"""LangGraph workflows: the agent loop, fixed pipelines and YAML-defined studies."""

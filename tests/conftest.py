@@ -1,0 +1,100 @@
+"""Shared fixtures: real inputs from ../shared/data and the installed pydicom/nibabel packages."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from medagent.config import Settings
+from medagent.imaging import Deidentifier, ImageLoader
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+NIH_DIR = SHARED_DATA / "torchxrayvision-nih"
+NIH_CARDIOMEGALY = NIH_DIR / "00000001_000.png"
+NIH_NO_FINDING = NIH_DIR / "00027426_000.png"
+TEST_SECRET = b"medagent-test-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def nih_images() -> list[Path]:
+    missing = [p for p in (NIH_CARDIOMEGALY, NIH_NO_FINDING) if not p.is_file()]
+    if missing:
+        pytest.fail(f"shared test data missing: {missing} (expected ../shared/data beside the repository)")
+    return [NIH_CARDIOMEGALY, NIH_NO_FINDING]
+
+
+@pytest.fixture(scope="session")
+def pydicom_ct() -> Path:
+    import pydicom.examples
+
+    return Path(pydicom.examples.get_path("ct"))
+
+
+@pytest.fixture(scope="session")
+def pydicom_mr() -> Path:
+    import pydicom.examples
+
+    return Path(pydicom.examples.get_path("mr"))
+
+
+@pytest.fixture(scope="session")
+def nibabel_data() -> Path:
+    return Path(str(importlib.resources.files("nibabel") / "tests" / "data"))
+
+
+@pytest.fixture
+def loader() -> ImageLoader:
+    return ImageLoader(Deidentifier(TEST_SECRET))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings isolated in a temporary home; no weights anywhere unless a test places them."""
+    monkeypatch.setenv("MEDAGENT_DEID_SECRET", TEST_SECRET.decode())
+    return Settings(home=tmp_path / "home", xrv_cache_dir=tmp_path / "xrv-cache")
+
+
+class _SlowCallbackCatcher(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Executing" in record.getMessage() and "took" in record.getMessage():
+            self.messages.append(record.getMessage())
+
+
+@pytest_asyncio.fixture
+async def no_blocking() -> AsyncIterator[None]:
+    """Fail the test if any callback blocks the event loop for more than 0.25 s."""
+    loop = asyncio.get_running_loop()
+    catcher = _SlowCallbackCatcher()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(catcher)
+    previous_debug, previous_threshold = loop.get_debug(), loop.slow_callback_duration
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.25
+    try:
+        yield
+    finally:
+        loop.set_debug(previous_debug)
+        loop.slow_callback_duration = previous_threshold
+        logger.removeHandler(catcher)
+    if catcher.messages:
+        pytest.fail("the event loop was blocked: " + "; ".join(catcher.messages[:3]))
+
+
+@pytest.fixture
+def fresh_cache() -> Iterator[None]:
+    from medagent.experts import cache
+
+    yield
+    if cache._shared is not None:
+        cache._shared.clear()
