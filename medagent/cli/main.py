@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from medagent import __version__
@@ -125,7 +126,7 @@ def _print_report(source: str, report: dict[str, Any]) -> None:
         if "error" in result:
             error = result["error"]
             colour = "yellow" if error["family"] == "tool_failure" else "red"
-            console.print(f"[{colour}]{name}: {error['code']}[/] - {error['message']}")
+            console.print(f"[{colour}]{name}: {error['code']}[/] - {escape(error['message'])}")
         elif name == "assess_image_quality":
             flags = ", ".join(f["message"] for f in result["flags"]) or "no problems found"
             console.print(f"[green]{name}[/]: {'usable' if result['usable'] else 'NOT usable'} - {flags}")
@@ -168,7 +169,7 @@ def inspect(
             except MedagentError as exc:
                 failed += 1
                 reports[label] = {"error": exc.to_dict()}
-                errors.print(f"[red]error[/] {label}: {exc.code}: {exc.message}")
+                errors.print(f"[red]error[/] {escape(label)}: {exc.code}: {escape(exc.message)}", soft_wrap=True)
                 continue
             if not as_json:
                 _print_report(label, reports[label])

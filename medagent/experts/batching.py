@@ -77,7 +77,12 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             if not live:
                 continue
             self.batch_sizes.append(len(live))
-            results = await loop.run_in_executor(self._executor, self._run_isolated, [item for item, _ in live])
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_isolated, [item for item, _ in live])
+                if len(results) != len(live):
+                    raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} items")
+            except Exception as exc:  # never leave a caller waiting on a dead drainer
+                results = [exc] * len(live)
             for (_, future), result in zip(live, results, strict=True):
                 if future.done():
                     continue

@@ -139,7 +139,8 @@ class CxrClassifier(Expert[ImageRecord, Classification]):
         # letting the library rescale outputs so that its threshold lands on 0.5.
         model.op_threshs = None
         model.apply_sigmoid = True
-        model = model.to(device).eval()
+        # channels_last runs DenseNet's convolutions faster on both oneDNN (CPU) and cuDNN.
+        model = model.to(device, memory_format=torch.channels_last).eval()
         provenance = Provenance(
             expert=self.name,
             model_id=f"torchxrayvision/{self.weights}",
@@ -176,6 +177,7 @@ class CxrClassifier(Expert[ImageRecord, Classification]):
                 results[index] = exc
         if tensors:
             batch = torch.from_numpy(np.stack(tensors)).to(loaded.provenance.device)
+            batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 probabilities = state["model"](batch).float().cpu().numpy()
             for row, index in zip(probabilities, positions, strict=True):

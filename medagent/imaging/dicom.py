@@ -156,8 +156,12 @@ def _decode_pixels(dataset: Dataset) -> np.ndarray:
 
 def load_dicom(data: bytes, sha256: str, limits: ImageLimits, deidentifier: Deidentifier) -> ImageRecord:
     dataset = _read_dataset(data)
+    # Raw element headers only (no values): must run before deidentify() converts them all.
+    # Deflated files are parsed from an inflated copy, so their offsets exceed the file size.
+    syntax = dataset.file_meta.get("TransferSyntaxUID")
+    if syntax is None or not syntax.is_deflated:
+        _check_declared_lengths(dataset, len(data))
     report = deidentifier.deidentify(dataset)  # before anything else reads the dataset
-    _check_declared_lengths(dataset, len(data))
     if "PixelData" not in dataset:
         raise UnsupportedFormat("DICOM file holds no image (no PixelData)")
     shape = _pixel_shape(dataset)

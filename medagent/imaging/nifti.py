@@ -22,7 +22,8 @@ def load_nifti(path: Path, file_size: int, sha256: str, limits: ImageLimits, mod
             warnings.simplefilter("ignore")  # header oddities are checked below, not printed
             image = nib.load(str(path))
     except (ImageFileError, ValueError, OSError, EOFError, zlib.error) as exc:
-        raise CorruptFile("NIfTI header could not be parsed") from exc
+        # from None: nibabel's messages name the file path, which may identify a patient
+        raise CorruptFile(f"NIfTI header could not be parsed ({type(exc).__name__})") from None
     header = image.header
     shape = tuple(int(extent) for extent in header.get_data_shape())
     check_pixel_count(shape, limits)
@@ -36,7 +37,7 @@ def load_nifti(path: Path, file_size: int, sha256: str, limits: ImageLimits, mod
             warnings.simplefilter("ignore")
             voxels = np.asarray(image.get_fdata(dtype=np.float32), dtype=np.float32)
     except (EOFError, OSError, zlib.error, ValueError) as exc:
-        raise TruncatedFile("NIfTI voxel data ends early or is corrupt") from exc
+        raise TruncatedFile(f"NIfTI voxel data ends early or is corrupt ({type(exc).__name__})") from None
 
     zooms = tuple(float(z) for z in header.get_zooms()[: min(3, len(shape))])
     affine = image.affine

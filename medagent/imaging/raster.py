@@ -16,9 +16,16 @@ def load_raster(data: bytes, source_format: str, sha256: str, limits: ImageLimit
     from PIL import Image, UnidentifiedImageError
 
     try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
+        with warnings.catch_warnings():
+            # Pillow checks its own pixel limit in open(): our cap below is the one that counts
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge("image exceeds the decoder's hard pixel limit") from exc
     except UnidentifiedImageError as exc:
         raise CorruptFile(f"{source_format} header could not be parsed") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise TruncatedFile(f"{source_format} header ends early or is corrupt") from exc
     bands = len(image.getbands())
     check_pixel_count((image.width, image.height, bands), limits)
     try:

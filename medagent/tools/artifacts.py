@@ -17,6 +17,7 @@ import datetime as dt
 import hashlib
 import io
 import os
+import re
 import tempfile
 from enum import StrEnum
 from pathlib import Path
@@ -62,6 +63,9 @@ class Artifact(BaseModel):
         return {"id": self.id, "kind": self.kind.value, "media_type": self.media_type}
 
 
+_VALID_ID = re.compile(r"[a-z]{2,8}-[0-9a-f]{6,64}")
+
+
 def _atomic_write(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
@@ -81,8 +85,8 @@ class ArtifactStore:
         (self.root / "index").mkdir(parents=True, exist_ok=True)
 
     def _index_path(self, artifact_id: str) -> Path:
-        if not artifact_id or "/" in artifact_id or "\\" in artifact_id or artifact_id.startswith("."):
-            raise UnknownArtifact(f"{artifact_id!r} is not a valid artifact id")
+        if not isinstance(artifact_id, str) or not _VALID_ID.fullmatch(artifact_id):
+            raise UnknownArtifact("not a valid artifact id (expected e.g. img-3fa2c9d1e0b4)")
         return self.root / "index" / f"{artifact_id}.json"
 
     def put_bytes(

@@ -137,6 +137,10 @@ class ToolRegistry:
                 raise InvalidToolArguments(f"arguments are not valid JSON ({exc.msg} at position {exc.pos})") from None
         if not isinstance(arguments, dict):
             raise InvalidToolArguments("arguments must be a JSON object")
+        known = {info.alias or name for name, info in tool.input_model.model_fields.items()}
+        unexpected = sorted(set(arguments) - known)
+        if unexpected:  # the exported schema forbids extra keys; enforce it whatever the model's config
+            raise InvalidToolArguments(f"`{unexpected[0]}` is not an argument of this tool", tool=name)
         try:
             parsed = tool.input_model.model_validate(arguments)
         except ValidationError as exc:

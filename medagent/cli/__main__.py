@@ -1,0 +1,3 @@
+from medagent.cli.main import app
+
+app(prog_name="medagent")

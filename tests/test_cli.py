@@ -1,0 +1,88 @@
+"""The medagent command line, run as a user would: as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.conftest import TEST_SECRET
+
+MEDAGENT = [sys.executable, "-m", "medagent.cli"]
+
+
+def _run(args: list[str], home: Path, *, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "MEDAGENT_HOME": str(home), "MEDAGENT_DEID_SECRET": TEST_SECRET.decode(),
+                   "MEDAGENT_XRV_CACHE_DIR": str(home / "xrv"), "COLUMNS": "200", **env}
+    return subprocess.run([*MEDAGENT, *args], capture_output=True, text=True, env=environment, cwd=cwd, timeout=300)
+
+
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    result = _run(["--help"], tmp_path)
+    assert result.returncode == 0
+    assert "inspect" in result.stdout and "experts" in result.stdout
+
+
+def test_experts_list_reports_missing_weights_and_where_they_go(tmp_path: Path) -> None:
+    result = _run(["experts", "list", "--json"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    experts = {row["name"]: row for row in json.loads(result.stdout)}
+    assert set(experts) == {"image_quality", "dicom_header", "lung_localizer", "cxr_classifier"}
+    classifier = experts["cxr_classifier"]["weights"]
+    assert classifier["present"] is False
+    assert classifier["expected_path"].startswith(str(tmp_path / "xrv"))
+    assert experts["image_quality"]["weights"]["weightless"] is True
+
+
+def test_inspect_example_ct_json_is_deidentified(tmp_path: Path) -> None:
+    result = _run(["inspect", "--example", "ct", "--json"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["example:ct"]
+    assert report["image"]["modality"] == "CT"
+    assert report["results"]["assess_image_quality"]["usable"] is True
+    assert report["results"]["read_dicom_header"]["metadata"]["modality"] == "CT"
+    assert report["results"]["classify_chest_xray"]["error"]["code"] == "precondition_failed"
+    original = pydicom.dcmread(pydicom.examples.get_path("ct"))
+    for identifying in (str(original.PatientName), str(original.PatientID), str(original.StudyInstanceUID)):
+        assert identifying not in result.stdout
+
+
+def test_inspect_chest_xray_writes_an_overlay_and_names_missing_weights(tmp_path: Path,
+                                                                         nih_images: list[Path]) -> None:
+    out = tmp_path / "out"
+    result = _run(["inspect", "--modality", "DX", "--out", str(out), "--json", str(nih_images[0])], tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)[str(nih_images[0])]
+    lungs = report["results"]["locate_lungs"]
+    assert {lung["side"] for lung in lungs["lungs"]} == {"right", "left"}
+    assert Path(lungs["overlay_file"]).read_bytes().startswith(b"\x89PNG")
+    error = report["results"]["classify_chest_xray"]["error"]
+    assert error["code"] == "weights_unavailable" and error["family"] == "infrastructure"
+
+
+def test_inspect_with_untrained_switch_marks_the_result(tmp_path: Path, nih_images: list[Path]) -> None:
+    result = _run(["inspect", "--modality", "DX", str(nih_images[1])], tmp_path,
+                  MEDAGENT_ALLOW_UNTRAINED_TEST_ONLY="1")
+    assert result.returncode == 0, result.stderr
+    assert "UNTRAINED" in result.stdout
+
+
+@pytest.mark.parametrize("content", [b"not an image at all", b""])
+def test_bad_input_gives_one_clean_line_and_a_nonzero_exit(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "Doe_Jane_MRN123.dcm"
+    bad.write_bytes(content)
+    result = _run(["inspect", str(bad)], tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "error" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_and_no_arguments(tmp_path: Path) -> None:
+    assert _run(["inspect", str(tmp_path / "absent.png")], tmp_path).returncode == 2
+    assert _run(["inspect"], tmp_path).returncode != 0
