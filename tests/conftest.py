@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from medagent.config import Settings
 from medagent.imaging import Deidentifier, ImageLoader
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("MEDAGENT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 NIH_DIR = SHARED_DATA / "torchxrayvision-nih"
 NIH_CARDIOMEGALY = NIH_DIR / "00000001_000.png"
 NIH_NO_FINDING = NIH_DIR / "00027426_000.png"
