@@ -137,6 +137,18 @@ class MissingDependency(ConfigurationError):
     code = "missing_dependency"
 
 
+class PlannerRejected(ConfigurationError):
+    """The planner server refused the request (HTTP 4xx other than 408/429): fix the request, do not retry."""
+
+    code = "planner_rejected"
+
+
+class ModelNotServed(ConfigurationError):
+    """The configured model id is not among those the server reports; medagent never substitutes one."""
+
+    code = "model_not_served"
+
+
 # -- family 4: infrastructure --------------------------------------------------------
 
 
@@ -165,6 +177,36 @@ class ToolTimeout(InfrastructureError):
 
 class ExpertCrashed(InfrastructureError):
     code = "expert_crashed"
+
+
+class PlannerUnavailable(InfrastructureError):
+    """The planner server could not be reached (after retries)."""
+
+    code = "planner_unavailable"
+
+
+class PlannerTimeout(InfrastructureError):
+    code = "planner_timeout"
+
+
+class PlannerRateLimited(InfrastructureError):
+    code = "planner_rate_limited"
+
+
+class PlannerServerError(InfrastructureError):
+    code = "planner_server_error"
+
+
+class PlannerProtocolError(InfrastructureError):
+    """The server answered with something that is not a valid chat completion (bad JSON, cut stream)."""
+
+    code = "planner_protocol_error"
+
+
+class PlannerMisbehaved(InfrastructureError):
+    """The planner kept producing invalid tool calls, or kept calling tools past the step limit."""
+
+    code = "planner_misbehaved"
 
 
 __all__ = [name for name, value in globals().items() if isinstance(value, type) and issubclass(value, Exception)]

@@ -19,7 +19,8 @@ MEDAGENT = [sys.executable, "-m", "medagent.cli"]
 def _run(args: list[str], home: Path, *, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "MEDAGENT_HOME": str(home), "MEDAGENT_DEID_SECRET": TEST_SECRET.decode(),
                    "MEDAGENT_XRV_CACHE_DIR": str(home / "xrv"), "COLUMNS": "200", **env}
-    return subprocess.run([*MEDAGENT, *args], capture_output=True, text=True, env=environment, cwd=cwd, timeout=300)
+    return subprocess.run([*MEDAGENT, *args], capture_output=True, text=True, env=environment, cwd=cwd, timeout=300,
+                          stdin=subprocess.DEVNULL)
 
 
 def test_help_lists_the_commands(tmp_path: Path) -> None:
@@ -86,3 +87,46 @@ def test_bad_input_gives_one_clean_line_and_a_nonzero_exit(tmp_path: Path, conte
 def test_missing_file_and_no_arguments(tmp_path: Path) -> None:
     assert _run(["inspect", str(tmp_path / "absent.png")], tmp_path).returncode == 2
     assert _run(["inspect"], tmp_path).returncode != 0
+
+
+# -- ask and chat -------------------------------------------------------------------------------
+
+
+def test_ask_through_a_planner_endpoint_with_cli_runner(tmp_path: Path, nih_images: list[Path],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from medagent.cli.main import app
+    from tests.fake_openai_server import FakeOpenAIServer, text, tool
+
+    monkeypatch.setenv("MEDAGENT_HOME", str(tmp_path))
+    monkeypatch.setenv("MEDAGENT_DEID_SECRET", TEST_SECRET.decode())
+    monkeypatch.setenv("MEDAGENT_XRV_CACHE_DIR", str(tmp_path / "xrv"))
+    with FakeOpenAIServer([text("placeholder")], model="remote-planner") as server:
+        # the image id is content-addressed, so it is known before the server is asked
+        from medagent.tools.builtin import Toolbox
+
+        image_id = Toolbox().attach(nih_images[0], modality="DX").id
+        server.behaviours = [tool("locate_lungs", {"image_id": image_id}), text("Both lungs found by locate_lungs.")]
+        result = CliRunner().invoke(app, ["ask", "Where are the lungs?", "--image", str(nih_images[0]),
+                                          "--modality", "DX", "--endpoint", server.url, "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["text"] == "Both lungs found by locate_lungs."
+    assert answer["model"] == "remote-planner"
+    assert answer["tool_calls"][0]["tool"] == "locate_lungs" and answer["tool_calls"][0]["ok"]
+    assert answer["provenance"][0]["expert"] == "lung_localizer"
+
+
+def test_ask_with_the_planner_down_is_one_clean_error(tmp_path: Path) -> None:
+    result = _run(["ask", "hello", "--endpoint", "http://127.0.0.1:9/v1"], tmp_path)
+    assert result.returncode == 2
+    assert "planner_unavailable" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.llama
+def test_chat_demo_runs_offline_on_the_embedded_planner(tmp_path: Path) -> None:
+    result = _run(["chat", "--demo"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "planner smollm2-135m-instruct" in result.stdout
+    assert "tool assess_image_quality" in result.stdout or "tool read_dicom_header" in result.stdout

@@ -20,7 +20,7 @@ def test_readme_starts_with_exactly_two_commands() -> None:
     commands = _first_code_block()
     assert len(commands) == 2
     run_main, run_tests = commands
-    assert "./scripts/install" in run_main and "medagent inspect" in run_main
+    assert "./scripts/install" in run_main and "medagent chat --demo" in run_main
     assert "./scripts/install" in run_tests and "pytest" in run_tests
 
 

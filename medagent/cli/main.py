@@ -179,3 +179,13 @@ def inspect(
         sys.stdout.write(json.dumps(reports, indent=2) + "\n")
     if failed:
         raise typer.Exit(code=2)
+
+
+def _register_conversation_commands() -> None:
+    from medagent.cli.chat import ask, chat
+
+    app.command()(ask)
+    app.command()(chat)
+
+
+_register_conversation_commands()

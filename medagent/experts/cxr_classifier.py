@@ -53,6 +53,13 @@ class Classification(ExpertResult):
     def top(self, k: int = 3) -> list[FindingScore]:
         return self.findings[:k]
 
+    def summary_text(self) -> str:
+        top = ", ".join(f"{f.label} {f.probability:.2f}" for f in self.top(3))
+        flagged = [f.label for f in self.findings if f.above_operating_threshold]
+        marker = " (UNTRAINED test weights: meaningless)" if self.provenance.untrained else ""
+        return (f"Chest X-ray classifier{marker}: highest scores {top}; above the model's operating threshold: "
+                f"{', '.join(flagged) or 'none'}.")
+
 
 class CxrClassifier(Expert[ImageRecord, Classification]):
     name = "cxr_classifier"
@@ -112,6 +119,9 @@ class CxrClassifier(Expert[ImageRecord, Classification]):
             expected_path=str(self.cache_dir / spec.file_name),
             url=spec.url,
         )
+
+    def ready(self) -> bool:
+        return self.allow_untrained or self.weights_status().present
 
     def load(self, device: str) -> LoadedModel:
         import torch

@@ -26,6 +26,26 @@ class DicomHeader(ExpertResult):
     deidentification: DeidSummary
 
 
+    def summary_text(self) -> str:
+        meta = self.metadata
+        facts = [f"{meta.modality.value} image"]
+        if meta.body_part:
+            facts.append(f"body part {meta.body_part}")
+        if meta.view_position:
+            facts.append(f"view {meta.view_position}")
+        if meta.manufacturer:
+            facts.append(f"scanner {meta.manufacturer} {meta.manufacturer_model or ''}".rstrip())
+        if meta.kvp:
+            facts.append(f"{meta.kvp:g} kVp")
+        if meta.exposure_mas:
+            facts.append(f"exposure {meta.exposure_mas:g} mAs")
+        if meta.slice_thickness_mm:
+            facts.append(f"slice thickness {meta.slice_thickness_mm:g} mm")
+        if self.pixel_spacing_mm:
+            facts.append(f"pixel spacing {self.pixel_spacing_mm[0]:.2f} mm")
+        return "DICOM header: " + ", ".join(facts) + "."
+
+
 class DicomHeaderReader(Expert[ImageRecord, DicomHeader]):
     name = "dicom_header"
     batchable = False
@@ -36,6 +56,7 @@ class DicomHeaderReader(Expert[ImageRecord, DicomHeader]):
         ),
         modalities=None,
         dimensionality=[2, 3],
+        source_formats=["dicom"],
         limitations=["DICOM inputs only", "dates are shifted per patient; intervals are preserved"],
     )
 

@@ -32,6 +32,12 @@ class LungLocalization(ExpertResult):
     image_height: int
     overlay_id: str | None = None
 
+    def summary_text(self) -> str:
+        parts = [f"{lung.side} lung at x {lung.box.x0}-{lung.box.x1}, y {lung.box.y0}-{lung.box.y1}"
+                 + (f" ({lung.box.width_mm:.0f} x {lung.box.height_mm:.0f} mm)" if lung.box.width_mm else "")
+                 for lung in self.lungs]
+        return f"Lungs found: {'; '.join(parts)} (image {self.image_width} x {self.image_height} pixels)."
+
 
 def _finder() -> Any:
     try:

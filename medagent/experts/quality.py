@@ -41,6 +41,11 @@ class QualityReport(ExpertResult):
     flags: list[QualityFlag]
     measures: QualityMeasures | None
 
+    def summary_text(self) -> str:
+        verdict = "usable" if self.usable else "NOT usable"
+        problems = "; ".join(flag.message for flag in self.flags) or "no quality problems found"
+        return f"Image quality: {verdict}; {problems}."
+
 
 def _resample(image: np.ndarray) -> np.ndarray:
     import cv2

@@ -17,6 +17,10 @@ class Provenance(BaseModel):
 class ExpertResult(BaseModel):
     provenance: Provenance
 
+    def summary_text(self) -> str:
+        """One plain sentence of the result, for planners and people (subclasses say what matters)."""
+        return ""
+
 
 class BoundingBox(BaseModel):
     """Pixel coordinates in the input image (x right, y down), half-open."""

@@ -95,6 +95,10 @@ class Expert(ABC, Generic[InputT, OutputT]):
     def weights_status(self) -> WeightsStatus:
         return WeightsStatus(present=True, weightless=True)
 
+    def ready(self) -> bool:
+        """Whether a call can succeed as far as weights go (checked without loading anything)."""
+        return self.weights_status().present
+
     # -- runtime ---------------------------------------------------------------------------
 
     @property

@@ -34,7 +34,8 @@ def _image_tool(name: str, expert: Expert[Any, Any], output: type[BaseModel], po
         expert.card.check_image(image, expert.name)  # a precondition failure before any weights are needed
         return await expert(image)
 
-    return Tool(name=name, card=expert.card, input_model=ImageInput, output_model=output, run=run, policy=policy)
+    return Tool(name=name, card=expert.card, input_model=ImageInput, output_model=output, run=run, policy=policy,
+                ready=expert.ready)
 
 
 def _lung_tool(expert: Expert[Any, Any]) -> Tool[ImageInput, LungLocalization]:
@@ -52,7 +53,7 @@ def _lung_tool(expert: Expert[Any, Any]) -> Tool[ImageInput, LungLocalization]:
         return result.model_copy(update={"overlay_id": overlay.id})
 
     return Tool(name="locate_lungs", card=expert.card, input_model=ImageInput, output_model=LungLocalization,
-                run=run, policy=ToolPolicy(timeout_s=30, max_concurrency=2))
+                run=run, policy=ToolPolicy(timeout_s=30, max_concurrency=2), ready=expert.ready)
 
 
 def build_registry(experts: ExpertSuite) -> ToolRegistry:
@@ -91,6 +92,38 @@ class Toolbox:
     async def call(self, name: str, arguments: str | dict[str, Any], context: ToolContext, *,
                    approved: bool = False) -> BaseModel:
         return await self.registry.call(name, arguments, context, approved=approved)
+
+    def offered_tools(self, image_ids: list[str]) -> list[str]:
+        """Tools worth offering a planner: ready to run and suited to at least one attached image."""
+        summaries = [self.store.get(image_id).metadata.get("summary", {}) for image_id in image_ids]
+        return [tool.name for tool in self.registry.tools()
+                if tool.ready() and any(tool.card.accepts_summary(summary) for summary in summaries)]
+
+    def with_image_parts(self, messages: list[dict[str, Any]], image_ids: list[str]) -> list[dict[str, Any]]:
+        """For VLM planners: the de-identified display images as data-URL parts of the first user message."""
+        parts = [{"type": "image_url", "image_url": {"url": self.image_data_url(image_id)}} for image_id in image_ids]
+        result, added = [], False
+        for message in messages:
+            if message["role"] == "user" and not added and parts:
+                text = message["content"] if isinstance(message["content"], str) else ""
+                message = {**message, "content": [{"type": "text", "text": text}, *parts]}
+                added = True
+            result.append(message)
+        return result
+
+    def image_data_url(self, image_id: str, max_side: int = 512) -> str:
+        import base64
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        view = self.store.load_image(image_id).as_2d()
+        picture = Image.fromarray((np.clip(view, 0, 1) * 255).astype(np.uint8), mode="L")
+        picture.thumbnail((max_side, max_side))
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
     def close(self) -> None:
         self.experts.close()

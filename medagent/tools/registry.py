@@ -99,10 +99,12 @@ class ToolRegistry:
         except KeyError:
             raise UnknownTool(f"no tool named `{name}`; available: {', '.join(self.names())}") from None
 
-    def openai_tools(self, context: ToolContext | None = None) -> list[dict[str, Any]]:
-        """OpenAI-style ``tools`` entries, artifact-id fields restricted to the session's ids."""
+    def openai_tools(self, context: ToolContext | None = None, names: list[str] | None = None) -> list[dict[str, Any]]:
+        """OpenAI-style ``tools`` entries (all, or those in ``names``), artifact ids restricted to the session's."""
         entries = []
         for tool in self.tools():
+            if names is not None and tool.name not in names:
+                continue
             schema = copy.deepcopy(tool.input_model.model_json_schema())
             schema.pop("title", None)
             for name in _artifact_fields(tool.input_model):

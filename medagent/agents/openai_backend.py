@@ -1,0 +1,159 @@
+"""OpenAI-compatible planner backend (vLLM, the embedded llama.cpp server, any compatible server).
+
+Built on the official OpenAI client (httpx underneath): it streams, retries with backoff on
+connection errors, 408, 429 (honouring Retry-After) and 5xx, and never retries a 400.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Any
+
+from medagent.agents.planner import Message, PlannerConfig, PlannerTurn, TokenCallback, ToolCall, ToolChoice, Usage
+from medagent.errors import (
+    ModelNotServed,
+    PlannerProtocolError,
+    PlannerRateLimited,
+    PlannerRejected,
+    PlannerServerError,
+    PlannerTimeout,
+    PlannerUnavailable,
+)
+
+
+class OpenAICompatiblePlanner:
+    def __init__(self, config: PlannerConfig, endpoint: str | None = None) -> None:
+        import openai
+
+        self.config = config
+        base_url = endpoint or config.endpoint
+        if not base_url:
+            raise ValueError("an endpoint is required (the embedded default provides one)")
+        self.base_url = base_url.rstrip("/")
+        timeout = openai.Timeout(config.read_timeout_s, connect=config.connect_timeout_s)
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=config.api_key or "not-needed", timeout=timeout,
+            max_retries=config.max_retries,
+        )
+        self._served: str | None = None
+
+    async def served_model(self) -> str:
+        if self._served is None:
+            models = await self._call(self._client.models.list())
+            ids = [model.id for model in models.data]
+            if self.config.model is not None:
+                if self.config.model not in ids:
+                    raise ModelNotServed(f"model {self.config.model!r} is not served at this endpoint; it serves: "
+                                         f"{', '.join(ids) or 'nothing'}", served=ids)
+                self._served = self.config.model
+            elif len(ids) == 1:
+                self._served = ids[0]
+            else:
+                raise ModelNotServed(f"the endpoint serves {len(ids)} models; name one with model=: {', '.join(ids)}",
+                                     served=ids)
+        return self._served
+
+    async def _call(self, awaitable: Any) -> Any:
+        import openai
+
+        try:
+            return await awaitable
+        except openai.APITimeoutError as exc:
+            raise PlannerTimeout(f"planner server did not answer within {self.config.read_timeout_s:g} s") from exc
+        except openai.APIConnectionError as exc:
+            raise PlannerUnavailable(f"planner server at {self.base_url} cannot be reached") from exc
+        except openai.RateLimitError as exc:
+            raise PlannerRateLimited("planner server kept answering 429 Too Many Requests") from exc
+        except openai.InternalServerError as exc:
+            raise PlannerServerError(f"planner server error {exc.status_code}") from exc
+        except openai.APIStatusError as exc:
+            if exc.status_code == 408:
+                raise PlannerTimeout("planner server answered 408 Request Timeout") from exc
+            raise PlannerRejected(f"planner server rejected the request ({exc.status_code}): {_short(exc.message)}",
+                                  status=exc.status_code) from exc
+        except openai.APIResponseValidationError as exc:
+            raise PlannerProtocolError("planner server sent a malformed response") from exc
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise PlannerProtocolError("planner server sent a response that is not valid JSON") from exc
+
+    async def complete(
+        self,
+        messages: list[Message],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: ToolChoice = "auto",
+        response_schema: dict[str, Any] | None = None,
+        on_token: TokenCallback | None = None,
+    ) -> PlannerTurn:
+        model = await self.served_model()
+        request: dict[str, Any] = {
+            "model": model, "messages": messages, "temperature": self.config.temperature,
+            "top_p": self.config.top_p, "max_tokens": self.config.max_tokens, "stream": True,
+        }
+        if self.config.seed is not None:
+            request["seed"] = self.config.seed
+        if tools:
+            request["tools"] = tools
+            request["tool_choice"] = tool_choice
+        if response_schema is not None:
+            if self.config.response_format_style == "json_object_schema":
+                request["response_format"] = {"type": "json_object", "schema": response_schema}
+            else:
+                request["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "medagent_step", "schema": response_schema, "strict": True},
+                }
+        stream = await self._call(self._client.chat.completions.create(**request))
+        return await self._collect(stream, on_token)
+
+    async def _collect(self, stream: Any, on_token: TokenCallback | None) -> PlannerTurn:
+        import openai
+
+        content: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        reported_model, finish_reason, usage = None, None, None
+        try:
+            async for chunk in stream:
+                reported_model = chunk.model or reported_model
+                if chunk.usage is not None:
+                    usage = Usage(prompt_tokens=chunk.usage.prompt_tokens or 0,
+                                  completion_tokens=chunk.usage.completion_tokens or 0)
+                for choice in chunk.choices:
+                    delta = choice.delta
+                    if delta.content:
+                        content.append(delta.content)
+                        if on_token is not None:
+                            result = on_token(delta.content)
+                            if inspect.isawaitable(result):
+                                await result
+                    for call in delta.tool_calls or []:
+                        slot = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                        slot["id"] = call.id or slot["id"]
+                        if call.function is not None:
+                            slot["name"] += call.function.name or ""
+                            slot["arguments"] += call.function.arguments or ""
+                    finish_reason = choice.finish_reason or finish_reason
+        except openai.APIError as exc:
+            raise PlannerProtocolError(f"planner stream broke off ({type(exc).__name__})") from exc
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise PlannerProtocolError("planner stream carried invalid JSON") from exc
+        except Exception as exc:  # httpx read errors while streaming
+            if type(exc).__module__.startswith(("httpx", "httpcore", "httpx2")):
+                raise PlannerProtocolError(f"planner stream broke off ({type(exc).__name__})") from exc
+            raise
+        if finish_reason is None:
+            raise PlannerProtocolError("planner stream ended without a finish reason (truncated)")
+        if reported_model is None:
+            raise PlannerProtocolError("planner response names no model")
+        tool_calls = [ToolCall(id=slot["id"] or f"call_{index}", name=slot["name"], arguments=slot["arguments"])
+                      for index, slot in sorted(calls.items())]
+        return PlannerTurn(content="".join(content), tool_calls=tool_calls, model=reported_model,
+                           finish_reason=finish_reason, usage=usage)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

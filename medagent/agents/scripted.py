@@ -1,0 +1,85 @@
+"""A scripted planner for deterministic tests of the graph (never a substitute for real-server tests)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from medagent.agents.planner import Message, PlannerConfig, PlannerTurn, TokenCallback, ToolCall, ToolChoice
+
+
+@dataclass
+class PlannerRequest:
+    """What the scripted function sees for one planner call."""
+
+    messages: list[Message]
+    tools: list[dict[str, Any]]
+    tool_choice: ToolChoice
+    response_schema: dict[str, Any] | None
+    call_index: int
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [tool["function"]["name"] for tool in self.tools]
+
+    def image_ids(self) -> list[str]:
+        for tool in self.tools:
+            prop = tool["function"]["parameters"]["properties"].get("image_id")
+            if prop and "enum" in prop:
+                return list(prop["enum"])
+        return []
+
+
+ScriptResult = PlannerTurn | str | list[ToolCall]
+ScriptFunction = Callable[[PlannerRequest], ScriptResult | Awaitable[ScriptResult]]
+
+
+def tool_call(name: str, arguments: str | dict[str, Any], call_id: str | None = None) -> ToolCall:
+    import json
+
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return ToolCall(id=call_id or f"call_{name}", name=name, arguments=text)
+
+
+class ScriptedPlanner:
+    """Returns what ``function`` returns: text (an answer) or tool calls. Streams text word by word."""
+
+    def __init__(self, function: ScriptFunction, model: str = "scripted", config: PlannerConfig | None = None) -> None:
+        self.function = function
+        self.model = model
+        self.config = config or PlannerConfig(endpoint="scripted://", model=model)
+        self.requests: list[PlannerRequest] = []
+
+    async def served_model(self) -> str:
+        return self.model
+
+    async def complete(
+        self,
+        messages: list[Message],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: ToolChoice = "auto",
+        response_schema: dict[str, Any] | None = None,
+        on_token: TokenCallback | None = None,
+    ) -> PlannerTurn:
+        request = PlannerRequest([dict(m) for m in messages], list(tools or []), tool_choice, response_schema,
+                                 len(self.requests))
+        self.requests.append(request)
+        result = self.function(request)
+        if inspect.isawaitable(result):
+            result = await result
+        if isinstance(result, PlannerTurn):
+            return result
+        if isinstance(result, str):
+            if on_token is not None:
+                for word in result.split(" "):
+                    outcome = on_token(word + " ")
+                    if inspect.isawaitable(outcome):
+                        await outcome
+            return PlannerTurn(content=result, model=self.model, finish_reason="stop")
+        return PlannerTurn(tool_calls=list(result), model=self.model, finish_reason="tool_calls")
+
+    async def aclose(self) -> None:
+        return None

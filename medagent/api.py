@@ -1,0 +1,224 @@
+"""The public library surface: an Agent serving many sessions, each resumable by id.
+
+    async with Agent(AgentConfig()) as agent:          # embedded planner when no endpoint is set
+        session = agent.session()
+        await session.attach("chest.dcm")
+        answer = await session.ask("Is there cardiomegaly?")
+        async for event in session.events("And the lungs?"):
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from medagent.agents.planner import Message, Planner, PlannerConfig
+from medagent.config import Settings
+from medagent.errors import MedagentError
+from medagent.tools.artifacts import Artifact
+from medagent.tools.builtin import Toolbox
+from medagent.workflows.agent_loop import AgentLoop, LoopSettings
+from medagent.workflows.checkpoint import open_checkpointer
+
+EventKind = Literal["token", "tool_started", "tool_finished", "approval_requested", "answer", "error"]
+
+
+class AgentConfig(BaseModel):
+    planner: PlannerConfig = Field(default_factory=PlannerConfig)
+    loop: LoopSettings = Field(default_factory=LoopSettings)
+    checkpoint_url: str | None = Field(
+        default=None, description="SQLite file path or postgresql:// URL; default: sessions.sqlite in the data dir"
+    )
+
+
+class Event(BaseModel):
+    kind: EventKind
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Answer(BaseModel):
+    session_id: str
+    text: str | None
+    model: str | None = Field(description="planner model id as the server reported it")
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+    pending_approval: dict[str, Any] | None = None
+
+    @property
+    def provenance(self) -> list[dict[str, Any]]:
+        return [call["output"]["provenance"] for call in self.tool_calls
+                if call.get("ok") and "provenance" in call.get("output", {})]
+
+
+class Agent:
+    def __init__(self, config: AgentConfig | None = None, *, settings: Settings | None = None,
+                 planner: Planner | None = None, toolbox: Toolbox | None = None) -> None:
+        self.config = config or AgentConfig()
+        self.settings = settings or Settings()
+        self._planner = planner
+        self._toolbox = toolbox
+        self._stack = contextlib.AsyncExitStack()
+        self._graph: Any = None
+        self._embedded: Any = None
+
+    @property
+    def planner(self) -> Planner:
+        if self._planner is None:
+            raise RuntimeError("the agent is not started")
+        return self._planner
+
+    @property
+    def toolbox(self) -> Toolbox:
+        if self._toolbox is None:
+            self._toolbox = Toolbox(self.settings)
+        return self._toolbox
+
+    async def start(self) -> Agent:
+        if self._graph is not None:
+            return self
+        if self._planner is None:
+            self._planner = await self._start_planner()
+        checkpoint_url = self.config.checkpoint_url or str(self.settings.home / "sessions.sqlite")
+        checkpointer = await self._stack.enter_async_context(open_checkpointer(checkpoint_url))
+        self._graph = AgentLoop(self._planner, self.toolbox, self.config.loop).compile(checkpointer)
+        return self
+
+    async def _start_planner(self) -> Planner:
+        from medagent.agents.openai_backend import OpenAICompatiblePlanner
+
+        planner_config = self.config.planner
+        if planner_config.endpoint is not None:
+            return OpenAICompatiblePlanner(planner_config)
+        from medagent.agents.embedded import EmbeddedLlamaServer
+
+        self._embedded = EmbeddedLlamaServer(Path(planner_config.gguf_path) if planner_config.gguf_path else None)
+        self._stack.callback(self._embedded.stop)
+        endpoint = await self._embedded.start()
+        # a 135M-parameter model calls tools reliably only when the reply is schema-constrained
+        update: dict[str, Any] = {"response_format_style": "json_object_schema"}
+        if "tool_calling" not in planner_config.model_fields_set:
+            update["tool_calling"] = "structured"
+        planner_config = planner_config.model_copy(update=update)
+        return OpenAICompatiblePlanner(planner_config, endpoint=endpoint)
+
+    async def aclose(self) -> None:
+        if self._planner is not None:
+            await self._planner.aclose()
+        await self._stack.aclose()
+        if self._toolbox is not None:
+            self._toolbox.close()
+        self._graph = None
+
+    async def __aenter__(self) -> Agent:
+        return await self.start()
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    def session(self, session_id: str | None = None) -> Session:
+        if self._graph is None:
+            raise RuntimeError("start the agent first (async with Agent(...) as agent)")
+        return Session(self, session_id or uuid.uuid4().hex[:12])
+
+
+class Session:
+    """One conversation. Isolated from other sessions; its state lives in the checkpointer under its id."""
+
+    def __init__(self, agent: Agent, session_id: str) -> None:
+        self.agent = agent
+        self.id = session_id
+        self._new_images: list[str] = []
+        self._error: MedagentError | None = None
+
+    @property
+    def _config(self) -> dict[str, Any]:
+        return {"configurable": {"thread_id": self.id}}
+
+    async def attach(self, path: str | Path, modality: str | None = None) -> Artifact:
+        artifact = await asyncio.to_thread(self.agent.toolbox.attach, path, modality)
+        self._new_images.append(artifact.id)
+        return artifact
+
+    async def state(self) -> dict[str, Any]:
+        snapshot = await self.agent._graph.aget_state(self._config)
+        return dict(snapshot.values)
+
+    async def history(self) -> list[Message]:
+        return list((await self.state()).get("messages", []))
+
+    async def image_ids(self) -> list[str]:
+        return list((await self.state()).get("image_ids", [])) + [i for i in self._new_images]
+
+    async def events(self, question: str) -> AsyncIterator[Event]:
+        graph_input = {"messages": [{"role": "user", "content": question}], "image_ids": list(self._new_images)}
+        self._new_images.clear()
+        async for event in self._run(graph_input):
+            yield event
+
+    async def resume(self, approved: bool) -> AsyncIterator[Event]:
+        """Answer a pending approval request and continue."""
+        from langgraph.types import Command
+
+        async for event in self._run(Command(resume={"approved": approved})):
+            yield event
+
+    async def unfinished(self) -> bool:
+        """True when a run of this session stopped midway (the process died): ``proceed()`` completes it."""
+        snapshot = await self.agent._graph.aget_state(self._config)
+        return bool(snapshot.next) and not snapshot.interrupts
+
+    async def proceed(self) -> AsyncIterator[Event]:
+        """Continue a run from its last checkpoint."""
+        async for event in self._run(None):
+            yield event
+
+    async def _run(self, graph_input: Any) -> AsyncIterator[Event]:
+        graph = self.agent._graph
+        before = len((await self.state()).get("tool_records", []))
+        try:
+            async for mode, chunk in graph.astream(graph_input, self._config, stream_mode=["custom", "updates"]):
+                if mode == "custom":
+                    yield Event(kind=chunk.pop("event"), data=chunk)
+        except MedagentError as exc:
+            self._error = exc
+            yield Event(kind="error", data=exc.to_dict())
+            return
+        snapshot = await graph.aget_state(self._config)
+        if snapshot.interrupts:
+            yield Event(kind="approval_requested", data=dict(snapshot.interrupts[0].value))
+            return
+        values = snapshot.values
+        yield Event(kind="answer", data={"text": values.get("answer"), "model": values.get("model"),
+                                         "tool_calls": values.get("tool_records", [])[before:]})
+
+    async def ask(self, question: str) -> Answer:
+        return await self._collect(self.events(question))
+
+    async def approve(self, approved: bool) -> Answer:
+        return await self._collect(self.resume(approved))
+
+    async def finish(self) -> Answer:
+        """Complete a run interrupted by a crash; see :meth:`unfinished`."""
+        return await self._collect(self.proceed())
+
+    async def _collect(self, events: AsyncIterator[Event]) -> Answer:
+        calls: list[dict[str, Any]] = []
+        async for event in events:
+            if event.kind == "tool_finished":
+                calls.append(event.data)
+            elif event.kind == "error":
+                assert self._error is not None
+                raise self._error
+            elif event.kind == "approval_requested":
+                return Answer(session_id=self.id, text=None, model=None, tool_calls=calls, pending_approval=event.data)
+            elif event.kind == "answer":
+                return Answer(session_id=self.id, text=event.data["text"], model=event.data["model"],
+                              tool_calls=event.data["tool_calls"])
+        raise RuntimeError("the agent loop ended without an answer")
+

@@ -1,0 +1,177 @@
+"""The agent loop as a LangGraph graph: planner -> tools -> planner, until an answer or the step limit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import operator
+import time
+from typing import Annotated, Any, TypedDict
+
+from langgraph.config import get_stream_writer
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+from pydantic import BaseModel, Field
+
+from medagent.agents.planner import Message, Planner, PlannerTurn, ToolCall
+from medagent.agents.prompts import (
+    ANSWER_REMINDER,
+    compact_for_planner,
+    fence_tool_result,
+    flatten_tool_turns,
+    structured_step_schema,
+    system_prompt,
+)
+from medagent.errors import ApprovalRejected, MedagentError, ModelRetry, PlannerMisbehaved
+from medagent.tools.builtin import Toolbox
+
+
+def _union(left: list[str], right: list[str]) -> list[str]:
+    return left + [item for item in right if item not in left]
+
+
+class AgentState(TypedDict, total=False):
+    messages: Annotated[list[Message], operator.add]
+    image_ids: Annotated[list[str], _union]
+    tool_records: Annotated[list[dict[str, Any]], operator.add]
+    steps: int
+    invalid_calls: int
+    answer: str | None
+    model: str | None
+
+
+class LoopSettings(BaseModel):
+    max_steps: int = Field(default=6, ge=1, description="planner calls per question")
+    max_invalid_calls: int = Field(default=2, ge=0, description="invalid tool calls tolerated per question")
+
+
+def _emit(event: dict[str, Any]) -> None:
+    try:
+        get_stream_writer()(event)
+    except RuntimeError:  # not running under a stream: nobody listens
+        pass
+
+
+def _since_last_user(messages: list[Message]) -> list[Message]:
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index]["role"] == "user":
+            return messages[index + 1 :]
+    return messages
+
+
+class AgentLoop:
+    """Builds the graph; ``compile(checkpointer)`` gives the runnable."""
+
+    def __init__(self, planner: Planner, toolbox: Toolbox, settings: LoopSettings | None = None) -> None:
+        self.planner = planner
+        self.toolbox = toolbox
+        self.settings = settings or LoopSettings()
+
+    def compile(self, checkpointer: Any = None) -> Any:
+        graph = StateGraph(AgentState)
+        graph.add_node("planner", self.planner_node)
+        graph.add_node("tools", self.tools_node)
+        graph.add_edge(START, "planner")
+        graph.add_conditional_edges("planner", self.route, {"tools": "tools", "end": END})
+        graph.add_edge("tools", "planner")
+        return graph.compile(checkpointer=checkpointer)
+
+    @staticmethod
+    def route(state: AgentState) -> str:
+        return "tools" if state["messages"][-1].get("tool_calls") else "end"
+
+    # -- planner ---------------------------------------------------------------------------
+
+    async def planner_node(self, state: AgentState) -> dict[str, Any]:
+        steps = state.get("steps", 0) + 1
+        image_ids = state.get("image_ids", [])
+        context = self.toolbox.context(image_ids)
+        offered = self.toolbox.offered_tools(image_ids)
+        tools = self.toolbox.registry.openai_tools(context, names=offered) if offered else []
+        summaries = {image_id: self.toolbox.store.get(image_id).metadata.get("summary", {}) for image_id in image_ids}
+        messages = [{"role": "system", "content": system_prompt(summaries)}, *state.get("messages", [])]
+        if self.planner.config.supports_images:
+            messages = self.toolbox.with_image_parts(messages, image_ids)
+        has_results = any(m["role"] == "tool" for m in _since_last_user(state.get("messages", [])))
+
+        async def on_token(token: str) -> None:
+            _emit({"event": "token", "text": token})
+
+        if self.planner.config.tool_calling == "structured" and tools and not has_results:
+            turn = await self._structured_turn(messages, tools, steps)
+        elif self.planner.config.tool_calling == "structured":
+            # small models answer from the results when told so right before they speak
+            reminder = [{"role": "user", "content": ANSWER_REMINDER}] if has_results else []
+            turn = await self.planner.complete([*flatten_tool_turns(messages), *reminder], on_token=on_token)
+        else:
+            turn = await self.planner.complete(messages, tools=tools or None, tool_choice="auto", on_token=on_token)
+        if turn.tool_calls and steps >= self.settings.max_steps:
+            raise PlannerMisbehaved(f"the planner still called tools after {steps} steps (the limit)", steps=steps)
+        update: dict[str, Any] = {"messages": [turn.as_message()], "steps": steps, "model": turn.model}
+        if not turn.tool_calls:
+            update["answer"] = turn.content.strip()
+            update["steps"] = 0  # the limit counts per question
+            update["invalid_calls"] = 0
+        return update
+
+    async def _structured_turn(self, messages: list[Message], tools: list[dict[str, Any]], step: int) -> PlannerTurn:
+        """Small models: constrain the reply to JSON naming one offered tool and its arguments."""
+        turn = await self.planner.complete(flatten_tool_turns(messages), response_schema=structured_step_schema(tools))
+        try:
+            call = json.loads(turn.content)["call"]
+            name, arguments = call["name"], call["arguments"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            # answer with the text: the tools node is not reached, the caller sees what the model said
+            return turn
+        return PlannerTurn(
+            tool_calls=[ToolCall(id=f"call_{step}_0", name=str(name), arguments=json.dumps(arguments))],
+            model=turn.model, finish_reason="tool_calls", usage=turn.usage,
+        )
+
+    # -- tools -------------------------------------------------------------------------------
+
+    async def tools_node(self, state: AgentState) -> dict[str, Any]:
+        registry = self.toolbox.registry
+        calls = state["messages"][-1]["tool_calls"]
+        context = self.toolbox.context(state.get("image_ids", []))
+        decisions: dict[str, bool] = {}
+        for call in calls:  # every interrupt first: a resumed node runs again from the top
+            name = call["function"]["name"]
+            if name in registry and registry.get(name).policy.requires_approval:
+                decision = interrupt({"tool": name, "arguments": call["function"]["arguments"], "call_id": call["id"]})
+                decisions[call["id"]] = bool(decision.get("approved") if isinstance(decision, dict) else decision)
+
+        async def run(call: dict[str, Any]) -> tuple[Message, dict[str, Any], bool]:
+            name, arguments = call["function"]["name"], call["function"]["arguments"]
+            _emit({"event": "tool_started", "call_id": call["id"], "tool": name, "arguments": arguments})
+            started = time.perf_counter()
+            record: dict[str, Any] = {"call_id": call["id"], "tool": name, "arguments": arguments}
+            invalid = False
+            try:
+                if decisions.get(call["id"]) is False:
+                    raise ApprovalRejected(f"a human rejected the call to {name}")
+                output = await registry.call(name, arguments, context, approved=decisions.get(call["id"], False))
+                record.update(ok=True, output=output.model_dump(mode="json"))
+                summary = output.summary_text() if hasattr(output, "summary_text") else ""
+                content = fence_tool_result(name, compact_for_planner(output.model_dump(mode="json")), summary)
+            except ModelRetry as exc:
+                invalid = True
+                record.update(ok=False, error=exc.to_dict())
+                content = f"Invalid call to {name}: {exc.message}. Correct the arguments and call again."
+            except MedagentError as exc:
+                record.update(ok=False, error=exc.to_dict())
+                content = fence_tool_result(name, {"error": exc.code, "message": exc.message})
+            record["duration_s"] = round(time.perf_counter() - started, 4)
+            _emit({"event": "tool_finished", **record})
+            return {"role": "tool", "tool_call_id": call["id"], "content": content}, record, invalid
+
+        outcomes = await asyncio.gather(*(run(call) for call in calls))
+        invalid_calls = state.get("invalid_calls", 0) + sum(1 for _, _, invalid in outcomes if invalid)
+        if invalid_calls > self.settings.max_invalid_calls:
+            raise PlannerMisbehaved(f"the planner made {invalid_calls} invalid tool calls (limit "
+                                    f"{self.settings.max_invalid_calls})", invalid_calls=invalid_calls)
+        return {
+            "messages": [message for message, _, _ in outcomes],
+            "tool_records": [record for _, record, _ in outcomes],
+            "invalid_calls": invalid_calls,
+        }

@@ -1,0 +1,30 @@
+"""LangGraph checkpointers: a SQLite file by default, Postgres by URL."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from medagent.errors import MissingDependency
+
+
+@contextlib.asynccontextmanager
+async def open_checkpointer(url: str) -> AsyncIterator[Any]:
+    """``postgresql://...`` opens langgraph-checkpoint-postgres; anything else is a SQLite file path."""
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        except ImportError as exc:
+            raise MissingDependency("Postgres checkpoints need the 'postgres' extra (langgraph-checkpoint-postgres)") from exc
+        async with AsyncPostgresSaver.from_conn_string(url) as saver:
+            await saver.setup()
+            yield saver
+        return
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    path = Path(url.removeprefix("sqlite:///")).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+        yield saver

