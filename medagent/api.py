@@ -97,15 +97,22 @@ class Agent:
             return OpenAICompatiblePlanner(planner_config)
         from medagent.agents.embedded import EmbeddedLlamaServer
 
+        from medagent.agents.lazy import StartingPlanner
+
         self._embedded = EmbeddedLlamaServer(Path(planner_config.gguf_path) if planner_config.gguf_path else None)
         self._stack.callback(self._embedded.stop)
-        endpoint = await self._embedded.start()
         # a 135M-parameter model calls tools reliably only when the reply is schema-constrained
         update: dict[str, Any] = {"response_format_style": "json_object_schema"}
         if "tool_calling" not in planner_config.model_fields_set:
             update["tool_calling"] = "structured"
         planner_config = planner_config.model_copy(update=update)
-        return OpenAICompatiblePlanner(planner_config, endpoint=endpoint)
+        embedded = self._embedded
+
+        async def connect() -> Planner:
+            return OpenAICompatiblePlanner(planner_config, endpoint=await embedded.start())
+
+        # the server starts in the background: sessions open and images attach meanwhile
+        return StartingPlanner(planner_config, connect)
 
     async def aclose(self) -> None:
         if self._planner is not None:

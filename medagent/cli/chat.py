@@ -66,7 +66,7 @@ async def _stream(events: Any) -> dict[str, Any] | None:
         elif event.kind == "answer":
             if not streaming and event.data.get("text"):
                 console.print(escape(event.data["text"]))
-            console.print()
+            console.print(f"\n[dim]planner {event.data.get('model')}[/]")
     return None
 
 
@@ -116,8 +116,9 @@ async def _chat(images: list[Path], modality: str | None, endpoint: str | None, 
         for image in images:
             artifact = await session.attach(image, modality)
             console.print(f"attached {artifact.id}: {artifact.metadata['summary']['modality']}")
-        console.print(f"[dim]session {session.id} · planner {await agent.planner.served_model()} · "
-                      "/attach FILE, /tools, /history, /quit[/]")
+        # a remote planner is checked now; the embedded one is still starting and is named with its first answer
+        planner_name = await agent.planner.served_model() if agent.config.planner.endpoint else "embedded (starting)"
+        console.print(f"[dim]session {session.id} · planner {planner_name} · /attach FILE, /tools, /history, /quit[/]")
         if demo and not interactive:
             console.print(f"[bold]you[/]: {DEMO_QUESTION}")
             await _turn(session, DEMO_QUESTION)

@@ -95,6 +95,7 @@ class CxrClassifier(Expert[ImageRecord, Classification]):
         self.weights = weights
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else Path("~/.torchxrayvision/models_data").expanduser()
         self.allow_untrained = allow_untrained_test_only
+        self._weights_path: Path | None = None
 
     @property
     def cache_key(self) -> str:
@@ -121,7 +122,11 @@ class CxrClassifier(Expert[ImageRecord, Classification]):
         )
 
     def ready(self) -> bool:
-        return self.allow_untrained or self.weights_status().present
+        if self.allow_untrained:
+            return True
+        if self._weights_path is None:
+            self._weights_path = self.cache_dir / self.weights_file().file_name
+        return self._weights_path.is_file()
 
     def load(self, device: str) -> LoadedModel:
         import torch

@@ -83,6 +83,8 @@ class ArtifactStore:
         self.root = Path(root)
         (self.root / "objects").mkdir(parents=True, exist_ok=True)
         (self.root / "index").mkdir(parents=True, exist_ok=True)
+        # parsed index records, valid while the file's (mtime, size) is unchanged (another writer may replace it)
+        self._cache: dict[str, tuple[tuple[int, int], Artifact]] = {}
 
     def _index_path(self, artifact_id: str) -> Path:
         if not isinstance(artifact_id, str) or not _VALID_ID.fullmatch(artifact_id):
@@ -137,9 +139,15 @@ class ArtifactStore:
     def get(self, artifact_id: str) -> Artifact:
         index_path = self._index_path(artifact_id)
         try:
-            return Artifact.model_validate_json(index_path.read_bytes())
+            stat = index_path.stat()
+            cached = self._cache.get(artifact_id)
+            if cached is not None and cached[0] == (stat.st_mtime_ns, stat.st_size):
+                return cached[1]
+            artifact = Artifact.model_validate_json(index_path.read_bytes())
         except FileNotFoundError:
             raise UnknownArtifact(f"no artifact with id {artifact_id!r}") from None
+        self._cache[artifact_id] = ((stat.st_mtime_ns, stat.st_size), artifact)
+        return artifact
 
     def read_bytes(self, artifact_id: str) -> bytes:
         return self.get(artifact_id).path.read_bytes()

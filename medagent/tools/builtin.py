@@ -93,11 +93,14 @@ class Toolbox:
                    approved: bool = False) -> BaseModel:
         return await self.registry.call(name, arguments, context, approved=approved)
 
-    def offered_tools(self, image_ids: list[str]) -> list[str]:
+    def image_summaries(self, image_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Planner-safe summaries (modality, format, shape, ...) of attached images."""
+        return {image_id: self.store.get(image_id).metadata.get("summary", {}) for image_id in image_ids}
+
+    def offered_tools(self, summaries: dict[str, dict[str, Any]]) -> list[str]:
         """Tools worth offering a planner: ready to run and suited to at least one attached image."""
-        summaries = [self.store.get(image_id).metadata.get("summary", {}) for image_id in image_ids]
         return [tool.name for tool in self.registry.tools()
-                if tool.ready() and any(tool.card.accepts_summary(summary) for summary in summaries)]
+                if any(tool.card.accepts_summary(summary) for summary in summaries.values()) and tool.ready()]
 
     def with_image_parts(self, messages: list[dict[str, Any]], image_ids: list[str]) -> list[dict[str, Any]]:
         """For VLM planners: the de-identified display images as data-URL parts of the first user message."""

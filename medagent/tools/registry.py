@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import time
 import weakref
@@ -23,7 +24,8 @@ from medagent.tools.spec import ARTIFACT_ID_MARKER, Tool, ToolContext
 _MAX_ERRORS_SHOWN = 3
 
 
-def _artifact_fields(model: type[BaseModel]) -> list[str]:
+@functools.cache
+def _artifact_fields(model: type[BaseModel]) -> tuple[str, ...]:
     fields = []
     for name, info in model.model_fields.items():
         extra = info.json_schema_extra
@@ -31,7 +33,7 @@ def _artifact_fields(model: type[BaseModel]) -> list[str]:
             extra = extra or getattr(meta, "json_schema_extra", None)
         if isinstance(extra, dict) and ARTIFACT_ID_MARKER in extra:
             fields.append(name)
-    return fields
+    return tuple(fields)
 
 
 def _strict_schema(schema: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -73,6 +75,7 @@ def describe_validation_error(error: ValidationError) -> str:
 class ToolRegistry:
     def __init__(self, tools: list[Tool[Any, Any]] | None = None) -> None:
         self._tools: dict[str, Tool[Any, Any]] = {}
+        self._schemas: dict[str, tuple[dict[str, Any], bool]] = {}
         self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
             weakref.WeakKeyDictionary()
         )
@@ -83,6 +86,14 @@ class ToolRegistry:
         if tool.name in self._tools:
             raise DuplicateTool(f"a tool named {tool.name!r} is already registered")
         self._tools[tool.name] = tool
+        # built once: schema generation is not cheap, and every planner step needs the schemas
+        schema = tool.input_model.model_json_schema()
+        schema.pop("title", None)
+        for name in _artifact_fields(tool.input_model):
+            prop = schema["properties"][name]
+            for key in (ARTIFACT_ID_MARKER, "title", "minLength", "maxLength"):
+                prop.pop(key, None)
+        self._schemas[tool.name] = _strict_schema(schema)
 
     def __contains__(self, name: str) -> bool:
         return name in self._tools
@@ -105,17 +116,14 @@ class ToolRegistry:
         for tool in self.tools():
             if names is not None and tool.name not in names:
                 continue
-            schema = copy.deepcopy(tool.input_model.model_json_schema())
-            schema.pop("title", None)
-            for name in _artifact_fields(tool.input_model):
-                prop = schema["properties"][name]
-                if context is not None:
-                    prop["enum"] = list(context.image_ids)
-                prop.pop(ARTIFACT_ID_MARKER, None)
-                prop.pop("title", None)
-                for bound in ("minLength", "maxLength"):
-                    prop.pop(bound, None)
-            schema, strict = _strict_schema(schema)
+            base, strict = self._schemas[tool.name]
+            schema = base
+            if context is not None and _artifact_fields(tool.input_model):
+                # copy only the path to the id fields; the rest of the cached schema is shared, read-only
+                schema = {**base, "properties": dict(base["properties"])}
+                for name in _artifact_fields(tool.input_model):
+                    schema["properties"][name] = {**base["properties"][name], "enum": list(context.image_ids)}
+            schema = copy.deepcopy(schema) if context is None else schema
             entries.append(
                 {
                     "type": "function",

@@ -86,9 +86,9 @@ class AgentLoop:
         steps = state.get("steps", 0) + 1
         image_ids = state.get("image_ids", [])
         context = self.toolbox.context(image_ids)
-        offered = self.toolbox.offered_tools(image_ids)
+        summaries = self.toolbox.image_summaries(image_ids)
+        offered = self.toolbox.offered_tools(summaries)
         tools = self.toolbox.registry.openai_tools(context, names=offered) if offered else []
-        summaries = {image_id: self.toolbox.store.get(image_id).metadata.get("summary", {}) for image_id in image_ids}
         messages = [{"role": "system", "content": system_prompt(summaries)}, *state.get("messages", [])]
         if self.planner.config.supports_images:
             messages = self.toolbox.with_image_parts(messages, image_ids)
