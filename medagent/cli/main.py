@@ -181,6 +181,36 @@ def inspect(
         raise typer.Exit(code=2)
 
 
+planner_app = typer.Typer(help="Serve or inspect planner models.", no_args_is_help=True)
+app.add_typer(planner_app, name="planner")
+
+
+@planner_app.command("serve")
+def planner_serve(
+    model: Annotated[str, typer.Argument(help="Model id or local folder, e.g. Qwen/Qwen2.5-VL-7B-Instruct.")],
+    served_name: Annotated[str | None, typer.Option(help="--served-model-name for vLLM.")] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8000,
+    run: Annotated[bool, typer.Option(help="Start the server instead of printing the command.")] = False,
+) -> None:
+    """Print (or run) the vLLM command with the tool-call parser and chat template the model needs."""
+    import os
+    import shlex
+
+    from medagent.agents.vllm_recipes import recipe_for, serve_command
+
+    command = serve_command(model, served_name=served_name, port=port, python=sys.executable if run else "python")
+    recipe = recipe_for(model)
+    if not run:
+        console.print(shlex.join(command), soft_wrap=True)
+        if recipe is not None:
+            console.print(f"[dim]{recipe.family}: use PlannerConfig(tool_calling={recipe.tool_calling!r}, "
+                          f"supports_images={recipe.supports_images}). {escape(recipe.notes)}[/]", soft_wrap=True)
+        else:
+            console.print("[dim]no recipe for this model: add the tool-call parser its card names[/]")
+        return
+    os.execvp(command[0], command)  # noqa: S606 - the user asked to run the server
+
+
 def _register_conversation_commands() -> None:
     from medagent.cli.chat import ask, chat
 
