@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -23,10 +24,15 @@ def _numbers(value: Any) -> set[str]:
 
 
 def answer_uses_results(answer: str | None, tool_calls: list[dict[str, Any]], question: str = "") -> bool:
-    """True when the answer names a tool that succeeded or repeats a number (two digits or more) from its
-    output that the question did not contain."""
+    """True when the answer (prose, not JSON) names a tool that succeeded or repeats a number (two digits or
+    more) from its output that the question did not contain."""
     if not answer:
         return False
+    try:
+        json.loads(answer)
+        return False  # an echoed tool call or raw JSON is not an answer
+    except ValueError:
+        pass
     succeeded = [call for call in tool_calls if call.get("ok")]
     if any(call["tool"] in answer for call in succeeded):
         return True

@@ -53,7 +53,7 @@ def flatten_tool_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For planners driven by structured output: tool calls and results as plain chat turns.
 
     Chat templates without tool roles (llama.cpp's chatml) drop ``tool`` messages; here a call
-    becomes the assistant's JSON and its result a user turn that says it is data.
+    becomes the assistant's JSON step and its result a user turn that names the tool and says it is data.
     """
     flat: list[dict[str, Any]] = []
     for message in messages:
