@@ -167,3 +167,28 @@ async def test_endless_tool_calls_stop_at_the_step_limit(settings: Settings, nih
         with pytest.raises(PlannerMisbehaved, match="after 3 steps"):
             await _ask(server, settings, nih_images[0], max_steps=3)
         assert len(server.chat_requests()) == 3
+
+
+@pytest.mark.asyncio
+async def test_vlm_planners_get_the_deidentified_image_as_a_data_url(settings: Settings,
+                                                                     pydicom_ct: Path) -> None:
+    with FakeOpenAIServer([text("seen")]) as server:
+        config = AgentConfig(planner=PlannerConfig(endpoint=server.url, supports_images=True, max_retries=0),
+                             checkpoint_url=str(settings.home / "sessions.sqlite"))
+        async with Agent(config, settings=settings) as agent:
+            session = agent.session()
+            await session.attach(pydicom_ct)
+            await session.ask("What do you see?")
+        user = next(m for m in server.chat_requests()[0]["body"]["messages"] if m["role"] == "user")
+        text_part, image_part = user["content"]
+        assert text_part == {"type": "text", "text": "What do you see?"}
+        assert image_part["image_url"]["url"].startswith("data:image/png;base64,")
+    with FakeOpenAIServer([text("text only")]) as server:
+        config = AgentConfig(planner=PlannerConfig(endpoint=server.url, max_retries=0),
+                             checkpoint_url=str(settings.home / "sessions2.sqlite"))
+        async with Agent(config, settings=settings) as agent:
+            session = agent.session()
+            await session.attach(pydicom_ct)
+            await session.ask("What do you see?")
+        messages = server.chat_requests()[0]["body"]["messages"]
+        assert all(isinstance(m["content"], str) for m in messages)  # text-only fallback
