@@ -160,7 +160,7 @@ class Session:
         return list((await self.state()).get("messages", []))
 
     async def image_ids(self) -> list[str]:
-        return list((await self.state()).get("image_ids", [])) + [i for i in self._new_images]
+        return list((await self.state()).get("image_ids", [])) + list(self._new_images)
 
     async def events(self, question: str) -> AsyncIterator[Event]:
         graph_input = {"messages": [{"role": "user", "content": question}], "image_ids": list(self._new_images)}

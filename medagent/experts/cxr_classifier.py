@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from medagent.errors import ConfigurationError, MissingDependency
+from medagent.errors import ConfigurationError, MissingDependency, WeightsUnavailable
 from medagent.experts.cache import torch_module_bytes
 from medagent.experts.card import ModelCard
 from medagent.experts.results import ExpertResult, Provenance
@@ -137,7 +137,7 @@ class CxrClassifier(Expert[ImageRecord, Classification]):
         weights_sha256: str | None = None
         try:
             path = self.weights_file().require([self.cache_dir], self.name)
-        except Exception:
+        except WeightsUnavailable:  # only a missing file; a bad checksum is never papered over
             if not self.allow_untrained:
                 raise
             # TEST ONLY: the real architecture with random weights; every result says untrained.

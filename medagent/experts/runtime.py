@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -148,8 +149,6 @@ class Expert(ABC, Generic[InputT, OutputT]):
 
     async def run_unbatched(self, item: InputT) -> OutputT:
         """One item per model call (for comparisons and debugging); still off the event loop."""
-        import asyncio
-
         self._ensure_runtime()
         assert self._executor is not None
         loop = asyncio.get_running_loop()
