@@ -81,6 +81,9 @@ class Toolbox:
         )
         self.experts = experts or ExpertSuite.from_settings(self.settings)
         self.registry = build_registry(self.experts)
+        # artifacts are content-addressed, so an id's summary and the tools that suit it never change
+        self._summaries: dict[str, dict[str, Any]] = {}
+        self._suits: dict[tuple[str, str], bool] = {}
 
     def attach(self, path: str | os.PathLike[str] | Path, modality: Modality | str | None = None) -> Artifact:
         """Load, de-identify and store an image; the returned artifact id is what tools accept."""
@@ -95,12 +98,22 @@ class Toolbox:
 
     def image_summaries(self, image_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Planner-safe summaries (modality, format, shape, ...) of attached images."""
-        return {image_id: self.store.get(image_id).metadata.get("summary", {}) for image_id in image_ids}
+        for image_id in image_ids:
+            if image_id not in self._summaries:
+                self._summaries[image_id] = self.store.get(image_id).metadata.get("summary", {})
+        return {image_id: self._summaries[image_id] for image_id in image_ids}
 
     def offered_tools(self, summaries: dict[str, dict[str, Any]]) -> list[str]:
         """Tools worth offering a planner: ready to run and suited to at least one attached image."""
         return [tool.name for tool in self.registry.tools()
-                if any(tool.card.accepts_summary(summary) for summary in summaries.values()) and tool.ready()]
+                if any(self._suits_image(tool, image_id, summary) for image_id, summary in summaries.items())
+                and tool.ready()]
+
+    def _suits_image(self, tool: Tool[Any, Any], image_id: str, summary: dict[str, Any]) -> bool:
+        key = (tool.name, image_id)
+        if key not in self._suits:
+            self._suits[key] = tool.card.accepts_summary(summary)
+        return self._suits[key]
 
     def with_image_parts(self, messages: list[dict[str, Any]], image_ids: list[str]) -> list[dict[str, Any]]:
         """For VLM planners: the de-identified display images as data-URL parts of the first user message."""

@@ -77,7 +77,7 @@ class AgentLoop:
         return graph.compile(checkpointer=checkpointer)
 
     @staticmethod
-    def route(state: AgentState) -> str:
+    async def route(state: AgentState) -> str:  # async: LangGraph would run a sync router in a thread
         return "tools" if state["messages"][-1].get("tool_calls") else "end"
 
     # -- planner ---------------------------------------------------------------------------
