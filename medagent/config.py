@@ -36,10 +36,30 @@ class Settings(BaseSettings):
         description="TEST ONLY: build experts with random weights when real ones are missing; outputs say untrained",
     )
     limits: ImageLimits = Field(default_factory=ImageLimits)
+    bundles_dir: Path | None = Field(default=None, description="MONAI bundle folders; default <home>/bundles")
+    volume_bundle: str = Field(default="spleen_ct_segmentation", description="the bundle segment_volume uses")
+    text_index_dir: Path | None = Field(default=None, description="report/guideline index; default <home>/indexes/text")
+    image_index_dir: Path | None = Field(default=None, description="image index; default <home>/indexes/images")
+    image_encoder_dir: Path | None = Field(
+        default=None, description="folder of a RAD-DINO-style encoder, for image indexes built with it")
+    grounding_model_dir: Path | None = Field(
+        default=None, description="folder of a transformers grounding model (phrase -> boxes); none by default")
 
     @property
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
+
+    @property
+    def bundle_dir(self) -> Path:
+        return (self.bundles_dir or self.home / "bundles") / self.volume_bundle
+
+    @property
+    def text_index(self) -> Path:
+        return self.text_index_dir or self.home / "indexes" / "text"
+
+    @property
+    def image_index(self) -> Path:
+        return self.image_index_dir or self.home / "indexes" / "images"
 
     def weight_dirs(self) -> list[Path]:
         """Where weight files are looked for, in order."""

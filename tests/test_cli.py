@@ -33,11 +33,19 @@ def test_experts_list_reports_missing_weights_and_where_they_go(tmp_path: Path) 
     result = _run(["experts", "list", "--json"], tmp_path)
     assert result.returncode == 0, result.stderr
     experts = {row["name"]: row for row in json.loads(result.stdout)}
-    assert set(experts) == {"image_quality", "dicom_header", "lung_localizer", "cxr_classifier"}
-    classifier = experts["cxr_classifier"]["weights"]
-    assert classifier["present"] is False
-    assert classifier["expected_path"].startswith(str(tmp_path / "xrv"))
+    assert set(experts) == {"image_quality", "dicom_header", "lung_localizer", "lung_field_segmenter",
+                            "cxr_classifier", "cxr_anatomy_segmenter", "saliency_grounder", "study_differencer",
+                            "volume_segmenter", "text_retriever", "image_retriever"}
+    for learned in ("cxr_classifier", "cxr_anatomy_segmenter"):
+        weights = experts[learned]["weights"]
+        assert weights["present"] is False
+        assert weights["expected_path"].startswith(str(tmp_path / "xrv"))
+    volume = experts["volume_segmenter"]["weights"]
+    assert volume["present"] is False and "bundles" in volume["expected_path"]
+    assert experts["text_retriever"]["weights"]["present"] is False
+    assert "medagent index build" in experts["text_retriever"]["weights"]["expected_path"]
     assert experts["image_quality"]["weights"]["weightless"] is True
+    assert experts["lung_field_segmenter"]["weights"]["weightless"] is True
 
 
 def test_inspect_example_ct_json_is_deidentified(tmp_path: Path) -> None:

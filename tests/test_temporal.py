@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medagent.config import Settings
 from medagent.errors import InvalidToolArguments, PreconditionFailed
 from medagent.experts.cxr_classifier import CxrClassifier
 from medagent.experts.temporal import ChangeThresholds, StudyDifferencer, finding_changes
 from medagent.imaging import ImageLoader
 from medagent.imaging.record import ImageRecord
 from medagent.tools.artifacts import ArtifactStore
+from medagent.tools.builtin import Toolbox
 from medagent.tools.spec import ToolContext
 from medagent.tools.temporal_tools import compare_studies_tool
 
@@ -114,3 +116,11 @@ def test_finding_status_follows_operating_thresholds() -> None:
     changes = {c.label: c.status for c in finding_changes(scores(0.4, 0.5), scores(0.2, 0.75), 0.1)}
     assert changes == {"Effusion": "resolved", "Mass": "increased"}
     assert ChangeThresholds().probability_delta == 0.1
+
+
+def test_compare_studies_is_offered_only_with_two_images(settings: Settings, nih_images: list[Path]) -> None:
+    toolbox = Toolbox(settings)
+    first, second = (toolbox.attach(path, modality="DX").id for path in nih_images)
+    assert "compare_studies" not in toolbox.offered_tools(toolbox.image_summaries([first]))
+    assert "compare_studies" in toolbox.offered_tools(toolbox.image_summaries([first, second]))
+    toolbox.close()

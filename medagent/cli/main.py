@@ -15,12 +15,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from medagent import __version__
+from medagent.cli.index import index_app
 from medagent.errors import MedagentError
 
 app = typer.Typer(help="medagent: a planner model reasoning over medical images with expert models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 experts_app = typer.Typer(help="Inspect the expert models.", no_args_is_help=True)
 app.add_typer(experts_app, name="experts")
+app.add_typer(index_app, name="index")
 
 console = Console()
 errors = Console(stderr=True)
@@ -66,6 +68,12 @@ def experts_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
         rows.append({"name": expert.name, "summary": expert.card.summary, "device": expert.device,
                      "modalities": [m.value for m in expert.card.modalities] if expert.card.modalities else "any",
                      "weights": status.model_dump(exclude_none=True)})
+    for retriever in (suite.text_retriever, suite.image_retriever):
+        present = retriever.ready()
+        rows.append({"name": f"{retriever.query_kind}_retriever", "device": "cpu", "modalities": "any",
+                     "summary": f"Finds similar {retriever.query_kind} records in a persisted vector index.",
+                     "weights": {"present": present, "path": str(retriever.index_dir) if present else None,
+                                 "expected_path": f"{retriever.index_dir} (build it: medagent index build)"}})
     if as_json:
         console.print_json(json.dumps(rows))
         return

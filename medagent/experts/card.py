@@ -17,6 +17,7 @@ class ModelCard(BaseModel):
     dimensionality: list[int] = Field(default_factory=lambda: [2])
     source_formats: list[str] | None = Field(default=None, description="accepted file formats; None accepts any")
     valid_arguments: dict[str, list[str]] = Field(default_factory=dict)
+    images_per_call: int = Field(default=1, ge=1, description="images one call needs (2 for prior vs current)")
     performance: str | None = Field(default=None, description="known accuracy, with its source")
     limitations: list[str] = Field(default_factory=list)
     references: list[str] = Field(default_factory=list)

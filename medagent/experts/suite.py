@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from medagent.config import Settings
+from medagent.errors import ConfigurationError
 from medagent.experts.cache import shared_cache
+from medagent.experts.cxr_anatomy import CxrAnatomySegmenter
 from medagent.experts.cxr_classifier import CxrClassifier
 from medagent.experts.dicom_header import DicomHeaderReader
+from medagent.experts.learned_grounder import LearnedGrounder
+from medagent.experts.lung_fields import LungFieldSegmenter
+from medagent.experts.lung_phrases import LungMasks, LungPhraseGrounder
 from medagent.experts.lungs import LungLocalizer
 from medagent.experts.quality import QualityAssessor
 from medagent.experts.runtime import Expert
+from medagent.experts.saliency import SaliencyGrounder
+from medagent.experts.temporal import StudyDifferencer
+from medagent.experts.volume_segmentation import VolumeSegmenter
+from medagent.imaging.record import ImageRecord
+from medagent.retrieval.factory import image_embedder, read_manifest
+from medagent.retrieval.retriever import ImageRetriever, TextRetriever
 
 
 @dataclass
@@ -19,28 +31,76 @@ class ExpertSuite:
     lungs: LungLocalizer
     quality: QualityAssessor
     dicom_header: DicomHeaderReader
+    anatomy: CxrAnatomySegmenter
+    lung_fields: LungFieldSegmenter
+    saliency: SaliencyGrounder
+    lung_phrases: LungPhraseGrounder
+    differencer: StudyDifferencer
+    volume: VolumeSegmenter
+    text_retriever: TextRetriever
+    image_retriever: ImageRetriever
+    learned_grounder: LearnedGrounder | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, classifier_weights: str = "densenet121-res224-all") -> ExpertSuite:
+        from medagent.retrieval.embedders import MiniLmTextEmbedder
+
         cache = shared_cache(settings.model_cache_mb)
-        runtime = {"device": settings.device, "cache": cache}
+        runtime: dict[str, Any] = {"device": settings.device, "cache": cache}
+        batching = {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_batch_wait_ms}
+        untrained = settings.allow_untrained_test_only
+        classifier = CxrClassifier(classifier_weights, cache_dir=settings.xrv_cache_dir,
+                                   allow_untrained_test_only=untrained, **batching, **runtime)
+        anatomy = CxrAnatomySegmenter(cache_dir=settings.xrv_cache_dir, allow_untrained_test_only=untrained,
+                                      **batching, **runtime)
+        lung_fields = LungFieldSegmenter(**runtime)
+        lungs = LungLocalizer(**runtime)
         return cls(
-            classifier=CxrClassifier(
-                classifier_weights,
-                cache_dir=settings.xrv_cache_dir,
-                allow_untrained_test_only=settings.allow_untrained_test_only,
-                max_batch_size=settings.max_batch_size,
-                max_wait_ms=settings.max_batch_wait_ms,
-                **runtime,
-            ),
-            lungs=LungLocalizer(**runtime),
+            classifier=classifier,
+            lungs=lungs,
             quality=QualityAssessor(**runtime),
             dicom_header=DicomHeaderReader(**runtime),
+            anatomy=anatomy,
+            lung_fields=lung_fields,
+            saliency=SaliencyGrounder(classifier, **runtime),
+            lung_phrases=LungPhraseGrounder(lungs, mask_provider=_lung_masks(anatomy, lung_fields)),
+            differencer=StudyDifferencer(**runtime),
+            volume=VolumeSegmenter(settings.bundle_dir, allow_untrained_test_only=untrained, **runtime),
+            text_retriever=TextRetriever(settings.text_index, MiniLmTextEmbedder(**runtime)),
+            image_retriever=ImageRetriever(settings.image_index, _image_embedder(settings)),
+            learned_grounder=(LearnedGrounder(settings.grounding_model_dir, **runtime)
+                              if settings.grounding_model_dir else None),
         )
 
     def all(self) -> list[Expert]:  # type: ignore[type-arg]
-        return [self.quality, self.dicom_header, self.lungs, self.classifier]
+        experts: list[Expert] = [self.quality, self.dicom_header, self.lungs, self.lung_fields,  # type: ignore[type-arg]
+                                 self.classifier, self.anatomy, self.saliency, self.differencer, self.volume]
+        return experts + ([self.learned_grounder] if self.learned_grounder else [])
 
     def close(self) -> None:
         for expert in self.all():
             expert.close()
+        self.text_retriever.close()
+        self.image_retriever.close()
+
+
+def _lung_masks(anatomy: CxrAnatomySegmenter, lung_fields: LungFieldSegmenter) -> Any:
+    """Lung masks for phrase grounding: the learned anatomy segmenter when its weights are present,
+    else the classical lung-field segmenter (both name the lungs "Right Lung" / "Left Lung")."""
+    async def provide(record: ImageRecord) -> LungMasks:
+        segmenter = anatomy if anatomy.weights_status().present else lung_fields
+        segmentation = await segmenter(record)
+        masks = segmentation.masks
+        return LungMasks(masks={label: masks[label] for label in ("Right Lung", "Left Lung")},
+                         provenance=segmentation.provenance)
+    return provide
+
+
+def _image_embedder(settings: Settings) -> Any:
+    """The embedder an existing image index was built with; the classical descriptor otherwise."""
+    try:
+        name = read_manifest(settings.image_index).embedder.name
+        return image_embedder(name, encoder_dir=settings.image_encoder_dir, device=settings.device)
+    except ConfigurationError:
+        # no index yet, or its encoder folder is not configured: opening the index reports the mismatch
+        return image_embedder("classical")

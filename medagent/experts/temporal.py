@@ -112,6 +112,7 @@ class StudyDifferencer(Expert[tuple[ImageRecord, ImageRecord], ImageChange]):
         summary="Aligns a prior 2D image to the current one (affine) and maps where they differ.",
         modalities=None,
         dimensionality=[2],
+        images_per_call=2,
         performance="Classical registration (OpenCV ECC); no learned components.",
         limitations=["affine alignment only: no deformable registration",
                      "intensities are histogram-matched, so global exposure changes are not reported as change",
@@ -189,15 +190,13 @@ class StudyDifferencer(Expert[tuple[ImageRecord, ImageRecord], ImageChange]):
         return result
 
     def overlay_png(self, change: ImageChange) -> bytes:
-        """The current image with the difference map blended over it."""
-        from medagent.imaging.overlay import boxes_overlay_png
+        """The current image with the difference map blended over it and the largest change boxed."""
+        from medagent.imaging.heatmap import heatmap_overlay_png
 
         if change._difference is None or change._current_view is None:
             raise ToolFailure("this comparison carries no difference map")
-        view = np.clip(change._current_view, 0, 1)
         heat = np.clip(change._difference / max(self.thresholds.pixel_difference * 2, 1e-6), 0, 1)
-        blended = np.clip(0.6 * view + 0.4 * heat, 0, 1)
-        return boxes_overlay_png(blended, [])
+        return heatmap_overlay_png(change._current_view, heat, [], caption="difference: current vs aligned prior")
 
 
 def _describe(warp: np.ndarray, scale: float, before: float, after: float) -> Registration:

@@ -13,7 +13,7 @@ from medagent.imaging.record import ImageRecord, Modality
 
 
 class ImageLoader:
-    """Loads PNG, JPEG, DICOM and NIfTI files into :class:`ImageRecord` under safety limits.
+    """Loads PNG, JPEG, DICOM (a file, or a folder holding one series) and NIfTI files into :class:`ImageRecord` under safety limits.
 
     ``workspace``: when set, only files that resolve inside it are read.
     ``modality``: a user's declaration for formats that carry none (PNG, JPEG, NIfTI);
@@ -32,6 +32,11 @@ class ImageLoader:
 
     def load(self, path: str | os.PathLike[str], modality: Modality | str | None = None) -> ImageRecord:
         declared = Modality.parse(str(modality)) if modality else Modality.UNKNOWN
+        base = self.workspace if self.workspace is not None and not Path(path).is_absolute() else Path()
+        if (base / path).is_dir():  # a folder is one DICOM series (the largest, when it holds several)
+            from medagent.imaging.series import load_dicom_series
+
+            return load_dicom_series(base / path, self.deidentifier, self.limits, workspace=self.workspace)
         resolved = resolve_in_workspace(path, self.workspace)
         size = check_file_size(resolved, self.limits)
         source_format = sniff_format(resolved, self.limits)

@@ -18,8 +18,13 @@ from medagent.experts.suite import ExpertSuite
 from medagent.imaging import Deidentifier, ImageLoader, Modality, load_or_create_secret
 from medagent.imaging.overlay import boxes_overlay_png
 from medagent.tools.artifacts import Artifact, ArtifactKind, ArtifactStore
+from medagent.tools.grounding_tools import grounding_tools
 from medagent.tools.registry import ToolRegistry
+from medagent.tools.retrieval_tools import retrieval_tools
+from medagent.tools.segmentation_tools import segmentation_tools
 from medagent.tools.spec import ImageId, Tool, ToolContext, ToolPolicy
+from medagent.tools.temporal_tools import compare_studies_tool
+from medagent.tools.volume_tools import volume_tools
 
 
 class ImageInput(BaseModel):
@@ -64,6 +69,11 @@ def build_registry(experts: ExpertSuite) -> ToolRegistry:
             _image_tool("classify_chest_xray", experts.classifier, Classification,
                         ToolPolicy(timeout_s=120, max_concurrency=32)),
             _lung_tool(experts.lungs),
+            *segmentation_tools(experts.anatomy, experts.lung_fields),
+            *grounding_tools(experts.saliency, experts.lung_phrases, experts.learned_grounder),
+            compare_studies_tool(experts.differencer, experts.classifier),
+            *volume_tools(experts.volume),
+            *retrieval_tools(experts.text_retriever, experts.image_retriever),
         ]
     )
 
@@ -106,7 +116,8 @@ class Toolbox:
     def offered_tools(self, summaries: dict[str, dict[str, Any]]) -> list[str]:
         """Tools worth offering a planner: ready to run and suited to at least one attached image."""
         return [tool.name for tool in self.registry.tools()
-                if any(self._suits_image(tool, image_id, summary) for image_id, summary in summaries.items())
+                if tool.card.images_per_call <= len(summaries)
+                and any(self._suits_image(tool, image_id, summary) for image_id, summary in summaries.items())
                 and tool.ready()]
 
     def _suits_image(self, tool: Tool[Any, Any], image_id: str, summary: dict[str, Any]) -> bool:
