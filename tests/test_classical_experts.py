@@ -9,8 +9,6 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medagent.config import Settings
 from medagent.errors import PreconditionFailed
@@ -21,34 +19,12 @@ from medagent.experts.quality import QualityAssessor
 from medagent.imaging import ImageLoader
 from medagent.imaging.record import ImageRecord
 from medagent.tools.builtin import Toolbox
-
-
-def _cr_dicom(png: Path, target: Path, spacing: float = 0.7, magnification: float = 1.1) -> Path:
-    """A MONOCHROME1 CR DICOM made from a real NIH radiograph's pixels (inverted, as MONOCHROME1 stores them)."""
-    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.uint16) * 16  # 12-bit range
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(target), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
-    ds.PatientName, ds.PatientID = "Test^Person", "PID-42"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.ImagerPixelSpacing = [spacing, spacing]
-    ds.EstimatedRadiographicMagnificationFactor = magnification
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    ds.PixelData = (4095 - pixels).astype(np.uint16).tobytes()
-    ds.save_as(target, enforce_file_format=True)
-    return target
+from tests.dicom_files import cr_dicom
 
 
 def test_monochrome1_cr_is_inverted_and_spacing_corrected(tmp_path: Path, loader: ImageLoader,
                                                           nih_images: list[Path]) -> None:
-    record = loader.load(_cr_dicom(nih_images[0], tmp_path / "cr.dcm"))
+    record = loader.load(cr_dicom(nih_images[0], tmp_path / "cr.dcm"))
     original = np.asarray(Image.open(nih_images[0]).convert("L"), dtype=np.float32) * 16
     assert record.modality.value == "CR" and record.metadata.view_position == "PA"
     # after inversion, brighter is higher again: the stored pixels come back up to a constant offset
@@ -76,7 +52,7 @@ async def test_lungs_found_on_both_real_radiographs(loader: ImageLoader, nih_ima
 async def test_lung_boxes_in_millimetres_use_the_real_spacing(tmp_path: Path, loader: ImageLoader,
                                                               nih_images: list[Path]) -> None:
     localizer = LungLocalizer(cache=ModelCache(1024))
-    result = await localizer(loader.load(_cr_dicom(nih_images[1], tmp_path / "cr.dcm", 0.5, 1.0)))
+    result = await localizer(loader.load(cr_dicom(nih_images[1], tmp_path / "cr.dcm", 0.5, 1.0)))
     for lung in result.lungs:
         assert lung.box.width_mm == pytest.approx((lung.box.x1 - lung.box.x0) * 0.5, abs=0.1)
     localizer.close()

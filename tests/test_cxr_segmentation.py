@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medagent.config import Settings
 from medagent.errors import InvalidToolArguments, ModelRetry, PreconditionFailed, WeightsUnavailable
 from medagent.experts.cache import ModelCache
 from medagent.experts.cxr_anatomy import STRUCTURES, WEIGHTS_FILE, CxrAnatomySegmenter
@@ -23,9 +24,11 @@ from medagent.imaging import ImageLoader
 from medagent.imaging.mask_overlay import MASK_COLOURS, masks_overlay_png
 from medagent.imaging.record import ImageRecord
 from medagent.tools.artifacts import ArtifactKind, ArtifactStore
+from medagent.tools.builtin import Toolbox
 from medagent.tools.registry import ToolRegistry
 from medagent.tools.segmentation_tools import segmentation_tools
 from medagent.tools.spec import ToolContext
+from tests.dicom_files import cr_dicom
 
 SPACING = (0.2, 0.143)
 
@@ -294,3 +297,19 @@ async def test_tools_store_masks_and_overlays(tmp_path: Path, untrained_anatomy:
     for name in registry.names():
         with pytest.raises(PreconditionFailed, match="this image is CT"):
             await registry.call(name, {"image_id": ct_id}, context)
+
+
+@pytest.mark.asyncio
+async def test_a_dicom_radiographs_own_spacing_gives_the_square_millimetres(settings: Settings, tmp_path: Path,
+                                                                          nih_images: list[Path]) -> None:
+    """ImagerPixelSpacing 0.5 mm at magnification 1.25 is 0.4 mm at the patient: 0.16 mm² per pixel."""
+    toolbox = Toolbox(settings)
+    image = toolbox.attach(cr_dicom(nih_images[0], tmp_path / "cr.dcm", spacing=0.5, magnification=1.25))
+    assert toolbox.store.load_image(image.id).spacing_mm == pytest.approx((0.4, 0.4))
+    result = await toolbox.call("segment_lung_fields", {"image_id": image.id}, toolbox.context([image.id]))
+    assert result.spacing_known  # type: ignore[attr-defined]
+    for structure in result.structures:  # type: ignore[attr-defined]
+        assert structure.area_px > 0
+        assert structure.area_mm2 == pytest.approx(structure.area_px * 0.16, rel=1e-3)
+        assert structure.box.width_mm == pytest.approx((structure.box.x1 - structure.box.x0) * 0.4, abs=0.1)
+    toolbox.close()
