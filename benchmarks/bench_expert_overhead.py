@@ -19,6 +19,7 @@ import os
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,11 +52,13 @@ def _segmenter_compute(toolbox: Toolbox, image_id: str) -> Callable[[], Any]:
 
     expert = toolbox.experts.anatomy
     loaded = expert.loaded()
-    tensor = expert.preprocess(toolbox.store.load_image(image_id))[None].to(loaded.provenance.device)
+    network_input, _, _ = expert.preprocess(toolbox.store.load_image(image_id))
+    tensor = torch.from_numpy(network_input[None]).to(loaded.provenance.device)
 
     def forward() -> Any:
-        with torch.inference_mode():
-            return loaded.model(tensor).float().cpu()
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*nn\.functional\.upsample.* is deprecated")
+            return torch.sigmoid(loaded.model["network"](tensor)).float().cpu()
     return forward
 
 
