@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medagent.config import Settings
 from medagent.errors import (
     ConfigurationError,
     InvalidToolArguments,
@@ -30,6 +31,7 @@ from medagent.imaging import Deidentifier, ImageLoader
 from medagent.imaging.heatmap import heatmap_overlay_png
 from medagent.imaging.record import ImageRecord
 from medagent.tools.artifacts import ArtifactKind, ArtifactStore
+from medagent.tools.builtin import Toolbox
 from medagent.tools.grounding_tools import grounding_tools
 from medagent.tools.registry import ToolRegistry
 from medagent.tools.spec import ToolContext
@@ -351,3 +353,21 @@ def test_normalised_boxes_map_to_pixels_through_the_model_frame() -> None:
     assert (crop.width_mm, crop.height_mm) == (100.0, 200.0)
     full = to_image_box(whole, 600, 400, "full_image")
     assert (full.x0, full.y0, full.x1, full.y1, full.width_mm) == (0, 0, 600, 400, None)
+
+
+@pytest.mark.asyncio
+async def test_the_toolbox_grounds_lung_phrases_on_the_lung_field_segmentation(settings: Settings,
+                                                                              nih_images: list[Path]) -> None:
+    """Without PSPNet weights the suite grounds anatomy on the classical lung-field masks."""
+    toolbox = Toolbox(settings)
+    image = toolbox.attach(nih_images[1], modality="DX")
+    context = toolbox.context([image.id])
+    zone = await toolbox.call("ground_phrase", {"image_id": image.id, "phrase": "right lower zone"}, context)
+    lung = await toolbox.call("segment_lung_fields", {"image_id": image.id}, context)
+    assert "lung-field masks" in zone.method  # type: ignore[attr-defined]
+    right = next(s for s in lung.structures if s.label == "Right Lung")  # type: ignore[attr-defined]
+    (region,) = zone.regions  # type: ignore[attr-defined]
+    # the lower zone lies inside the right lung's box, in its lower part
+    assert right.box.x0 <= region.box.x0 < region.box.x1 <= right.box.x1
+    assert region.box.y1 <= right.box.y1 and region.box.y0 > (right.box.y0 + right.box.y1) / 2
+    toolbox.close()
