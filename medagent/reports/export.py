@@ -1,0 +1,43 @@
+"""Export a frame (cases, tool calls, a comparison) as CSV or Parquet."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal, get_args
+
+import pandas as pd
+
+from medagent.errors import ConfigurationError, MissingDependency
+
+ExportFormat = Literal["csv", "parquet"]
+
+
+def export(frame: pd.DataFrame, path: Path | str, format: ExportFormat = "csv") -> Path:  # noqa: A002 - CLI word
+    """Write ``frame`` (without its index) to ``path``; the file appears whole or not at all.
+
+    CSV is UTF-8 with a header row, nulls as empty fields. Parquet goes through pyarrow (the
+    ``reports`` extra) and keeps dtypes. Writing to a temporary file in the same folder and
+    renaming it means a crash never leaves a half-written export behind.
+    """
+    if format not in get_args(ExportFormat):
+        raise ConfigurationError(f"unknown export format {format!r}; use one of {', '.join(get_args(ExportFormat))}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(handle)
+    try:
+        if format == "csv":
+            frame.to_csv(temporary, index=False, encoding="utf-8")
+        else:
+            try:
+                import pyarrow  # noqa: F401 - fail with a clear message, not pandas' generic one
+            except ImportError as exc:
+                raise MissingDependency("Parquet export needs pyarrow: install medagent[reports]") from exc
+            frame.to_parquet(temporary, index=False, engine="pyarrow")
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path

@@ -1,0 +1,137 @@
+"""A run's whole report as one typed object, and the side-by-side comparison of several runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from medagent.reports.bootstrap import BootstrapConfig
+from medagent.reports.metrics import (
+    METRIC_NAMES,
+    SMALL_GROUP,
+    FindingMetrics,
+    MetricValue,
+    SubgroupTable,
+    SummaryMetrics,
+    finding_metrics,
+    subgroup_tables,
+)
+from medagent.reports.operations import CaseOutcomes, TokenUsage, ToolUsage, case_outcomes, token_usage, tool_usage
+from medagent.reports.schema import ReportInputError, empty_tool_calls, validate_cases, validate_tool_calls
+
+MACRO_ROW = "macro average"
+
+
+class ReportOptions(BaseModel):
+    thresholds: float | list[float] | dict[str, float | list[float]] = Field(
+        default=0.5, description="one threshold, a list, or per finding (key '*' = default for the rest)"
+    )
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    small_group: int = Field(default=SMALL_GROUP, ge=1, description="subgroups with fewer cases are flagged")
+
+
+class PlotFile(BaseModel):
+    kind: Literal["roc", "confusion", "latency"]
+    title: str
+    path: Path
+
+
+class StudyReport(BaseModel):
+    run_id: str
+    title: str
+    options: ReportOptions
+    outcomes: CaseOutcomes
+    findings: list[FindingMetrics]
+    summaries: list[SummaryMetrics]
+    subgroups: list[SubgroupTable]
+    tools: list[ToolUsage]
+    tokens: TokenUsage
+    plots: list[PlotFile] = Field(default_factory=list)
+
+
+def _single_run(frame: pd.DataFrame, run_id: str | None, name: str) -> tuple[pd.DataFrame, str]:
+    runs = sorted(str(r) for r in frame["run_id"].dropna().unique())
+    if run_id is None:
+        if len(runs) != 1:
+            raise ReportInputError(f"the {name} frame holds {len(runs)} runs; name the run_id to report on")
+        run_id = runs[0]
+    return frame[frame["run_id"].astype(str) == run_id], run_id
+
+
+def build_report(
+    cases: pd.DataFrame, tool_calls: pd.DataFrame | None = None, *, run_id: str | None = None,
+    options: ReportOptions | None = None, title: str | None = None,
+) -> StudyReport:
+    """Validate the frames and compute every table of one run's report (plots are added by ``write_plots``)."""
+    options = options or ReportOptions()
+    validate_cases(cases)
+    cases, run_id = _single_run(cases, run_id, "cases")
+    if cases.empty:
+        raise ReportInputError("the cases frame has no row for this run")
+    layout = validate_cases(cases)
+    calls = empty_tool_calls() if tool_calls is None else tool_calls
+    validate_tool_calls(calls)
+    calls = calls[calls["run_id"].astype(str) == run_id]
+    findings, summaries = finding_metrics(cases, layout, options.thresholds, options.bootstrap)
+    return StudyReport(
+        run_id=run_id, title=title or f"Study report: run {run_id}", options=options,
+        outcomes=case_outcomes(cases), findings=findings, summaries=summaries,
+        subgroups=subgroup_tables(cases, layout, options.thresholds, options.bootstrap, options.small_group),
+        tools=tool_usage(calls), tokens=token_usage(cases),
+    )
+
+
+class ComparisonRow(BaseModel):
+    finding: str
+    threshold: float | None
+    metric: str
+    values: dict[str, MetricValue | None]
+    """run_id -> value; None when that run has no such finding/threshold."""
+
+
+class RunComparison(BaseModel):
+    run_ids: list[str]
+    rows: list[ComparisonRow]
+
+    def to_frame(self) -> pd.DataFrame:
+        """Flat table: finding, threshold, metric, then ``<run>``, ``<run>.ci_low``, ``<run>.ci_high`` per run."""
+        records = []
+        for row in self.rows:
+            record: dict[str, object] = {"finding": row.finding, "threshold": row.threshold, "metric": row.metric}
+            for run in self.run_ids:
+                value = row.values.get(run)
+                record[run] = value.value if value else None
+                record[f"{run}.ci_low"] = value.ci_low if value else None
+                record[f"{run}.ci_high"] = value.ci_high if value else None
+            records.append(record)
+        return pd.DataFrame.from_records(records)
+
+
+def compare_runs(reports: Sequence[StudyReport]) -> RunComparison:
+    """Side by side per (finding, threshold, metric), then the macro averages; keys in first-seen order."""
+    run_ids = [r.run_id for r in reports]
+    if len(set(run_ids)) != len(run_ids):
+        raise ReportInputError("each run may appear only once in a comparison")
+    rows: dict[tuple[str, float | None, str], ComparisonRow] = {}
+    for report in reports:
+        entries = [(f.finding, f.threshold, f) for f in report.findings]
+        for finding, threshold, entry in entries:
+            for metric in METRIC_NAMES:
+                key = (finding, threshold, metric)
+                empty = ComparisonRow(finding=finding, threshold=threshold, metric=metric, values={})
+                row = rows.setdefault(key, empty)
+                row.values[report.run_id] = entry.metric(metric)
+        macro = next(s for s in report.summaries if s.average == "macro")
+        for metric in METRIC_NAMES:
+            row = rows.setdefault((MACRO_ROW, None, metric),
+                                  ComparisonRow(finding=MACRO_ROW, threshold=None, metric=metric, values={}))
+            row.values[report.run_id] = macro.metrics[metric]
+    for row in rows.values():
+        for run in run_ids:
+            row.values.setdefault(run, None)
+    ordered = sorted(rows.values(), key=lambda r: r.finding == MACRO_ROW)  # stable: macro rows last
+    return RunComparison(run_ids=run_ids, rows=ordered)
