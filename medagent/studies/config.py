@@ -1,0 +1,161 @@
+"""The study/workflow schema of root ``workflows/*.yaml`` files (loading: :mod:`medagent.studies.loading`).
+
+Every model forbids unknown keys so typos are caught. Names that refer to other things (tools,
+steps, ``_target_`` paths) are checked after validation by ``loading.reference_problems``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+from medagent.agents.planner import PlannerConfig
+from medagent.studies.components import PLANNER_BACKENDS, TargetRef
+from medagent.studies.datasets import Case, DatasetSpec, load_dataset
+from medagent.studies.pipeline import Graph, Probability, StepId
+from medagent.studies.source import LocatedDocument, Problem, StudyConfigError
+
+# The tools medagent.tools.builtin.build_registry registers (kept here so validating a file builds no experts).
+BUILTIN_TOOL_NAMES: tuple[str, ...] = (
+    "assess_image_quality", "read_dicom_header", "classify_chest_xray", "locate_lungs", "segment_chest_anatomy",
+    "segment_lung_fields", "ground_phrase", "compare_studies", "segment_volume", "search_reports",
+    "find_similar_images",
+)
+Role = Literal["planner", "patient", "assessor", "measurement"]
+
+
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class PlannerSpec(PlannerConfig):
+    """One role's planner: :class:`PlannerConfig` plus the backend that serves it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str | TargetRef = Field(
+        default="auto", description=f"auto (embedded without endpoint, else openai), or {sorted(PLANNER_BACKENDS)}"
+    )
+
+    def resolved_backend(self) -> str | TargetRef:
+        if self.backend == "auto":
+            return "embedded" if self.endpoint is None else "openai"
+        return self.backend
+
+    def planner_config(self) -> PlannerConfig:
+        return PlannerConfig.model_validate(self.model_dump(exclude={"backend"}))
+
+
+Planners = dict[Role, PlannerSpec]
+
+
+class Arm(_Strict):
+    """One configuration compared in a study; roles it does not name use the study's top-level planners."""
+
+    name: StepId
+    description: str = ""
+    planners: Planners = Field(default_factory=dict)
+
+
+class ExpertRef(TargetRef):
+    """A tool factory by import path, and the tool names it provides (so steps can be checked before import)."""
+
+    tools: list[str] = Field(min_length=1)
+
+
+class ConcurrencySpec(_Strict):
+    cases: int = Field(default=4, ge=1, description="cases in flight at once")
+    per_planner_endpoint: int = Field(default=4, ge=1, description="concurrent requests to one planner endpoint")
+    per_expert: int | dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default=4, description="concurrent calls per tool: one number, or per tool name")
+
+    @field_validator("per_expert")
+    @classmethod
+    def _positive(cls, value: int | dict[str, int]) -> int | dict[str, int]:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    def expert_limit(self, tool: str, default: int = 4) -> int:
+        return self.per_expert if isinstance(self.per_expert, int) else self.per_expert.get(tool, default)
+
+
+class StoreSpec(_Strict):
+    url: str | None = Field(default=None, description="sqlite:///file or postgresql://...; None: the SQLite default")
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite:", "postgresql:", "postgresql+", "postgres:")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return value
+
+
+class MetricsSpec(_Strict):
+    findings: list[str] = Field(default_factory=list, description="label names scored; default: every label")
+    thresholds: Probability | dict[str, Probability] = Field(default=0.5, description="one, or per finding")
+    bootstrap: int = Field(default=1000, ge=0, description="bootstrap resamples for 95% CIs (0: none)")
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    subgroups: list[str] = Field(default_factory=list, description="dataset subgroup columns to break down by")
+
+    def threshold_for(self, finding: str) -> float:
+        return self.thresholds if isinstance(self.thresholds, float) else self.thresholds.get(finding, 0.5)
+
+
+class StudyConfig(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    planners: Planners = Field(default_factory=lambda: {"planner": PlannerSpec()})
+    arms: list[Arm] = Field(default_factory=list, description="configurations compared; none: one arm 'default'")
+    experts: list[str | ExpertRef] = Field(default_factory=list, description="tools offered/used; empty: all")
+    graph: Graph
+    dataset: DatasetSpec | None = None
+    repeats: int = Field(default=1, ge=1)
+    seeds: int | list[int] = Field(default=0, description="a base seed (repeat r gets base + r) or one per repeat")
+    concurrency: ConcurrencySpec = Field(default_factory=ConcurrencySpec)
+    store: StoreSpec = Field(default_factory=StoreSpec)
+    metrics: MetricsSpec | None = None
+
+    _source: LocatedDocument | None = PrivateAttr(default=None)
+
+    @property
+    def source_file(self) -> Path | None:
+        return self._source.file if self._source else None
+
+    @property
+    def base_dir(self) -> Path:
+        """Where the dataset's relative paths start: the YAML file's folder (the working directory otherwise)."""
+        return self._source.file.parent if self._source else Path.cwd()
+
+    def seed_for(self, repeat: int) -> int:
+        return self.seeds[repeat] if isinstance(self.seeds, list) else self.seeds + repeat
+
+    def arm_planners(self) -> dict[str, dict[str, PlannerSpec]]:
+        """Arm name -> role -> planner, with the top-level planners filling roles an arm leaves out."""
+        if not self.arms:
+            return {"default": dict(self.planners)}
+        return {arm.name: {**self.planners, **arm.planners} for arm in self.arms}
+
+    def tool_names(self, known_tools: Iterable[str] = BUILTIN_TOOL_NAMES) -> list[str]:
+        """The tools this study offers (agent loop) or may call (pipeline)."""
+        if not self.experts:
+            return list(known_tools)
+        return [name for ref in self.experts for name in ([ref] if isinstance(ref, str) else ref.tools)]
+
+    def cases(self) -> list[Case]:
+        """The dataset's cases; errors in the YAML's dataset section are located at its line."""
+        if self.dataset is None:
+            raise StudyConfigError("this workflow has no dataset", field="dataset")
+        try:
+            return load_dataset(self.dataset, self.base_dir)
+        except StudyConfigError as exc:
+            if exc.file is not None or self._source is None or not (exc.field or "").startswith("dataset"):
+                raise
+            loc = tuple(exc.field.split(".")) if exc.field else ("dataset",)
+            raise self._source.error([Problem(loc, exc.message.split(": ", 1)[-1])]) from exc
+

@@ -1,0 +1,205 @@
+"""Loading study files: YAML -> validated :class:`StudyConfig`, with every error located at file:line: field.
+
+    config = load_study("workflows/cxr-triage.yaml")   # StudyConfigError: "cxr-triage.yaml:14: graph.steps[2]..."
+    cases = config.cases()                              # the dataset, paths relative to the YAML file
+    digest = config_hash(config)                        # a resume under a changed configuration is refused
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ValidationError
+
+from medagent.studies.components import DEFAULT_ALLOWED_PREFIXES, PLANNER_BACKENDS, TargetRef, target_problem
+from medagent.studies.config import BUILTIN_TOOL_NAMES, ExpertRef, PlannerSpec, StudyConfig
+from medagent.studies.pipeline import PipelineGraph
+from medagent.studies.source import LocatedDocument, Loc, Problem, problems_from_validation
+
+
+def _unwrap(annotation: Any) -> Any:
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _allowed_keys(root: type[BaseModel], loc: Loc) -> list[str] | None:
+    """The keys a mapping at pydantic ``loc`` accepts (union tags in ``loc`` pick the member)."""
+    current: Any = root
+    for part in loc:
+        current = _unwrap(current)
+        if typing.get_origin(current) in (typing.Union, types.UnionType):
+            members = [_unwrap(m) for m in typing.get_args(current)]
+            chosen = [m for m in members if getattr(m, "__name__", None) == part
+                      or (isinstance(m, type) and issubclass(m, BaseModel) and "type" in m.model_fields
+                          and part in typing.get_args(m.model_fields["type"].annotation))]
+            if not chosen:
+                return None
+            current = chosen[0]
+            continue
+        if typing.get_origin(current) in (list, dict):
+            current = typing.get_args(current)[-1]
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            fields = {f.alias or name: f for name, f in current.model_fields.items()}
+            if part not in fields:
+                return None
+            current = fields[part].annotation
+            continue
+        return None
+    current = _unwrap(current)
+    if typing.get_origin(current) in (typing.Union, types.UnionType):
+        models = [m for m in typing.get_args(current) if isinstance(m, type) and issubclass(m, BaseModel)]
+        current = models[0] if len(models) == 1 else None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or name for name, f in current.model_fields.items()]
+    return None
+
+
+def _known(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names))
+
+
+def _planner_problems(planners: dict[str, PlannerSpec], loc: Loc, prefixes: Sequence[str],
+                      allow_any: bool) -> list[Problem]:
+    problems = []
+    for role, spec in planners.items():
+        if isinstance(spec.backend, TargetRef):
+            problem = target_problem(spec.backend.target, allowed_prefixes=prefixes, allow_any=allow_any)
+            if problem:
+                problems.append(Problem((*loc, role, "backend", "_target_"), problem))
+        elif spec.backend != "auto" and spec.backend not in PLANNER_BACKENDS:
+            problems.append(Problem((*loc, role, "backend"), f"unknown planner backend '{spec.backend}' "
+                                    f"(known: auto, {_known(PLANNER_BACKENDS)})"))
+        if spec.role != role:
+            problems.append(Problem((*loc, role, "role"), f"role '{spec.role}' differs from its key '{role}'"))
+    return problems
+
+
+def _pipeline_problems(graph: PipelineGraph, known: set[str], offered: set[str]) -> list[Problem]:
+    problems: list[Problem] = []
+    earlier: dict[str, str] = {}  # step id -> tool
+    for index, step in enumerate(graph.steps):
+        loc: Loc = ("graph", "steps", index)
+        if step.id in earlier:
+            problems.append(Problem((*loc, "id"), f"step id '{step.id}' is used twice"))
+        if step.tool not in known:
+            problems.append(Problem((*loc, "tool"), f"unknown tool '{step.tool}' (known: {_known(known)})"))
+        elif step.tool not in offered:
+            problems.append(Problem((*loc, "tool"), f"tool '{step.tool}' is not among this study's experts"))
+        source = step.for_each.from_step if step.for_each else None
+        if step.for_each and source is None:
+            classifiers = [sid for sid, tool in earlier.items() if tool == "classify_chest_xray"]
+            if not classifiers:
+                problems.append(Problem((*loc, "for_each"), "no earlier classify_chest_xray step; name from_step"))
+        elif source is not None and source not in earlier:
+            problems.append(Problem((*loc, "for_each", "from_step"), f"'{source}' is not an earlier step"))
+        for key, condition, allowed in (("when", step.when, set(earlier)), ("gate", step.gate, {*earlier, step.id})):
+            if condition is None:
+                continue
+            for name in condition.referenced_steps():
+                if name not in allowed:
+                    problems.append(Problem((*loc, key), f"refers to step '{name}', which does not run before it"))
+            if condition.uses_current_finding() and (step.for_each is None or key == "gate"):
+                problems.append(Problem((*loc, key), "a bare finding_probability_at_least needs for_each "
+                                        "(or name step, finding and threshold)"))
+        earlier[step.id] = step.tool
+    for index, name in enumerate(graph.summary.include or []):
+        if name not in earlier:
+            problems.append(Problem(("graph", "summary", "include", index), f"unknown step '{name}'"))
+    return problems
+
+
+def reference_problems(config: StudyConfig, *, known_tools: Iterable[str] = BUILTIN_TOOL_NAMES,
+                       allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES,
+                       allow_any_target: bool = False) -> list[Problem]:
+    """Checks across fields: names of tools, steps, backends, arms, subgroups; ``_target_`` allow-list."""
+    problems: list[Problem] = []
+    known = set(known_tools)
+    for index, ref in enumerate(config.experts):
+        if isinstance(ref, ExpertRef):
+            problem = target_problem(ref.target, allowed_prefixes=allowed_prefixes, allow_any=allow_any_target)
+            if problem:
+                problems.append(Problem(("experts", index, "_target_"), problem))
+            known.update(ref.tools)
+        elif ref not in known:
+            problems.append(Problem(("experts", index), f"unknown tool '{ref}' (known: {_known(known)})"))
+    offered = set(config.tool_names(known))
+    problems += _planner_problems(config.planners, ("planners",), allowed_prefixes, allow_any_target)
+    arm_names: set[str] = set()
+    for index, arm in enumerate(config.arms):
+        if arm.name in arm_names:
+            problems.append(Problem(("arms", index, "name"), f"arm name '{arm.name}' is used twice"))
+        arm_names.add(arm.name)
+        problems += _planner_problems(arm.planners, ("arms", index, "planners"), allowed_prefixes, allow_any_target)
+    if isinstance(config.seeds, list) and len(config.seeds) != config.repeats:
+        problems.append(Problem(("seeds",), f"{len(config.seeds)} seeds for {config.repeats} repeats"))
+    if isinstance(config.concurrency.per_expert, dict):
+        for name in config.concurrency.per_expert:
+            if name not in offered:
+                problems.append(Problem(("concurrency", "per_expert", name), f"'{name}' is not one of the experts"))
+    if config.metrics is not None:
+        if isinstance(config.metrics.thresholds, dict) and config.metrics.findings:
+            for name in config.metrics.thresholds:
+                if name not in config.metrics.findings:
+                    problems.append(Problem(("metrics", "thresholds", name), f"'{name}' is not in metrics.findings"))
+        columns = config.dataset.columns.subgroups if config.dataset else []
+        for index, name in enumerate(config.metrics.subgroups):
+            if name not in columns:
+                problems.append(Problem(("metrics", "subgroups", index),
+                                        f"'{name}' is not a dataset subgroup column (dataset.columns.subgroups)"))
+    if isinstance(config.graph, PipelineGraph):
+        problems += _pipeline_problems(config.graph, known, offered)
+    return problems
+
+
+def validate_study(document: LocatedDocument, *, known_tools: Iterable[str] = BUILTIN_TOOL_NAMES,
+                   allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES, allow_any_target: bool = False,
+                   check_paths: bool = False) -> StudyConfig:
+    """Validate a parsed document; raise one StudyConfigError listing every problem, first one located."""
+    if not isinstance(document.data, dict):
+        raise document.error([Problem((), "the file must be a mapping with keys such as name and graph")])
+    try:
+        config = StudyConfig.model_validate(document.data)
+    except ValidationError as exc:
+        raise document.error(problems_from_validation(exc, lambda loc: _allowed_keys(StudyConfig, loc))) from None
+    problems = reference_problems(config, known_tools=known_tools, allowed_prefixes=allowed_prefixes,
+                                  allow_any_target=allow_any_target)
+    if check_paths and config.dataset is not None and not (document.file.parent / config.dataset.path).exists():
+        problems.append(Problem(("dataset", "path"), "does not exist (relative paths start at this file's folder)"))
+    if problems:
+        raise document.error(problems)
+    config._source = document
+    return config
+
+
+def load_study(path: str | os.PathLike[str], **options: Any) -> StudyConfig:
+    """Read and validate a study file. ``options``: those of :func:`validate_study`."""
+    return validate_study(LocatedDocument.read(Path(path)), **options)
+
+
+def parse_study(text: str, file_name: str = "study.yaml", **options: Any) -> StudyConfig:
+    """Validate YAML text (e.g. posted to a backend); relative dataset paths start at the working directory."""
+    return validate_study(LocatedDocument.parse(text, Path.cwd() / file_name), **options)
+
+
+def config_hash(config: StudyConfig) -> str:
+    """sha256 of the validated config as canonical JSON (sorted keys, defaults filled in).
+
+    Descriptions, concurrency, the store URL and API keys are left out: they do not change results.
+    """
+    data = config.model_dump(mode="json", by_alias=True, exclude={"description", "concurrency", "store"})
+    for planners in [data["planners"], *(arm["planners"] for arm in data["arms"])]:
+        for spec in planners.values():
+            spec.pop("api_key", None)
+    for arm in data["arms"]:
+        arm.pop("description", None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
