@@ -16,6 +16,7 @@ from rich.table import Table
 
 from medagent import __version__
 from medagent.cli.index import index_app
+from medagent.cli.study import register as register_study_commands
 from medagent.errors import MedagentError
 
 app = typer.Typer(help="medagent: a planner model reasoning over medical images with expert models.",
@@ -227,3 +228,4 @@ def _register_conversation_commands() -> None:
 
 
 _register_conversation_commands()
+register_study_commands(app)

@@ -161,9 +161,11 @@ def _manifest_cases(manifest: Path, columns: ColumnMapping) -> list[Case]:
             images.append(image)
         labels = {}
         for column in columns.labels:
+            if _text(row[column]) is None:
+                continue  # an empty cell: the label is unknown for this case
             value = _binary(row[column])
             if value is None:
-                raise fail(column, "expected 0 or 1")
+                raise fail(column, "expected 0 or 1, or an empty cell when unknown")
             labels[column] = value
         case_id = _text(row[columns.case_id]) if columns.case_id else _path_hash(raw_paths)
         if case_id is None:

@@ -12,7 +12,13 @@ from medagent.errors import MissingDependency
 
 @contextlib.asynccontextmanager
 async def open_checkpointer(url: str) -> AsyncIterator[Any]:
-    """``postgresql://...`` opens langgraph-checkpoint-postgres; anything else is a SQLite file path."""
+    """``postgresql://...`` opens langgraph-checkpoint-postgres; ``memory://`` keeps checkpoints in this
+    process only (study cases, which are recorded whole in the study store); anything else is a SQLite file."""
+    if url == "memory://":
+        from langgraph.checkpoint.memory import InMemorySaver
+
+        yield InMemorySaver()
+        return
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver

@@ -1,0 +1,138 @@
+"""`medagent run`, `medagent report` and `medagent export`: batch studies from YAML, stored in SQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from medagent.errors import MedagentError
+
+console = Console()
+errors = Console(stderr=True)
+
+StoreOption = Annotated[str | None, typer.Option("--store", help="SQL URL (default: the SQLite file in MEDAGENT_HOME)")]
+
+
+def _fail(exc: MedagentError) -> None:
+    errors.print(f"[red]error[/] [{exc.code}] {escape(exc.message)}")
+    raise typer.Exit(2)
+
+
+def run(
+    study: Annotated[Path, typer.Argument(help="study YAML", exists=True, dir_okay=False)],
+    resume: Annotated[str | None, typer.Option("--resume", help="complete this run")] = None,
+    retry_failed: Annotated[str | None, typer.Option("--retry-failed", help="rerun this run's failed cases")] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="id of a new run (default: generated)")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="only the first N cases")] = None,
+    force: Annotated[bool, typer.Option("--force", help="resume even if the configuration changed")] = False,
+    store_url: StoreOption = None,
+) -> None:
+    """Run a study: cases concurrently, each result written to SQL as it finishes; resumable."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from medagent.config import Settings
+    from medagent.store import StudyStore
+    from medagent.studies import load_study
+    from medagent.studies.runner import run_study
+
+    async def go() -> str:
+        config = load_study(study)
+        settings = Settings()
+        store = StudyStore.open(store_url or config.store.url, settings.home)
+        chosen = resume or retry_failed or run_id
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("failed {task.fields[failed]}"), TextColumn("{task.fields[rate]}"),
+                   TimeRemainingColumn()]
+        with Progress(*columns, console=errors, transient=False) as progress:
+            task = progress.add_task(config.name, total=None, failed=0, rate="")
+            started = asyncio.get_running_loop().time()
+            try:
+                async for event in run_study(config, store=store, settings=settings, run_id=chosen,
+                                             resume=resume is not None, retry_failed=retry_failed is not None,
+                                             force=force, limit=limit):
+                    chosen = event.run_id
+                    elapsed = max(asyncio.get_running_loop().time() - started, 1e-6)
+                    rate = f"{(event.done - event.skipped) / elapsed:.2f} cases/s"
+                    progress.update(task, total=event.total, completed=event.done, failed=event.failed, rate=rate)
+            finally:
+                store.close()
+        assert chosen is not None
+        return chosen
+
+    try:
+        finished = asyncio.run(go())
+    except MedagentError as exc:
+        _fail(exc)
+        return
+    console.print(f"run [bold]{finished}[/] finished; report: medagent report {finished}")
+
+
+def report(
+    run_id: Annotated[str, typer.Argument(help="the run to report")],
+    output_format: Annotated[Literal["md", "html"], typer.Option("--format")] = "md",
+    compare: Annotated[list[str] | None, typer.Option("--compare", help="runs to compare side by side")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="folder for the report and its plots")] = None,
+    store_url: StoreOption = None,
+) -> None:
+    """Metrics with bootstrap confidence intervals, subgroups, tool and token usage, plots."""
+    from medagent.config import Settings
+    from medagent.reports import build_report, compare_runs, render_html, render_markdown, write_plots
+    from medagent.store import StudyStore, UnknownRun
+
+    settings = Settings()
+    try:
+        with StudyStore.open(store_url, settings.home) as store:
+            reports, frames = [], []
+            for one in [run_id, *(compare or [])]:
+                if store.get_run(one) is None:
+                    raise UnknownRun(f"no run with id {one!r} in the study store", run_id=one)
+                cases, calls = store.cases_frame(one), store.tool_calls_frame(one)
+                reports.append(build_report(cases, calls, run_id=one))
+                frames.append((cases, calls))
+    except MedagentError as exc:
+        _fail(exc)
+        return
+    folder = out or settings.home / "reports" / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    write_plots(reports[0], frames[0][0], frames[0][1], folder)
+    comparison = compare_runs(reports) if compare else None
+    text = render_html(reports[0], comparison) if output_format == "html" else render_markdown(reports[0], comparison)
+    target = folder / f"report.{output_format}"
+    target.write_text(text, encoding="utf-8")
+    console.print(f"report written to {target}")
+
+
+def export(
+    run_id: Annotated[str, typer.Argument(help="the run to export")],
+    output_format: Annotated[Literal["csv", "parquet"], typer.Option("--format")] = "csv",
+    out: Annotated[Path | None, typer.Option("--out", help="output file")] = None,
+    store_url: StoreOption = None,
+) -> None:
+    """One row per (case, repeat) with truth, predictions, subgroups, tokens and latency."""
+    from medagent.config import Settings
+    from medagent.reports import export as write_frame
+    from medagent.store import StudyStore, UnknownRun
+
+    settings = Settings()
+    try:
+        with StudyStore.open(store_url, settings.home) as store:
+            if store.get_run(run_id) is None:
+                raise UnknownRun(f"no run with id {run_id!r} in the study store", run_id=run_id)
+            frame = store.cases_frame(run_id)
+    except MedagentError as exc:
+        _fail(exc)
+        return
+    target = write_frame(frame, out or Path(f"{run_id}.{output_format}"), output_format)
+    console.print(json.dumps({"run_id": run_id, "rows": len(frame), "path": str(target)}))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("report")(report)
+    app.command("export")(export)

@@ -1,0 +1,47 @@
+"""The SQL result store of studies: runs, cases, planner messages, tool calls and metrics.
+
+``StudyStore.open(None, home)`` opens ``<home>/studies.sqlite``; a ``postgresql://`` URL opens
+PostgreSQL through psycopg 3. See :mod:`medagent.store.study_store` for the write guarantees
+and :mod:`medagent.store.tables` for the tables and their schema version.
+"""
+
+from medagent.store.records import (
+    CaseError,
+    CaseRecord,
+    CaseResult,
+    CaseStatus,
+    CaseWrite,
+    ConfigChanged,
+    MetricValue,
+    RunExists,
+    RunRecord,
+    RunStatus,
+    StoredToolCall,
+    StoreError,
+    StoreSchemaMismatch,
+    ToolCallRecord,
+    UnknownRun,
+)
+from medagent.store.study_store import CaseKey, StudyStore
+from medagent.store.tables import SCHEMA_VERSION
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CaseError",
+    "CaseKey",
+    "CaseRecord",
+    "CaseResult",
+    "CaseStatus",
+    "CaseWrite",
+    "ConfigChanged",
+    "MetricValue",
+    "RunExists",
+    "RunRecord",
+    "RunStatus",
+    "StoreError",
+    "StoreSchemaMismatch",
+    "StoredToolCall",
+    "StudyStore",
+    "ToolCallRecord",
+    "UnknownRun",
+]

@@ -1,0 +1,236 @@
+"""Run a study: cases x repeats x arms under bounded concurrency, each terminal outcome written to SQL
+as it finishes, so a killed run resumes without recomputing finished cases."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from medagent.config import Settings
+from medagent.errors import MedagentError
+from medagent.store import CaseError, CaseResult, StudyStore, ToolCallRecord
+from medagent.studies.config import PlannerSpec, StudyConfig
+from medagent.studies.datasets import Case
+from medagent.studies.loading import config_hash
+from medagent.studies.pipeline import AgentLoopGraph, probability_of
+from medagent.studies.pipeline_graph import PipelineRunner
+from medagent.tools.builtin import Toolbox
+
+
+logger = logging.getLogger(__name__)
+
+
+class StudyProgress(BaseModel):
+    kind: Literal["started", "case", "finished"]
+    run_id: str
+    total: int
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    case_id: str | None = None
+    repeat: int | None = None
+    status: str | None = None
+
+
+class _WorkItem(BaseModel):
+    arm: str
+    case: Case
+    repeat: int
+    key: str  # the stored case id: the dataset's, prefixed by the arm when a study compares arms
+
+
+def _columns(case: Case, outputs: list[Any]) -> dict[str, Any]:
+    """Flat per-case values the reports read: truth, classifier probabilities, subgroups."""
+    columns: dict[str, Any] = {f"truth.{name}": value for name, value in case.labels.items()}
+    columns.update({f"subgroup.{name}": value for name, value in case.subgroups.items()})
+    for output in outputs:
+        for finding in output.get("findings", []) if isinstance(output, dict) else []:
+            label = str(finding.get("label"))
+            probability = probability_of(output, label)
+            if probability is not None:
+                columns.setdefault(f"prob.{label}", probability)
+    return columns
+
+
+def _planner_object(spec: PlannerSpec) -> Any:
+    """A planner built from a ``_target_`` reference (e.g. a scripted baseline); None for openai/embedded."""
+    from medagent.studies.components import TargetRef, resolve_target
+
+    backend = spec.resolved_backend()
+    if not isinstance(backend, TargetRef):
+        return None
+    factory = resolve_target(backend.target)
+    return factory(**backend.kwargs, config=spec.planner_config())
+
+
+class StudyRunner:
+    def __init__(self, config: StudyConfig, store: StudyStore, settings: Settings | None = None,
+                 toolbox: Toolbox | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.settings = settings or Settings()
+        self.toolbox = toolbox or Toolbox(self.settings)
+        self._agents: dict[tuple[str, int], Any] = {}
+        self._agent_lock = asyncio.Lock()
+        dataset = config.dataset
+        self._modality = dataset.modality.value if dataset is not None and dataset.modality else None
+
+    def work(self, limit: int | None = None) -> list[_WorkItem]:
+        cases = self.config.cases()[:limit] if limit else self.config.cases()
+        arms = list(self.config.arm_planners())
+        return [_WorkItem(arm=arm, case=case, repeat=repeat, key=case.case_id if len(arms) == 1 else
+                          f"{arm}:{case.case_id}")
+                for arm in arms for case in cases for repeat in range(self.config.repeats)]
+
+    async def run(self, run_id: str | None = None, *, resume: bool = False, retry_failed: bool = False,
+                  force: bool = False, limit: int | None = None) -> AsyncIterator[StudyProgress]:
+        digest = config_hash(self.config)
+        dumped = self.config.model_dump(mode="json", by_alias=True)
+        if resume or retry_failed:
+            assert run_id is not None, "resuming needs the run id"
+            await asyncio.to_thread(self.store.resume_run, run_id, dumped, digest, force=force)
+        else:
+            run_id = run_id or f"{self.config.name}-{uuid.uuid4().hex[:8]}"
+            await asyncio.to_thread(self.store.create_run, run_id, self.config.name, dumped, digest)
+        items = self.work(limit)
+        finished = await asyncio.to_thread(self.store.completed_keys, run_id)
+        failed_before = await asyncio.to_thread(self.store.failed_keys, run_id)
+        skip = finished | (set() if retry_failed else failed_before)
+        todo = [item for item in items if (item.key, item.repeat) not in skip]
+        progress = StudyProgress(kind="started", run_id=run_id, total=len(items), skipped=len(items) - len(todo),
+                                 done=len(items) - len(todo))
+        yield progress
+        limiter = asyncio.Semaphore(self.config.concurrency.cases)
+
+        async def one(item: _WorkItem) -> tuple[_WorkItem, str]:
+            async with limiter:
+                result, messages, calls = await self._execute(run_id, item)
+                write = await asyncio.to_thread(self.store.record_case, run_id, item.key, item.repeat, result,
+                                                messages, calls, retry=retry_failed)
+                return item, write.record.status
+
+        try:
+            for next_done in asyncio.as_completed([one(item) for item in todo]):
+                item, status = await next_done
+                progress = progress.model_copy(update={
+                    "kind": "case", "done": progress.done + 1, "failed": progress.failed + (status == "failed"),
+                    "case_id": item.key, "repeat": item.repeat, "status": status})
+                yield progress
+        finally:
+            await self.aclose()
+        await asyncio.to_thread(self.store.finish_run, run_id)
+        yield progress.model_copy(update={"kind": "finished", "case_id": None, "repeat": None, "status": None})
+
+    async def _execute(self, run_id: str, item: _WorkItem) -> tuple[CaseResult, list[dict[str, Any]],
+                                                                    list[ToolCallRecord]]:
+        started = time.perf_counter()
+        seed = self.config.seed_for(item.repeat)
+        try:
+            if isinstance(self.config.graph, AgentLoopGraph):
+                return await self._agent_case(run_id, item, seed, started)
+            image_ids = [self.toolbox.attach(path, self._modality).id for path in item.case.images]
+            outcome = await PipelineRunner(self.config.graph, self.toolbox).run(image_ids[0], item.case.case_id)
+        except Exception as exc:  # a case's failure is recorded, typed; the run goes on
+            if not isinstance(exc, MedagentError):
+                logger.exception("case %s failed unexpectedly", item.key)
+            error = CaseError.from_exception(exc)
+            return CaseResult(status="failed", error=error, seed=seed, latency_s=time.perf_counter() - started,
+                              columns=_columns(item.case, [])), [], []
+        calls = [ToolCallRecord(tool=call.tool, arguments=call.arguments, output=call.output, ok=call.ok,
+                                error=_case_error(call.error) if call.error else None,
+                                duration_s=call.duration_s) for call in outcome.tool_calls]
+        outputs = [call.output for call in outcome.tool_calls if call.ok]
+        status: Literal["succeeded", "failed"] = "failed" if outcome.status == "failed" else "succeeded"
+        return CaseResult(
+            status=status, answer=outcome.summary, result={"outcome": outcome.status, "outputs": outcome.outputs},
+            error=_case_error(outcome.error) if status == "failed" and outcome.error else
+            (CaseError(code="step_failed", family="tool_failure", message="a required step failed")
+             if status == "failed" else None),
+            columns=_columns(item.case, outputs), seed=seed, latency_s=time.perf_counter() - started,
+            expert_weights=_weights(outputs),
+        ), [], calls
+
+    async def _agent_case(self, run_id: str, item: _WorkItem, seed: int, started: float) -> tuple[CaseResult, list[dict[str, Any]], list[ToolCallRecord]]:
+        from medagent.api import Agent, AgentConfig
+
+        assert isinstance(self.config.graph, AgentLoopGraph)
+        async with self._agent_lock:
+            agent = self._agents.get((item.arm, seed))
+            if agent is None:
+                spec = self.config.arm_planners()[item.arm]["planner"]
+                planner_config = spec.planner_config().model_copy(update={"seed": seed})
+                agent = Agent(AgentConfig(planner=planner_config, loop=self.config.graph.loop,
+                                          checkpoint_url="memory://"),  # a case is stored whole or rerun
+                              settings=self.settings, toolbox=self.toolbox,
+                              planner=_planner_object(spec.model_copy(update={"seed": seed})))
+                self._agents[(item.arm, seed)] = await agent.start()
+        session = agent.session(f"{run_id}:{item.key}:{item.repeat}")
+        for path in item.case.images:  # content-addressed: the artifacts already stored are reused
+            await session.attach(path, self._modality)
+        answer = await session.ask(self.config.graph.question)
+        calls = [ToolCallRecord(tool=call["tool"], arguments=_json_arguments(call.get("arguments")),
+                                output=call.get("output"), ok=bool(call.get("ok")),
+                                error=_case_error(call["error"]) if call.get("error") else None,
+                                duration_s=call.get("duration_s")) for call in answer.tool_calls]
+        outputs = [call.output for call in calls if call.ok]
+        return CaseResult(status="succeeded", answer=answer.text, columns=_columns(item.case, outputs), seed=seed,
+                          model_id=answer.model, latency_s=time.perf_counter() - started,
+                          expert_weights=_weights(outputs)), await session.history(), calls
+
+    async def aclose(self) -> None:
+        for agent in self._agents.values():
+            await agent.aclose()
+        self._agents.clear()
+
+
+def _case_error(error: dict[str, Any]) -> CaseError:
+    """A stored error from :meth:`MedagentError.to_dict` (its details are already planner-safe)."""
+    details = error.get("details") if isinstance(error.get("details"), dict) else {
+        key: value for key, value in error.items() if key not in ("code", "family", "message")}
+    return CaseError(code=str(error.get("code", "error")), family=error.get("family", "infrastructure"),
+                     message=str(error.get("message", "")),
+                     details={k: v for k, v in details.items() if isinstance(v, str | int | float | bool) or v is None})
+
+
+def _json_arguments(arguments: Any) -> dict[str, Any]:
+    import json
+
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        parsed = json.loads(arguments or "{}")
+    except (TypeError, ValueError):
+        return {"raw": str(arguments)}
+    return parsed if isinstance(parsed, dict) else {"value": parsed}
+
+
+def _weights(outputs: list[Any]) -> dict[str, str | None]:
+    weights: dict[str, str | None] = {}
+    for output in outputs:
+        provenance = output.get("provenance") if isinstance(output, dict) else None
+        if isinstance(provenance, dict) and provenance.get("expert"):
+            weights[str(provenance["expert"])] = provenance.get("weights_sha256")
+    return weights
+
+
+async def run_study(config: StudyConfig, *, store: StudyStore | None = None, settings: Settings | None = None,
+                    run_id: str | None = None, resume: bool = False, retry_failed: bool = False,
+                    force: bool = False, limit: int | None = None) -> AsyncIterator[StudyProgress]:
+    """The library entry point: typed progress events while the study runs."""
+    settings = settings or Settings()
+    own_store = store is None
+    store = store or StudyStore.open(config.store.url, settings.home)
+    runner = StudyRunner(config, store, settings)
+    try:
+        async for event in runner.run(run_id, resume=resume, retry_failed=retry_failed, force=force, limit=limit):
+            yield event
+    finally:
+        runner.toolbox.close()
+        if own_store:
+            store.close()

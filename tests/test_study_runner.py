@@ -1,0 +1,186 @@
+"""Studies end to end: manifests of real images, pipelines and agent loops, SQL records, resume, SIGKILL."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medagent.config import Settings
+from medagent.store import StudyStore
+from medagent.studies import load_study
+from medagent.studies.runner import run_study
+from tests.conftest import TEST_SECRET
+
+pytestmark = pytest.mark.asyncio
+
+SCRIPTED = "{_target_: medagent.agents.scripted.tool_sequence_planner, kwargs: {tools: [%s]%s}}"
+
+
+def _manifest(folder: Path, rows: list[tuple[str, Path, int | str, str]]) -> Path:
+    path = folder / "manifest.csv"
+    with path.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["case_id", "path", "Cardiomegaly", "sex"])
+        for case_id, image, label, sex in rows:
+            writer.writerow([case_id, str(image), label, sex])
+    return path
+
+
+def _study(folder: Path, graph: str, *, planner: str = "", repeats: int = 1, concurrency: int = 4,
+           modality: str = "DX") -> Path:
+    planners = f"planners:\n  planner:\n    backend: {planner}\n" if planner else ""
+    text = f"""name: test-study
+{planners}graph:
+{graph}
+dataset:
+  type: manifest
+  path: manifest.csv
+  modality: {modality}
+  columns: {{path: path, case_id: case_id, labels: [Cardiomegaly], subgroups: [sex]}}
+repeats: {repeats}
+seeds: 7
+concurrency: {{cases: {concurrency}}}
+"""
+    path = folder / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+PIPELINE = """  type: pipeline
+  steps:
+    - id: quality
+      tool: assess_image_quality
+    - id: classify
+      tool: classify_chest_xray"""
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("MEDAGENT_DEID_SECRET", TEST_SECRET.decode())
+    return Settings(home=tmp_path / "home", xrv_cache_dir=tmp_path / "xrv", allow_untrained_test_only=True)
+
+
+@pytest.mark.torch
+async def test_a_pipeline_study_over_real_images_records_every_case(
+        tmp_path: Path, settings: Settings, nih_images: list[Path], pydicom_ct: Path, nibabel_data: Path) -> None:
+    rows = [("cxr-1", nih_images[0], 1, "M"), ("cxr-2", nih_images[1], 0, "F"), ("ct", pydicom_ct, "", "F"),
+            ("nifti", nibabel_data / "anatomical.nii", "", "M")]
+    _manifest(tmp_path, rows)
+    config = load_study(_study(tmp_path, PIPELINE))
+    with StudyStore.open(None, settings.home) as store:
+        events = [event async for event in run_study(config, store=store, settings=settings, run_id="r1")]
+        assert events[0].kind == "started" and events[-1].kind == "finished" and events[-1].done == 4
+        cases = {case.case_id: case for case in store.cases("r1")}
+        assert set(cases) == {"cxr-1", "cxr-2", "ct", "nifti"}
+        for name in ("cxr-1", "cxr-2"):
+            assert cases[name].status == "succeeded"
+            assert 0.0 <= cases[name].columns["prob.Cardiomegaly"] <= 1.0  # type: ignore[operator]
+            assert cases[name].expert_weights["cxr_classifier"] is None  # untrained: no weight file hashed
+        assert cases["cxr-1"].columns["truth.Cardiomegaly"] == 1 and cases["cxr-1"].columns["subgroup.sex"] == "M"
+        # the CT is a DICOM CT whatever the manifest declares: the chest X-ray classifier refuses it, typed
+        assert cases["ct"].status == "failed" and cases["ct"].error.code == "precondition_failed"  # type: ignore[union-attr]
+        calls = store.tool_calls("r1", "cxr-1", 0)
+        assert [call.tool for call in calls] == ["assess_image_quality", "classify_chest_xray"]
+        assert store.get_run("r1").status == "finished"  # type: ignore[union-attr]
+
+
+@pytest.mark.torch
+async def test_agent_loop_study_resumes_without_rerunning_finished_cases(
+        tmp_path: Path, settings: Settings, nih_images: list[Path]) -> None:
+    _manifest(tmp_path, [("a", nih_images[0], 1, "M"), ("b", nih_images[1], 0, "F")])
+    graph = "  type: agent_loop\n  question: Is the heart enlarged?"
+    config = load_study(_study(tmp_path, graph, planner=SCRIPTED % ("classify_chest_xray", ""), repeats=2))
+    with StudyStore.open(None, settings.home) as store:
+        first = [e async for e in run_study(config, store=store, settings=settings, run_id="r2", limit=1)]
+        assert first[-1].done == 2  # case a, two repeats
+        recorded = {(c.case_id, c.repeat): c.recorded_at for c in store.cases("r2")}
+        resumed = [e async for e in run_study(config, store=store, settings=settings, run_id="r2", resume=True)]
+        assert resumed[0].skipped == 2 and resumed[-1].done == 4
+        cases = store.cases("r2")
+        assert sorted((c.case_id, c.repeat) for c in cases) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+        for case in cases:
+            assert case.status == "succeeded" and case.model_id == "scripted:tool-sequence"
+            assert case.seed == 7 + case.repeat and case.attempts == 1
+            assert "classify_chest_xray" in (case.answer or "")
+            if (case.case_id, case.repeat) in recorded:  # finished before the resume: not written again
+                assert case.recorded_at == recorded[(case.case_id, case.repeat)]
+        assert [m["role"] for m in store.messages("r2", "b", 1)][:2] == ["user", "assistant"]
+
+
+def _variants(source: Path, folder: Path, count: int) -> list[Path]:
+    """Distinct real radiographs: crops of one NIH image, so every case has its own image id."""
+    pixels = np.asarray(Image.open(source).convert("L"))
+    paths = []
+    for index in range(count):
+        crop = pixels[index * 4: 896 + index * 4, index * 2: 896 + index * 2]
+        path = folder / f"cxr-{index:02d}.png"
+        Image.fromarray(np.ascontiguousarray(crop)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.slow
+async def test_sigkill_at_several_points_then_resume_gives_one_record_per_case(
+        tmp_path: Path, nih_images: list[Path]) -> None:
+    images = _variants(nih_images[0], tmp_path, 50)
+    _manifest(tmp_path, [(f"case-{i:02d}", path, i % 2, "MF"[i % 2]) for i, path in enumerate(images)])
+    log = tmp_path / "planner-calls.log"
+    planner = SCRIPTED % ("assess_image_quality", f", latency_s: 0.05, call_log: {log}")
+    study = _study(tmp_path, "  type: agent_loop\n  question: Is this image usable?", planner=planner,
+                   concurrency=4)
+    environment = {**os.environ, "MEDAGENT_HOME": str(tmp_path / "home"), "MEDAGENT_DEID_SECRET": TEST_SECRET.decode()}
+    command = [sys.executable, "-m", "medagent.cli", "run", str(study)]
+    completed_before: dict[str, int] = {}  # image id of a finished case -> planner calls seen for it
+    for attempt, kill_after in enumerate((5, 20, 35)):  # kill once this many cases are recorded
+        extra = ["--run-id", "killed"] if attempt == 0 else ["--resume", "killed"]
+        process = subprocess.Popen([*command, *extra], env=environment, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _recorded(tmp_path / "home", "killed") < kill_after:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        with StudyStore.open(None, tmp_path / "home") as store:
+            for case in store.cases("killed"):
+                image_id = store.tool_calls("killed", case.case_id, 0)[0].arguments["image_id"]
+                completed_before.setdefault(image_id, _calls(log, image_id))
+    assert 0 < len(completed_before) < 50, "the kills should land mid-run"
+    finish = subprocess.run([*command, "--resume", "killed"], env=environment, capture_output=True, text=True,
+                            timeout=600)
+    assert finish.returncode == 0, finish.stderr[-2000:]
+    with StudyStore.open(None, tmp_path / "home") as store:
+        cases = store.cases("killed")
+        keys = [(case.case_id, case.repeat) for case in cases]
+        assert len(keys) == len(set(keys)) == 50
+        assert all(case.status == "succeeded" and case.attempts == 1 for case in cases)
+        for image_id, calls_then in completed_before.items():
+            assert _calls(log, image_id) == calls_then  # finished cases were not run again
+        answers = {case.case_id: case.answer for case in cases}
+    # an uninterrupted run of the same study gives the same results
+    fresh = {**environment, "MEDAGENT_HOME": str(tmp_path / "fresh")}
+    subprocess.run([*command, "--run-id", "whole"], env=fresh, capture_output=True, timeout=600, check=True)
+    with StudyStore.open(None, tmp_path / "fresh") as store:
+        assert {case.case_id: case.answer for case in store.cases("whole")} == answers
+
+
+def _calls(log: Path, image_id: str) -> int:
+    return sum(1 for line in log.read_text().splitlines() if line == image_id) if log.exists() else 0
+
+
+def _recorded(home: Path, run_id: str) -> int:
+    if not (home / "studies.sqlite").exists():
+        return 0
+    try:
+        with StudyStore.open(None, home) as store:
+            return len(store.recorded_keys(run_id)) if store.get_run(run_id) else 0
+    except Exception:  # the database is being created by the child process
+        return 0
