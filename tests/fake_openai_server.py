@@ -38,8 +38,10 @@ def status(code: int, **headers: str) -> Behaviour:
 
 
 class FakeOpenAIServer:
-    def __init__(self, behaviours: list[Behaviour], model: str = "fake-model") -> None:
+    def __init__(self, behaviours: list[Behaviour], model: str = "fake-model", capacity: int | None = None) -> None:
+        """``capacity``: at most this many chat requests are served at once; the rest queue (as in a GPU server)."""
         self.behaviours = list(behaviours)
+        self._capacity = threading.BoundedSemaphore(capacity) if capacity else None
         self.model = model
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -96,8 +98,12 @@ class FakeOpenAIServer:
                 server.requests.append({"path": self.path, "body": request, "time": time.monotonic()})
                 behaviour = server._next()
                 if behaviour.kind == "slow":
-                    time.sleep(behaviour.delay_s)
-                    behaviour = Behaviour("text", text="late")
+                    if server._capacity is not None:
+                        with server._capacity:
+                            time.sleep(behaviour.delay_s)
+                    else:
+                        time.sleep(behaviour.delay_s)
+                    behaviour = Behaviour("text", text=behaviour.text or "late")
                 if behaviour.kind == "status":
                     error = {"error": {"message": f"injected {behaviour.status}", "type": "injected"}}
                     self._send(behaviour.status, json.dumps(error).encode(), headers=behaviour.headers)

@@ -1,0 +1,90 @@
+"""Study concurrency efficiency: N cases against a real local OpenAI-compatible server (127.0.0.1) that
+answers each request after a fixed latency L and serves at most c requests at once.
+
+Ideal wall time is ceil(N / c) * L; efficiency = ideal / measured (goal >= 0.9). The sequential
+baseline (one case at a time, ideal N * L) is reported beside it. Each case is an agent-loop question
+about a real chest X-ray whose planner answers without tools, so the figure measures the runner:
+attaching, planner calls, SQL writes and scheduling.
+
+    .venv/bin/python benchmarks/bench_study_concurrency.py [--cases 64] [--latency 1.0] [--capacity 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from medagent.config import Settings  # noqa: E402
+from medagent.store import StudyStore  # noqa: E402
+from medagent.studies import parse_study  # noqa: E402
+from medagent.studies.runner import run_study  # noqa: E402
+from tests.fake_openai_server import Behaviour, FakeOpenAIServer  # noqa: E402
+
+IMAGE = Path(os.environ.get("MEDAGENT_SHARED_DATA", REPO.parent / "shared" / "data")) / "torchxrayvision-nih" / \
+    "00000001_000.png"
+
+
+async def _run(folder: Path, endpoint: str, cases: int, concurrency: int, name: str) -> float:
+    manifest = folder / "manifest.csv"
+    with manifest.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["case_id", "path"])
+        writer.writerows([[f"case-{index:03d}", str(IMAGE)] for index in range(cases)])
+    text = f"""name: {name}
+planners:
+  planner: {{backend: openai, endpoint: "{endpoint}", model: fake-model, tool_calling: native}}
+graph: {{type: agent_loop, question: "Describe the image."}}
+dataset: {{type: manifest, path: manifest.csv, modality: DX, columns: {{path: path, case_id: case_id}}}}
+concurrency: {{cases: {concurrency}}}
+"""
+    config = parse_study(text, str(folder / f"{name}.yaml"))
+    settings = Settings(home=folder / "home")
+    with StudyStore.open(None, settings.home) as store:
+        started = None
+        async for event in run_study(config, store=store, settings=settings, run_id=name):
+            if event.kind == "started":
+                started = time.perf_counter()
+        assert started is not None
+        elapsed = time.perf_counter() - started
+        statuses = {case.status for case in store.cases(name)}
+        assert statuses == {"succeeded"}, statuses
+    return elapsed
+
+
+async def main(cases: int, latency: float, capacity: int, sequential_cases: int) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp())
+    behaviour = Behaviour("slow", text="No expert was needed for this answer.", delay_s=latency)
+    with FakeOpenAIServer([behaviour], capacity=capacity) as server:
+        concurrent = await _run(folder, server.url, cases, cases, "concurrent")
+        sequential = await _run(folder, server.url, sequential_cases, 1, "sequential")
+    ideal = math.ceil(cases / capacity) * latency
+    return {"cases": cases, "latency_s": latency, "capacity": capacity,
+            "concurrent_wall_s": round(concurrent, 2), "ideal_wall_s": ideal,
+            "efficiency": round(ideal / concurrent, 3),
+            "sequential_cases": sequential_cases, "sequential_wall_s": round(sequential, 2),
+            "sequential_efficiency": round(sequential_cases * latency / sequential, 3),
+            "speedup_per_case": round((sequential / sequential_cases) / (concurrent / cases), 1),
+            "goal": "efficiency >= 0.9"}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=64)
+    parser.add_argument("--latency", type=float, default=1.0)
+    parser.add_argument("--capacity", type=int, default=16)
+    parser.add_argument("--sequential-cases", type=int, default=8, help="cases in the one-at-a-time baseline")
+    arguments = parser.parse_args()
+    print(json.dumps(asyncio.run(main(arguments.cases, arguments.latency, arguments.capacity,
+                                      arguments.sequential_cases)), indent=2))
