@@ -4,7 +4,8 @@ answers each request after a fixed latency L and serves at most c requests at on
 Ideal wall time is ceil(N / c) * L; efficiency = ideal / measured (goal >= 0.9). The sequential
 baseline (one case at a time, ideal N * L) is reported beside it. Each case is an agent-loop question
 about a real chest X-ray whose planner answers without tools, so the figure measures the runner:
-attaching, planner calls, SQL writes and scheduling.
+attaching, planner calls, SQL writes and scheduling. A two-case warm-up run first pays the one-off
+imports (openai client, checkpointer, ...), which are not what this measures.
 
     .venv/bin/python benchmarks/bench_study_concurrency.py [--cases 64] [--latency 1.0] [--capacity 16]
 """
@@ -67,6 +68,7 @@ async def main(cases: int, latency: float, capacity: int, sequential_cases: int)
     folder = Path(tempfile.mkdtemp())
     behaviour = Behaviour("slow", text="No expert was needed for this answer.", delay_s=latency)
     with FakeOpenAIServer([behaviour], capacity=capacity) as server:
+        await _run(folder, server.url, 2, 2, "warm-up")  # imports and first loads happen once per process
         concurrent = await _run(folder, server.url, cases, cases, "concurrent")
         sequential = await _run(folder, server.url, sequential_cases, 1, "sequential")
     ideal = math.ceil(cases / capacity) * latency

@@ -124,3 +124,18 @@ def test_compare_studies_is_offered_only_with_two_images(settings: Settings, nih
     assert "compare_studies" not in toolbox.offered_tools(toolbox.image_summaries([first]))
     assert "compare_studies" in toolbox.offered_tools(toolbox.image_summaries([first, second]))
     toolbox.close()
+
+
+def test_an_unchanged_file_is_decoded_once_and_a_changed_one_again(settings: Settings, nih_images: list[Path],
+                                                                    tmp_path: Path) -> None:
+    toolbox = Toolbox(settings)
+    loads = []
+    original = toolbox.loader.load
+    toolbox.loader.load = lambda *a, **k: loads.append(a) or original(*a, **k)  # type: ignore[method-assign]
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(nih_images[0].read_bytes())
+    first = toolbox.attach(copy, modality="DX")
+    assert toolbox.attach(copy, modality="DX").id == first.id and len(loads) == 1
+    copy.write_bytes(nih_images[1].read_bytes())  # new content: decoded and stored anew
+    assert toolbox.attach(copy, modality="DX").id != first.id and len(loads) == 2
+    toolbox.close()

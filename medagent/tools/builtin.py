@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +95,27 @@ class Toolbox:
         # artifacts are content-addressed, so an id's summary and the tools that suit it never change
         self._summaries: dict[str, dict[str, Any]] = {}
         self._suits: dict[tuple[str, str], bool] = {}
+        # the same unchanged file attached again (a study's repeats and arms) is not decoded twice
+        self._attached: dict[tuple[str, int, int, str | None], Artifact] = {}
+        self._attach_lock = threading.Lock()
 
     def attach(self, path: str | os.PathLike[str] | Path, modality: Modality | str | None = None) -> Artifact:
         """Load, de-identify and store an image; the returned artifact id is what tools accept."""
-        return self.store.put_image(self.loader.load(path, modality=modality))
+        key: tuple[str, int, int, str | None] | None = None
+        candidate = Path(path)
+        # folders (DICOM series), missing files and workspace-relative paths take the full path below
+        if candidate.is_file() and (self.settings.workspace is None or candidate.is_absolute()):
+            stat = candidate.stat()
+            key = (str(candidate.resolve()), stat.st_size, stat.st_mtime_ns, str(modality) if modality else None)
+            with self._attach_lock:
+                cached = self._attached.get(key)
+            if cached is not None and cached.path.is_file():
+                return cached
+        artifact = self.store.put_image(self.loader.load(path, modality=modality))
+        if key is not None:
+            with self._attach_lock:
+                self._attached[key] = artifact
+        return artifact
 
     def context(self, image_ids: list[str]) -> ToolContext:
         return ToolContext(artifacts=self.store, image_ids=list(image_ids))
