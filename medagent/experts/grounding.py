@@ -68,12 +68,7 @@ class GroundingRequest:
 
 def pixel_box(x0: int, y0: int, x1: int, y1: int, spacing_mm: tuple[float, ...] | None) -> BoundingBox:
     """A box in input pixels, with millimetre sizes only when the pixel spacing is known."""
-    row_mm, col_mm = spacing_mm if spacing_mm and len(spacing_mm) == 2 else (None, None)
-    return BoundingBox(
-        x0=int(x0), y0=int(y0), x1=int(x1), y1=int(y1),
-        width_mm=None if col_mm is None else round((x1 - x0) * col_mm, 1),
-        height_mm=None if row_mm is None else round((y1 - y0) * row_mm, 1),
-    )
+    return BoundingBox.from_pixels(x0, y0, x1, y1, spacing_mm)
 
 
 # -- phrase parsing ----------------------------------------------------------------------------

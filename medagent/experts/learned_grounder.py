@@ -102,10 +102,7 @@ def to_image_box(box: ParsedBox, width: int, height: int, frame: CoordinateFrame
         left, top, span_x, span_y = 0, 0, width, height
     x0, y0 = left + math.floor(box.x0 * span_x), top + math.floor(box.y0 * span_y)
     x1, y1 = min(width, left + math.ceil(box.x1 * span_x)), min(height, top + math.ceil(box.y1 * span_y))
-    row_mm, col_mm = spacing_mm if spacing_mm and len(spacing_mm) == 2 else (None, None)
-    return BoundingBox(x0=x0, y0=y0, x1=x1, y1=y1,
-                       width_mm=None if col_mm is None else round((x1 - x0) * col_mm, 1),
-                       height_mm=None if row_mm is None else round((y1 - y0) * row_mm, 1))
+    return BoundingBox.from_pixels(x0, y0, x1, y1, spacing_mm)
 
 
 class LearnedGrounder(Expert[GroundingRequest, Grounding]):

@@ -123,16 +123,11 @@ class LungLocalizer(Expert[ImageRecord, LungLocalization]):
         found = self._detect(loaded.model, working)
         if not found:
             raise ToolFailure("no lung field was found; the image may not be a frontal chest X-ray")
-        row_mm, col_mm = record.spacing_mm if record.spacing_mm and len(record.spacing_mm) == 2 else (None, None)
         lungs = []
         for side in ("right", "left"):
             (x, y, w, h), method = found[side]
             x0, y0 = max(0, int(x / scale)), max(0, int(y / scale))
             x1, y1 = min(width, int((x + w) / scale)), min(height, int((y + h) / scale))
-            box = BoundingBox(
-                x0=x0, y0=y0, x1=x1, y1=y1,
-                width_mm=None if col_mm is None else round((x1 - x0) * col_mm, 1),
-                height_mm=None if row_mm is None else round((y1 - y0) * row_mm, 1),
-            )
+            box = BoundingBox.from_pixels(x0, y0, x1, y1, record.spacing_mm)
             lungs.append(LungBox(side=side, box=box, method=method))  # type: ignore[arg-type]
         return LungLocalization(provenance=loaded.provenance, lungs=lungs, image_width=width, image_height=height)

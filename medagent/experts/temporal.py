@@ -223,10 +223,7 @@ def _largest_region(changed: np.ndarray, to_full: float, spacing: tuple[float, .
     rows, cols = ndimage.find_objects(labels)[int(np.argmax(sizes))]
     x0, x1 = int(cols.start * to_full), min(full_shape[1], int(np.ceil(cols.stop * to_full)))
     y0, y1 = int(rows.start * to_full), min(full_shape[0], int(np.ceil(rows.stop * to_full)))
-    row_mm, col_mm = spacing if spacing and len(spacing) == 2 else (None, None)
-    return BoundingBox(x0=x0, y0=y0, x1=x1, y1=y1,
-                       width_mm=None if col_mm is None else round((x1 - x0) * col_mm, 1),
-                       height_mm=None if row_mm is None else round((y1 - y0) * row_mm, 1))
+    return BoundingBox.from_pixels(x0, y0, x1, y1, spacing)
 
 
 def finding_changes(prior: Classification, current: Classification, delta_threshold: float) -> list[FindingChange]:

@@ -78,8 +78,16 @@ class StudyRunner:
         self.toolbox = toolbox or Toolbox(self.settings)
         self._agents: dict[tuple[str, int], Any] = {}
         self._agent_lock = asyncio.Lock()
+        self._compiled: PipelineRunner | None = None
         dataset = config.dataset
         self._modality = dataset.modality.value if dataset is not None and dataset.modality else None
+
+    def _pipeline(self) -> PipelineRunner:
+        """The pipeline graph, compiled once per run rather than once per case."""
+        if self._compiled is None:
+            assert not isinstance(self.config.graph, AgentLoopGraph)
+            self._compiled = PipelineRunner(self.config.graph, self.toolbox)
+        return self._compiled
 
     def work(self, limit: int | None = None) -> list[_WorkItem]:
         cases = self.config.cases()[:limit] if limit else self.config.cases()
@@ -135,7 +143,7 @@ class StudyRunner:
             if isinstance(self.config.graph, AgentLoopGraph):
                 return await self._agent_case(run_id, item, seed, started)
             image_ids = [self.toolbox.attach(path, self._modality).id for path in item.case.images]
-            outcome = await PipelineRunner(self.config.graph, self.toolbox).run(image_ids[0], item.case.case_id)
+            outcome = await self._pipeline().run(image_ids[0], item.case.case_id)
         except Exception as exc:  # a case's failure is recorded, typed; the run goes on
             if not isinstance(exc, MedagentError):
                 logger.exception("case %s failed unexpectedly", item.key)
