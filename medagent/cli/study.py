@@ -20,7 +20,7 @@ StoreOption = Annotated[str | None, typer.Option("--store", help="SQL URL (defau
 
 
 def _fail(exc: MedagentError) -> None:
-    errors.print(f"[red]error[/] [{exc.code}] {escape(exc.message)}")
+    errors.print(f"[red]error[/] {escape(f'[{exc.code}]')} {escape(exc.message)}")
     raise typer.Exit(2)
 
 
