@@ -1,7 +1,7 @@
 """Study concurrency efficiency: N cases against a real local OpenAI-compatible server (127.0.0.1) that
 answers each request after a fixed latency L and serves at most c requests at once.
 
-Ideal wall time is ceil(N / c) * L; efficiency = ideal / measured (goal >= 0.9). The sequential
+The server runs in a process of its own. Ideal wall time is ceil(N / c) * L; efficiency = ideal / measured (goal >= 0.9). The sequential
 baseline (one case at a time, ideal N * L) is reported beside it. Each case is an agent-loop question
 about a real chest X-ray whose planner answers without tools, so the figure measures the runner:
 attaching, planner calls, SQL writes and scheduling. A two-case warm-up run first pays the one-off
@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +34,12 @@ from medagent.config import Settings  # noqa: E402
 from medagent.store import StudyStore  # noqa: E402
 from medagent.studies import parse_study  # noqa: E402
 from medagent.studies.runner import run_study  # noqa: E402
-from tests.fake_openai_server import Behaviour, FakeOpenAIServer  # noqa: E402
 
 IMAGE = Path(os.environ.get("MEDAGENT_SHARED_DATA", REPO.parent / "shared" / "data")) / "torchxrayvision-nih" / \
     "00000001_000.png"
 
 
-async def _run(folder: Path, endpoint: str, cases: int, concurrency: int, name: str) -> float:
+async def _run(folder: Path, endpoint: str, cases: int, concurrency: int, name: str) -> tuple[float, float]:
     manifest = folder / "manifest.csv"
     with manifest.open("w", newline="") as stream:
         writer = csv.writer(stream)
@@ -48,7 +50,7 @@ planners:
   planner: {{backend: openai, endpoint: "{endpoint}", model: fake-model, tool_calling: native}}
 graph: {{type: agent_loop, question: "Describe the image."}}
 dataset: {{type: manifest, path: manifest.csv, modality: DX, columns: {{path: path, case_id: case_id}}}}
-concurrency: {{cases: {concurrency}}}
+concurrency: {{cases: {concurrency}, per_planner_endpoint: {concurrency}}}
 """
     config = parse_study(text, str(folder / f"{name}.yaml"))
     settings = Settings(home=folder / "home")
@@ -56,24 +58,37 @@ concurrency: {{cases: {concurrency}}}
         started = None
         async for event in run_study(config, store=store, settings=settings, run_id=name):
             if event.kind == "started":
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
         assert started is not None
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         statuses = {case.status for case in store.cases(name)}
         assert statuses == {"succeeded"}, statuses
-    return elapsed
+    return elapsed, cpu
+
+
+@contextlib.contextmanager
+def _server(latency: float, capacity: int) -> Iterator[str]:
+    """The OpenAI-compatible server in a process of its own, as a deployed vLLM server would be."""
+    process = subprocess.Popen([sys.executable, "-m", "tests.fake_openai_server", "--latency", str(latency),
+                                "--capacity", str(capacity)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        yield process.stdout.readline().strip()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 async def main(cases: int, latency: float, capacity: int, sequential_cases: int) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp())
-    behaviour = Behaviour("slow", text="No expert was needed for this answer.", delay_s=latency)
-    with FakeOpenAIServer([behaviour], capacity=capacity) as server:
-        await _run(folder, server.url, 2, 2, "warm-up")  # imports and first loads happen once per process
-        concurrent = await _run(folder, server.url, cases, cases, "concurrent")
-        sequential = await _run(folder, server.url, sequential_cases, 1, "sequential")
+    with _server(latency, capacity) as url:
+        await _run(folder, url, 2, 2, "warm-up")  # imports and first loads happen once per process
+        concurrent, concurrent_cpu = await _run(folder, url, cases, cases, "concurrent")
+        sequential, _ = await _run(folder, url, sequential_cases, 1, "sequential")
     ideal = math.ceil(cases / capacity) * latency
     return {"cases": cases, "latency_s": latency, "capacity": capacity,
             "concurrent_wall_s": round(concurrent, 2), "ideal_wall_s": ideal,
+            "client_cpu_ms_per_case": round(concurrent_cpu / cases * 1000, 1),
             "efficiency": round(ideal / concurrent, 3),
             "sequential_cases": sequential_cases, "sequential_wall_s": round(sequential, 2),
             "sequential_efficiency": round(sequential_cases * latency / sequential, 3),

@@ -99,3 +99,14 @@ def fresh_cache() -> Iterator[None]:
     yield
     if cache._shared is not None:
         cache._shared.clear()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """One throwaway PostgreSQL server on 127.0.0.1 for the whole session (tests make their own databases)."""
+    from tests import postgres_server
+
+    if not postgres_server.available():
+        pytest.skip("PostgreSQL server binaries are not installed")
+    with postgres_server.postgres_server() as url:
+        yield url

@@ -37,6 +37,12 @@ def status(code: int, **headers: str) -> Behaviour:
     return Behaviour("status", status=code, headers=headers)
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a burst of connections would overflow it and each
+    # dropped SYN is retried a second later, a delay no production server (backlog 2048) adds
+    request_queue_size = 1024
+
+
 class FakeOpenAIServer:
     def __init__(self, behaviours: list[Behaviour], model: str = "fake-model", capacity: int | None = None) -> None:
         """``capacity``: at most this many chat requests are served at once; the rest queue (as in a GPU server)."""
@@ -44,8 +50,10 @@ class FakeOpenAIServer:
         self._capacity = threading.BoundedSemaphore(capacity) if capacity else None
         self.model = model
         self.requests: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0  # the most slow requests the server held at once
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -73,6 +81,9 @@ class FakeOpenAIServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body are separate writes: with Nagle's algorithm each response would wait
+            # for the client's delayed ACK (~40 ms), which no real server does
+            disable_nagle_algorithm = True
 
             def log_message(self, *_: Any) -> None:
                 pass
@@ -98,11 +109,18 @@ class FakeOpenAIServer:
                 server.requests.append({"path": self.path, "body": request, "time": time.monotonic()})
                 behaviour = server._next()
                 if behaviour.kind == "slow":
-                    if server._capacity is not None:
-                        with server._capacity:
+                    with server._lock:
+                        server.in_flight += 1
+                        server.peak_in_flight = max(server.peak_in_flight, server.in_flight)
+                    try:
+                        if server._capacity is not None:
+                            with server._capacity:
+                                time.sleep(behaviour.delay_s)
+                        else:
                             time.sleep(behaviour.delay_s)
-                    else:
-                        time.sleep(behaviour.delay_s)
+                    finally:
+                        with server._lock:
+                            server.in_flight -= 1
                     behaviour = Behaviour("text", text=behaviour.text or "late")
                 if behaviour.kind == "status":
                     error = {"error": {"message": f"injected {behaviour.status}", "type": "injected"}}
@@ -138,3 +156,24 @@ class FakeOpenAIServer:
                 self.wfile.write(body)
 
         return Handler
+
+
+def main() -> None:
+    """Serve slow answers from a process of its own (benchmarks: the client measured alone)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--latency", type=float, default=1.0)
+    parser.add_argument("--capacity", type=int, default=16)
+    parser.add_argument("--text", default="No expert was needed for this answer.")
+    arguments = parser.parse_args()
+    server = FakeOpenAIServer([Behaviour("slow", text=arguments.text, delay_s=arguments.latency)],
+                              capacity=arguments.capacity)
+    sys.stdout.write(server.url + "\n")
+    sys.stdout.flush()
+    server._server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

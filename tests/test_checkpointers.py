@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,16 +9,7 @@ import pytest
 from medagent.agents.scripted import PlannerRequest, ScriptedPlanner, tool_call
 from medagent.api import Agent, AgentConfig
 from medagent.config import Settings
-from tests import postgres_server
 from tests.test_agent_loop import _tool
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    if not postgres_server.available():
-        pytest.skip("PostgreSQL server binaries are not installed")
-    with postgres_server.postgres_server() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -10,7 +10,7 @@ import pytest
 
 from medagent.errors import ConfigurationError, PreconditionFailed, WeightsUnavailable
 from medagent.experts.cache import ModelCache
-from medagent.experts.cxr_classifier import CxrClassifier, weight_names
+from medagent.experts.cxr_classifier import DEFAULT_WEIGHTS_FILE, CxrClassifier, weight_names
 from medagent.experts.weights import sha256_file
 from medagent.imaging import ImageLoader
 
@@ -124,6 +124,12 @@ def test_documented_weight_names_and_unknown_names(tmp_path: Path) -> None:
     assert {"densenet121-res224-all", "densenet121-res224-nih", "densenet121-res224-chex"} <= set(weight_names())
     with pytest.raises(ConfigurationError, match="unknown TorchXRayVision weights"):
         CxrClassifier("no-such-weights", cache_dir=tmp_path).weights_status()
+    # the default's file name, known without importing torchxrayvision, is the one it downloads
+    assert CxrClassifier(cache_dir=tmp_path).weights_file().file_name == DEFAULT_WEIGHTS_FILE
+    classifier = CxrClassifier(cache_dir=tmp_path)
+    assert not classifier.ready()
+    (tmp_path / DEFAULT_WEIGHTS_FILE).write_bytes(b"")
+    assert CxrClassifier(cache_dir=tmp_path).ready()
 
 
 def test_construction_loads_nothing(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ def test_examples_load_and_validate() -> None:
     assert [step.id for step in triage.graph.steps] == ["quality", "classify", "ground", "anatomy", "lung_fields"]
     assert triage.graph.steps[0].gate is not None and triage.graph.steps[2].for_each is not None
     assert triage.metrics is not None and triage.metrics.threshold_for("Effusion") == 0.5
-    assert triage.concurrency.expert_limit("classify_chest_xray") == 16
+    assert triage.concurrency.expert_limits(["classify_chest_xray", "segment_chest_anatomy"]) == {"classify_chest_xray": 16}
 
     chat = load_study(WORKFLOWS / "chat.yaml")
     assert isinstance(chat.graph, AgentLoopGraph) and chat.dataset is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -10,58 +9,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from medagent.config import Settings
 from medagent.store import StudyStore
 from medagent.studies import load_study
 from medagent.studies.runner import run_study
 from tests.conftest import TEST_SECRET
+from tests.study_files import PIPELINE, SCRIPTED, recorded_cases, variants, write_manifest, write_study
 
 pytestmark = pytest.mark.asyncio
-
-SCRIPTED = "{_target_: medagent.agents.scripted.tool_sequence_planner, kwargs: {tools: [%s]%s}}"
-
-
-def _manifest(folder: Path, rows: list[tuple[str, Path, int | str, str]]) -> Path:
-    path = folder / "manifest.csv"
-    with path.open("w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["case_id", "path", "Cardiomegaly", "sex"])
-        for case_id, image, label, sex in rows:
-            writer.writerow([case_id, str(image), label, sex])
-    return path
-
-
-def _study(folder: Path, graph: str, *, planner: str = "", repeats: int = 1, concurrency: int = 4,
-           modality: str = "DX") -> Path:
-    planners = f"planners:\n  planner:\n    backend: {planner}\n" if planner else ""
-    text = f"""name: test-study
-{planners}graph:
-{graph}
-dataset:
-  type: manifest
-  path: manifest.csv
-  modality: {modality}
-  columns: {{path: path, case_id: case_id, labels: [Cardiomegaly], subgroups: [sex]}}
-repeats: {repeats}
-seeds: 7
-concurrency: {{cases: {concurrency}}}
-"""
-    path = folder / "study.yaml"
-    path.write_text(text)
-    return path
-
-
-PIPELINE = """  type: pipeline
-  steps:
-    - id: quality
-      tool: assess_image_quality
-    - id: classify
-      tool: classify_chest_xray"""
-
 
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -74,8 +31,8 @@ async def test_a_pipeline_study_over_real_images_records_every_case(
         tmp_path: Path, settings: Settings, nih_images: list[Path], pydicom_ct: Path, nibabel_data: Path) -> None:
     rows = [("cxr-1", nih_images[0], 1, "M"), ("cxr-2", nih_images[1], 0, "F"), ("ct", pydicom_ct, "", "F"),
             ("nifti", nibabel_data / "anatomical.nii", "", "M")]
-    _manifest(tmp_path, rows)
-    config = load_study(_study(tmp_path, PIPELINE))
+    write_manifest(tmp_path, rows)
+    config = load_study(write_study(tmp_path, PIPELINE))
     with StudyStore.open(None, settings.home) as store:
         events = [event async for event in run_study(config, store=store, settings=settings, run_id="r1")]
         assert events[0].kind == "started" and events[-1].kind == "finished" and events[-1].done == 4
@@ -96,9 +53,9 @@ async def test_a_pipeline_study_over_real_images_records_every_case(
 @pytest.mark.torch
 async def test_agent_loop_study_resumes_without_rerunning_finished_cases(
         tmp_path: Path, settings: Settings, nih_images: list[Path]) -> None:
-    _manifest(tmp_path, [("a", nih_images[0], 1, "M"), ("b", nih_images[1], 0, "F")])
+    write_manifest(tmp_path, [("a", nih_images[0], 1, "M"), ("b", nih_images[1], 0, "F")])
     graph = "  type: agent_loop\n  question: Is the heart enlarged?"
-    config = load_study(_study(tmp_path, graph, planner=SCRIPTED % ("classify_chest_xray", ""), repeats=2))
+    config = load_study(write_study(tmp_path, graph, planner=SCRIPTED % ("classify_chest_xray", ""), repeats=2))
     with StudyStore.open(None, settings.home) as store:
         first = [e async for e in run_study(config, store=store, settings=settings, run_id="r2", limit=1)]
         assert first[-1].done == 2  # case a, two repeats
@@ -116,26 +73,14 @@ async def test_agent_loop_study_resumes_without_rerunning_finished_cases(
         assert [m["role"] for m in store.messages("r2", "b", 1)][:2] == ["user", "assistant"]
 
 
-def _variants(source: Path, folder: Path, count: int) -> list[Path]:
-    """Distinct real radiographs: crops of one NIH image, so every case has its own image id."""
-    pixels = np.asarray(Image.open(source).convert("L"))
-    paths = []
-    for index in range(count):
-        crop = pixels[index * 4: 896 + index * 4, index * 2: 896 + index * 2]
-        path = folder / f"cxr-{index:02d}.png"
-        Image.fromarray(np.ascontiguousarray(crop)).save(path)
-        paths.append(path)
-    return paths
-
-
 @pytest.mark.slow
 async def test_sigkill_at_several_points_then_resume_gives_one_record_per_case(
         tmp_path: Path, nih_images: list[Path]) -> None:
-    images = _variants(nih_images[0], tmp_path, 50)
-    _manifest(tmp_path, [(f"case-{i:02d}", path, i % 2, "MF"[i % 2]) for i, path in enumerate(images)])
+    images = variants(nih_images[0], tmp_path, 50)
+    write_manifest(tmp_path, [(f"case-{i:02d}", path, i % 2, "MF"[i % 2]) for i, path in enumerate(images)])
     log = tmp_path / "planner-calls.log"
     planner = SCRIPTED % ("assess_image_quality", f", latency_s: 0.05, call_log: {log}")
-    study = _study(tmp_path, "  type: agent_loop\n  question: Is this image usable?", planner=planner,
+    study = write_study(tmp_path, "  type: agent_loop\n  question: Is this image usable?", planner=planner,
                    concurrency=4)
     environment = {**os.environ, "MEDAGENT_HOME": str(tmp_path / "home"), "MEDAGENT_DEID_SECRET": TEST_SECRET.decode()}
     command = [sys.executable, "-m", "medagent.cli", "run", str(study)]
@@ -145,7 +90,7 @@ async def test_sigkill_at_several_points_then_resume_gives_one_record_per_case(
         process = subprocess.Popen([*command, *extra], env=environment, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and _recorded(tmp_path / "home", "killed") < kill_after:
+        while time.monotonic() < deadline and recorded_cases(tmp_path / "home", "killed") < kill_after:
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -176,11 +121,51 @@ def _calls(log: Path, image_id: str) -> int:
     return sum(1 for line in log.read_text().splitlines() if line == image_id) if log.exists() else 0
 
 
-def _recorded(home: Path, run_id: str) -> int:
-    if not (home / "studies.sqlite").exists():
-        return 0
-    try:
-        with StudyStore.open(None, home) as store:
-            return len(store.recorded_keys(run_id)) if store.get_run(run_id) else 0
-    except Exception:  # the database is being created by the child process
-        return 0
+
+
+async def test_planner_requests_are_bounded_per_endpoint_and_tools_per_study(
+        tmp_path: Path, settings: Settings, nih_images: list[Path]) -> None:
+    from medagent.studies.runner import StudyRunner
+    from tests.fake_openai_server import Behaviour, FakeOpenAIServer
+
+    write_manifest(tmp_path, [(f"c{index}", nih_images[index % 2], index % 2, "MF"[index % 2]) for index in range(8)])
+    with FakeOpenAIServer([Behaviour("slow", text="No tool was needed.", delay_s=0.3)]) as server:
+        study = write_study(tmp_path, "  type: agent_loop\n  question: Describe the image.", concurrency=8)
+        text = study.read_text().replace(
+            "concurrency: {cases: 8}",
+            "concurrency: {cases: 8, per_planner_endpoint: 3, per_expert: {classify_chest_xray: 1}}")
+        text = text.replace("graph:", f"planners:\n  planner: {{endpoint: '{server.url}', model: fake-model, "
+                                      "tool_calling: native}\ngraph:", 1)
+        study.write_text(text)
+        config = load_study(study)
+        with StudyStore.open(None, settings.home) as store:
+            runner = StudyRunner(config, store, settings)
+            assert runner.toolbox.registry.concurrency("classify_chest_xray") == 1
+            quality = runner.toolbox.registry.get("assess_image_quality")
+            assert runner.toolbox.registry.concurrency(quality.name) == quality.policy.max_concurrency  # its own
+            events = [event async for event in runner.run("limited")]
+            runner.toolbox.close()
+            assert events[-1].done == 8 and {case.status for case in store.cases("limited")} == {"succeeded"}
+    # eight cases in flight, but never more than three requests at the one endpoint
+    assert server.peak_in_flight == 3
+
+
+@pytest.mark.asyncio
+async def test_an_agent_loop_study_on_the_real_embedded_planner(tmp_path: Path, settings: Settings,
+                                                               nih_images: list[Path]) -> None:
+    write_manifest(tmp_path, [("cxr", nih_images[1], 0, "F")])
+    study = write_study(tmp_path, "  type: agent_loop\n  question: Is this image of usable quality?")
+    study.write_text(study.read_text().replace("graph:", "planners:\n  planner: {max_tokens: 128}\n"
+                                                         "experts: [assess_image_quality]\ngraph:", 1))
+    config = load_study(study)
+    with StudyStore.open(None, settings.home) as store:
+        events = [event async for event in run_study(config, store=store, settings=settings, run_id="embedded")]
+        assert events[-1].kind == "finished" and events[-1].done == 1
+        [case] = store.cases("embedded")
+        if case.status == "failed":  # a 135M model may misbehave: then it is typed and recorded
+            assert case.error is not None and case.error.family in {"retry", "infrastructure"}
+        else:
+            assert "smollm2" in str(case.model_id).lower() and case.answer
+            messages = store.messages("embedded", "cxr", 0)
+            assert messages[0]["role"] == "user" and any(m["role"] == "assistant" for m in messages)
+        assert case.seed == 7 and case.config_hash == store.get_run("embedded").config_hash  # type: ignore[union-attr]

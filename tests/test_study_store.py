@@ -31,18 +31,9 @@ from medagent.store import (
     ToolCallRecord,
     UnknownRun,
 )
-from tests import postgres_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HASH_A, HASH_B = "a" * 64, "b" * 64
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    if not postgres_server.available():
-        pytest.skip("PostgreSQL server binaries are not installed")
-    with postgres_server.postgres_server() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

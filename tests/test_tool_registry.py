@@ -203,6 +203,16 @@ async def test_concurrency_limit_is_enforced(context: ToolContext) -> None:
     results = await asyncio.gather(*calls)
     assert len(results) == 10 and all(isinstance(r, Score) for r in results)
     assert peak == 2 and running == 0
+    # a study may set its own limit for its hardware, up or down
+    for limit in (5, 1):
+        registry.set_concurrency("limited", limit)
+        peak = 0
+        await asyncio.gather(*(registry.call("limited", {"image_id": IMAGE_IDS[0]}, context) for _ in range(10)))
+        assert peak == limit == registry.concurrency("limited")
+    with pytest.raises(ValueError, match="at least 1"):
+        registry.set_concurrency("limited", 0)
+    with pytest.raises(UnknownTool):
+        registry.set_concurrency("missing", 2)
 
 
 @pytest.mark.asyncio

@@ -165,9 +165,30 @@ def chat(
     model: ModelOption = None,
     session: SessionOption = None,
     demo: Annotated[bool, typer.Option(help="Attach pydicom's example CT; without a terminal, ask one question.")] = False,
+    as_patient: Annotated[str | None, typer.Option(
+        "--as-patient", help="You are the doctor; a simulated patient plays this case id.")] = None,
+    human_patient: Annotated[bool, typer.Option(
+        "--human-patient", help="You are the patient; the planner is the doctor.")] = False,
+    cases: Annotated[Path | None, typer.Option(
+        "--cases", help="Case file for --as-patient (AgentClinic JSONL, 3MDBench, medagent); default: built-in.")] = None,
+    temperament: Annotated[str | None, typer.Option(help="The simulated patient's temperament.")] = None,
+    bias: Annotated[list[str] | None, typer.Option("--bias", help="A patient bias (repeatable).")] = None,
+    max_turns: Annotated[int, typer.Option(min=1, help="Doctor turns in a consultation.")] = 10,
 ) -> None:
-    """Chat with the planner about attached images; tool calls are shown as they run."""
+    """Chat with the planner about attached images; tool calls are shown as they run.
+
+    Consultations: --as-patient CASE (you play the doctor) or --human-patient (you play the patient)."""
     try:
+        if as_patient is not None or human_patient:
+            from medagent.cli.consult import consult
+
+            if as_patient is not None and human_patient:
+                errors.print("[red]error[/] choose --as-patient CASE or --human-patient, not both")
+                raise typer.Exit(code=2)
+            asyncio.run(consult(case_id=as_patient, human_patient=human_patient, cases_file=cases,
+                                temperament=temperament, biases=bias or [], max_turns=max_turns,
+                                endpoint=endpoint, model=model))
+            return
         asyncio.run(_chat(image or [], modality, endpoint, model, session, demo))
     except MedagentError as exc:
         errors.print(f"[red]error[/] {exc.code}: {escape(exc.message)}", soft_wrap=True)

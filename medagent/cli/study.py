@@ -32,24 +32,31 @@ def run(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="only the first N cases")] = None,
     force: Annotated[bool, typer.Option("--force", help="resume even if the configuration changed")] = False,
     store_url: StoreOption = None,
+    dataset: Annotated[Path | None, typer.Option(
+        "--dataset", help="use this folder, manifest or case file instead of the study's dataset.path")] = None,
 ) -> None:
     """Run a study: cases concurrently, each result written to SQL as it finishes; resumable."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from medagent.config import Settings
     from medagent.store import StudyStore
-    from medagent.studies import load_study
+    from medagent.studies import load_study, with_dataset
     from medagent.studies.runner import run_study
+
+    last: dict[str, int] = {}
 
     async def go() -> str:
         config = load_study(study)
+        if dataset is not None:
+            config = with_dataset(config, dataset)
         settings = Settings()
         store = StudyStore.open(store_url or config.store.url, settings.home)
         chosen = resume or retry_failed or run_id
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("failed {task.fields[failed]}"), TextColumn("{task.fields[rate]}"),
                    TimeRemainingColumn()]
-        with Progress(*columns, console=errors, transient=False) as progress:
+        # transient: a run that stops on an error leaves the error, not an empty bar, on the terminal
+        with Progress(*columns, console=errors, transient=True) as progress:
             task = progress.add_task(config.name, total=None, failed=0, rate="")
             started = asyncio.get_running_loop().time()
             try:
@@ -60,6 +67,7 @@ def run(
                     elapsed = max(asyncio.get_running_loop().time() - started, 1e-6)
                     rate = f"{(event.done - event.skipped) / elapsed:.2f} cases/s"
                     progress.update(task, total=event.total, completed=event.done, failed=event.failed, rate=rate)
+                    last.update(total=event.total, done=event.done, failed=event.failed, skipped=event.skipped)
             finally:
                 store.close()
         assert chosen is not None
@@ -70,7 +78,9 @@ def run(
     except MedagentError as exc:
         _fail(exc)
         return
-    console.print(f"run [bold]{finished}[/] finished; report: medagent report {finished}")
+    console.print(f"run [bold]{finished}[/] finished: {last.get('done', 0)}/{last.get('total', 0)} cases, "
+                  f"{last.get('failed', 0)} failed, {last.get('skipped', 0)} already done; "
+                  f"report: medagent report {finished}")
 
 
 def report(
@@ -82,7 +92,14 @@ def report(
 ) -> None:
     """Metrics with bootstrap confidence intervals, subgroups, tool and token usage, plots."""
     from medagent.config import Settings
-    from medagent.reports import build_report, compare_runs, render_html, render_markdown, write_plots
+    from medagent.reports import (
+        ReportOptions,
+        build_report,
+        compare_runs,
+        render_html,
+        render_markdown,
+        write_plots,
+    )
     from medagent.store import StudyStore, UnknownRun
 
     settings = Settings()
@@ -90,10 +107,11 @@ def report(
         with StudyStore.open(store_url, settings.home) as store:
             reports, frames = [], []
             for one in [run_id, *(compare or [])]:
-                if store.get_run(one) is None:
+                stored = store.get_run(one)
+                if stored is None:
                     raise UnknownRun(f"no run with id {one!r} in the study store", run_id=one)
                 cases, calls = store.cases_frame(one), store.tool_calls_frame(one)
-                reports.append(build_report(cases, calls, run_id=one))
+                reports.append(build_report(cases, calls, run_id=one, options=ReportOptions.from_study(stored.config)))
                 frames.append((cases, calls))
     except MedagentError as exc:
         _fail(exc)

@@ -17,6 +17,8 @@ from medagent.experts.weights import WeightsFile, sha256_file
 from medagent.imaging.record import ImageRecord, Modality
 
 DEFAULT_WEIGHTS = "densenet121-res224-all"
+# torchxrayvision.models.model_urls[DEFAULT_WEIGHTS]["weights_url"]'s file name (a test keeps them equal)
+DEFAULT_WEIGHTS_FILE = "nih-pc-chex-mimic_ch-google-openi-kaggle-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
 
 
 def _xrv() -> Any:
@@ -125,7 +127,9 @@ class CxrClassifier(Expert[ImageRecord, Classification]):
         if self.allow_untrained:
             return True
         if self._weights_path is None:
-            self._weights_path = self.cache_dir / self.weights_file().file_name
+            # the default's file name is known without importing torchxrayvision (seconds of startup)
+            known = DEFAULT_WEIGHTS_FILE if self.weights == DEFAULT_WEIGHTS else None
+            self._weights_path = self.cache_dir / (known or self.weights_file().file_name)
         return self._weights_path.is_file()
 
     def load(self, device: str) -> LoadedModel:

@@ -47,6 +47,7 @@ class DicomHeader(ExpertResult):
 
 
 class DicomHeaderReader(Expert[ImageRecord, DicomHeader]):
+    cpu_only = True
     name = "dicom_header"
     batchable = False
     card = ModelCard(

@@ -94,6 +94,8 @@ def _to_input_grid(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 class LungFieldSegmenter(Expert[ImageRecord, Segmentation]):
     """Right and left lung-field masks without any learned weights (a fallback and a cross-check)."""
 
+    cpu_only = True
+
     name = "lung_field_segmenter"
     batchable = False
     card = ModelCard(

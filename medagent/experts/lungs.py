@@ -52,6 +52,7 @@ def _largest(rectangles: Any) -> tuple[int, int, int, int] | None:
 
 
 class LungLocalizer(Expert[ImageRecord, LungLocalization]):
+    cpu_only = True
     name = "lung_localizer"
     batchable = False
     card = ModelCard(

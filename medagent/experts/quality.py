@@ -117,6 +117,7 @@ def flags_for(measures: QualityMeasures) -> list[QualityFlag]:
 
 
 class QualityAssessor(Expert[ImageRecord, QualityReport]):
+    cpu_only = True
     name = "image_quality"
     card = ModelCard(
         summary=(

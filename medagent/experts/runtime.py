@@ -61,6 +61,7 @@ class Expert(ABC, Generic[InputT, OutputT]):
     name: ClassVar[str]
     card: ClassVar[ModelCard]
     batchable: ClassVar[bool] = True
+    cpu_only: ClassVar[bool] = False  # classical experts: no accelerator to look for (and no torch import)
 
     def __init__(
         self,
@@ -104,7 +105,7 @@ class Expert(ABC, Generic[InputT, OutputT]):
 
     @property
     def device(self) -> str:
-        return pick_device(self._requested_device)
+        return "cpu" if self.cpu_only else pick_device(self._requested_device)
 
     @property
     def cache(self) -> ModelCache:

@@ -106,6 +106,8 @@ def _register(prior: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, float
 class StudyDifferencer(Expert[tuple[ImageRecord, ImageRecord], ImageChange]):
     """Aligns a prior image to the current one and maps where they differ (no weights)."""
 
+    cpu_only = True
+
     name = "study_differencer"
     batchable = False
     card = ModelCard(

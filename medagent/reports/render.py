@@ -61,12 +61,20 @@ def _sections(report: StudyReport, comparison: RunComparison | None) -> list[_Se
         f"Case latency median {_optional(o.latency_median_s, ' s')}, p90 {_optional(o.latency_p90_s, ' s')}.",
         f"Intervals: {b.confidence:.0%} percentile bootstrap over cases, {b.n_resamples} resamples, seed {b.seed}.",
     ])
-    findings = _Section("Metrics per finding", tables=[("", _finding_table(report.findings))])
-    summary_rows = [[s.average, ", ".join(s.findings), *(format_metric(s.metrics[m]) for m in METRIC_NAMES)]
-                    for s in report.summaries]
-    findings.tables.append(("Averages over findings (first threshold of each)",
-                            _Table(["average", "findings", *METRIC_NAMES], summary_rows)))
-    sections = [overview, findings]
+    sections = [overview]
+    if report.findings or report.dialogue is None:
+        findings = _Section("Metrics per finding", tables=[("", _finding_table(report.findings))])
+        summary_rows = [[s.average, ", ".join(s.findings), *(format_metric(s.metrics[m]) for m in METRIC_NAMES)]
+                        for s in report.summaries]
+        findings.tables.append(("Averages over findings (first threshold of each)",
+                                _Table(["average", "findings", *METRIC_NAMES], summary_rows)))
+        sections.append(findings)
+    if report.dialogue is not None:
+        from medagent.reports.dialogue_report import dialogue_tables
+
+        paragraphs, tables = dialogue_tables(report.dialogue, report.assessor_failures)
+        sections.append(_Section("Diagnostic dialogues", paragraphs,
+                                 [(caption, _Table(headers, rows)) for caption, headers, rows in tables]))
     if report.subgroups:
         groups = _Section("Subgroups", ["Groups marked small have fewer cases than the configured minimum."])
         for table in report.subgroups:
@@ -97,7 +105,7 @@ def _sections(report: StudyReport, comparison: RunComparison | None) -> list[_Se
 
 
 def _md(text: str) -> str:
-    return html.escape(text).replace("|", "\\|").replace("\n", " ")
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def render_markdown(report: StudyReport, comparison: RunComparison | None = None) -> str:

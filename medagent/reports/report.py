@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, Field
 
 from medagent.reports.bootstrap import BootstrapConfig
+from medagent.reports.dialogue_metrics import DialogueSummary
+from medagent.reports.dialogue_report import summarise_dialogues
 from medagent.reports.metrics import (
     METRIC_NAMES,
     SMALL_GROUP,
@@ -33,6 +35,20 @@ class ReportOptions(BaseModel):
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     small_group: int = Field(default=SMALL_GROUP, ge=1, description="subgroups with fewer cases are flagged")
 
+    @classmethod
+    def from_study(cls, run_config: dict[str, Any]) -> ReportOptions:
+        """The options a study's ``metrics:`` section sets (thresholds, bootstrap, confidence), as stored
+        with its run; the defaults when it has none."""
+        metrics = run_config.get("metrics") or {}
+        options: dict[str, Any] = {}
+        if "thresholds" in metrics:
+            options["thresholds"] = metrics["thresholds"]
+        bootstrap = {key: metrics[name] for key, name in (("n_resamples", "bootstrap"), ("confidence", "confidence"))
+                     if name in metrics}
+        if bootstrap:
+            options["bootstrap"] = BootstrapConfig(**bootstrap)
+        return cls(**options)
+
 
 class PlotFile(BaseModel):
     kind: Literal["roc", "confusion", "latency"]
@@ -50,6 +66,8 @@ class StudyReport(BaseModel):
     subgroups: list[SubgroupTable]
     tools: list[ToolUsage]
     tokens: TokenUsage
+    dialogue: DialogueSummary | None = Field(default=None, description="dialogue-benchmark runs only")
+    assessor_failures: int = 0
     plots: list[PlotFile] = Field(default_factory=list)
 
 
@@ -77,11 +95,13 @@ def build_report(
     validate_tool_calls(calls)
     calls = calls[calls["run_id"].astype(str) == run_id]
     findings, summaries = finding_metrics(cases, layout, options.thresholds, options.bootstrap)
+    failures = pd.to_numeric(cases.get("assessment.failed", pd.Series(dtype=float)), errors="coerce")
     return StudyReport(
         run_id=run_id, title=title or f"Study report: run {run_id}", options=options,
         outcomes=case_outcomes(cases), findings=findings, summaries=summaries,
         subgroups=subgroup_tables(cases, layout, options.thresholds, options.bootstrap, options.small_group),
         tools=tool_usage(calls), tokens=token_usage(cases),
+        dialogue=summarise_dialogues(cases, options.bootstrap), assessor_failures=int(failures.fillna(0).sum()),
     )
 
 

@@ -17,7 +17,15 @@ from medagent.studies.config import (
     StudyConfig,
 )
 from medagent.studies.datasets import Case, ColumnMapping, DatasetSpec, load_dataset
-from medagent.studies.loading import config_hash, load_study, parse_study, reference_problems, validate_study
+from medagent.studies.dialogue_graph import DialogueGraph
+from medagent.studies.loading import (
+    config_hash,
+    load_study,
+    parse_study,
+    reference_problems,
+    validate_study,
+    with_dataset,
+)
 from medagent.studies.pipeline import (
     AgentLoopGraph,
     Condition,
@@ -32,8 +40,8 @@ from medagent.studies.source import StudyConfigError
 
 __all__ = [
     "BUILTIN_TOOL_NAMES", "AgentLoopGraph", "Arm", "Case", "ColumnMapping", "ComponentCatalog", "ConcurrencySpec",
-    "Condition", "DatasetSpec", "ExpertRef", "FindingAtLeast", "ForEach", "MetricsSpec", "OutputEquals",
+    "Condition", "DatasetSpec", "DialogueGraph", "ExpertRef", "FindingAtLeast", "ForEach", "MetricsSpec", "OutputEquals",
     "PipelineGraph", "PipelineStep", "PlannerSpec", "StoreSpec", "StudyConfig", "StudyConfigError", "TargetRef",
     "catalog", "config_hash", "load_dataset", "load_study", "parse_study", "reference_problems", "render_arguments",
-    "resolve_target", "target_problem", "validate_study",
+    "resolve_target", "target_problem", "validate_study", "with_dataset",
 ]

@@ -70,19 +70,26 @@ class ExpertRef(TargetRef):
 
 class ConcurrencySpec(_Strict):
     cases: int = Field(default=4, ge=1, description="cases in flight at once")
-    per_planner_endpoint: int = Field(default=4, ge=1, description="concurrent requests to one planner endpoint")
-    per_expert: int | dict[str, Annotated[int, Field(ge=1)]] = Field(
-        default=4, description="concurrent calls per tool: one number, or per tool name")
+    per_planner_endpoint: int = Field(
+        default=16, ge=1, description="requests in flight to one planner endpoint, across roles and arms")
+    per_expert: int | dict[str, Annotated[int, Field(ge=1)]] | None = Field(
+        default=None, description="calls in flight per tool: one number, or per tool name; "
+                                  "unset: each tool's own policy (e.g. one volume segmentation at a time)")
 
     @field_validator("per_expert")
     @classmethod
-    def _positive(cls, value: int | dict[str, int]) -> int | dict[str, int]:
+    def _positive(cls, value: int | dict[str, int] | None) -> int | dict[str, int] | None:
         if isinstance(value, int) and value < 1:
             raise ValueError("must be at least 1")
         return value
 
-    def expert_limit(self, tool: str, default: int = 4) -> int:
-        return self.per_expert if isinstance(self.per_expert, int) else self.per_expert.get(tool, default)
+    def expert_limits(self, tools: Iterable[str]) -> dict[str, int]:
+        """Tool name -> the study's limit, for the tools it sets one for."""
+        if self.per_expert is None:
+            return {}
+        if isinstance(self.per_expert, int):
+            return {tool: self.per_expert for tool in tools}
+        return {tool: limit for tool, limit in self.per_expert.items() if tool in set(tools)}
 
 
 class StoreSpec(_Strict):

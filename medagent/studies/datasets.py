@@ -14,10 +14,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from medagent.imaging.record import Modality
+from medagent.simulators.cases import DialogueCase
 from medagent.studies.source import StudyConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
+BUILTIN_CASES = "builtin"
 _POSITIVE = {"1", "1.0", "true", "yes", "positive"}
 _NEGATIVE = {"0", "0.0", "false", "no", "negative"}
 
@@ -41,7 +43,9 @@ class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["folder", "manifest", "cases"]
-    path: str = Field(min_length=1, description="relative to the study file's folder")
+    path: str = Field(min_length=1, description="relative to the study file's folder; cases: also 'builtin'")
+    format: Literal["auto", "agentclinic", "3mdbench", "medagent"] = Field(
+        default="auto", description="cases only: the case file's layout")
     columns: ColumnMapping = Field(default_factory=ColumnMapping, description="manifest only")
     recursive: bool = Field(default=True, description="folder only: also look in subfolders")
     modality: Modality | None = Field(default=None, description="declared modality for PNG/JPEG/NIfTI images")
@@ -51,12 +55,13 @@ class Case(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     case_id: str
-    images: list[Path] = Field(min_length=1, description="absolute; a DICOM series folder is one image")
+    images: list[Path] = Field(default_factory=list, description="absolute; a DICOM series folder is one image")
     labels: dict[str, int] = Field(default_factory=dict, description="finding -> 0/1")
     label: str | None = None
     patient_id: str | None = None
     study_date: str | None = None
     subgroups: dict[str, str] = Field(default_factory=dict)
+    dialogue: DialogueCase | None = Field(default=None, description="cases datasets: the simulated consultation")
 
 
 def _path_hash(relative: str) -> str:
@@ -185,13 +190,16 @@ def _manifest_cases(manifest: Path, columns: ColumnMapping) -> list[Case]:
 
 def load_dataset(spec: DatasetSpec, base_dir: Path) -> list[Case]:
     """The cases of ``spec``; ``base_dir`` is the study file's folder (relative paths start there)."""
+    if spec.type == "cases" and spec.path == BUILTIN_CASES:
+        from medagent.simulators.builtin import builtin_cases
+
+        return [_study_case(case) for case in builtin_cases()]
     root = (base_dir / spec.path).resolve()
-    if spec.type == "cases":
-        raise StudyConfigError("dataset type 'cases' is not supported yet (the simulator issue adds case formats)",
-                               field="dataset.type")
     if not root.exists():
         raise StudyConfigError(f"dataset.path: the {spec.type} does not exist (relative paths start at the study "
                                "file's folder)", field="dataset.path")
+    if spec.type == "cases":
+        return _dialogue_cases(root, spec)
     if spec.type == "folder":
         if not root.is_dir():
             raise StudyConfigError("dataset.path: a folder dataset must name a folder", field="dataset.path")
@@ -204,3 +212,19 @@ def load_dataset(spec: DatasetSpec, base_dir: Path) -> list[Case]:
         raise StudyConfigError(f"dataset.path: a manifest must be {', '.join(MANIFEST_SUFFIXES)}",
                                field="dataset.path")
     return _manifest_cases(root, spec.columns)
+
+
+def _study_case(case: DialogueCase) -> Case:
+    return Case(case_id=case.case_id, images=list(case.images), label=case.diagnosis, subgroups=dict(case.subgroups),
+                dialogue=case)
+
+
+def _dialogue_cases(root: Path, spec: DatasetSpec) -> list[Case]:
+    from medagent.config import Settings
+    from medagent.simulators.loaders import load_cases
+
+    # Parquet exports carry image bytes: each is written once, content-addressed, under medagent's home
+    cases = load_cases(root, spec.format, image_cache=Settings().home / "case-images")
+    if not cases:
+        raise StudyConfigError("dataset.path: the case file holds no cases", field="dataset.path")
+    return [_study_case(case) for case in cases]

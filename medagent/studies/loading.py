@@ -20,8 +20,10 @@ from pydantic import BaseModel, ValidationError
 
 from medagent.studies.components import DEFAULT_ALLOWED_PREFIXES, PLANNER_BACKENDS, TargetRef, target_problem
 from medagent.studies.config import BUILTIN_TOOL_NAMES, ExpertRef, PlannerSpec, StudyConfig
+from medagent.studies.datasets import BUILTIN_CASES
+from medagent.studies.dialogue_graph import DialogueGraph
 from medagent.studies.pipeline import PipelineGraph
-from medagent.studies.source import LocatedDocument, Loc, Problem, problems_from_validation
+from medagent.studies.source import Loc, LocatedDocument, Problem, StudyConfigError, problems_from_validation
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -78,7 +80,7 @@ def _planner_problems(planners: dict[str, PlannerSpec], loc: Loc, prefixes: Sequ
         elif spec.backend != "auto" and spec.backend not in PLANNER_BACKENDS:
             problems.append(Problem((*loc, role, "backend"), f"unknown planner backend '{spec.backend}' "
                                     f"(known: auto, {_known(PLANNER_BACKENDS)})"))
-        if spec.role != role:
+        if "role" in spec.model_fields_set and spec.role != role:  # unset: the key names the role
             problems.append(Problem((*loc, role, "role"), f"role '{spec.role}' differs from its key '{role}'"))
     return problems
 
@@ -157,6 +159,20 @@ def reference_problems(config: StudyConfig, *, known_tools: Iterable[str] = BUIL
                                         f"'{name}' is not a dataset subgroup column (dataset.columns.subgroups)"))
     if isinstance(config.graph, PipelineGraph):
         problems += _pipeline_problems(config.graph, known, offered)
+    problems += _dialogue_problems(config, offered)
+    return problems
+
+
+def _dialogue_problems(config: StudyConfig, offered: set[str]) -> list[Problem]:
+    """A dialogue graph runs over a cases dataset, and only a dialogue graph can."""
+    dialogue = isinstance(config.graph, DialogueGraph)
+    problems = []
+    if config.dataset is not None and dialogue != (config.dataset.type == "cases"):
+        problems.append(Problem(("dataset", "type"), "a dialogue graph needs a 'cases' dataset" if dialogue else
+                                f"a 'cases' dataset needs graph type 'dialogue' (not '{config.graph.type}')"))
+    if isinstance(config.graph, DialogueGraph) and config.graph.strategy == "dialogue_with_experts" \
+            and config.graph.expert not in offered:
+        problems.append(Problem(("graph", "expert"), f"'{config.graph.expert}' is not one of the experts"))
     return problems
 
 
@@ -172,7 +188,9 @@ def validate_study(document: LocatedDocument, *, known_tools: Iterable[str] = BU
         raise document.error(problems_from_validation(exc, lambda loc: _allowed_keys(StudyConfig, loc))) from None
     problems = reference_problems(config, known_tools=known_tools, allowed_prefixes=allowed_prefixes,
                                   allow_any_target=allow_any_target)
-    if check_paths and config.dataset is not None and not (document.file.parent / config.dataset.path).exists():
+    dataset = config.dataset
+    builtin = dataset is not None and dataset.type == "cases" and dataset.path == BUILTIN_CASES
+    if check_paths and dataset is not None and not builtin and not (document.file.parent / dataset.path).exists():
         problems.append(Problem(("dataset", "path"), "does not exist (relative paths start at this file's folder)"))
     if problems:
         raise document.error(problems)
@@ -203,3 +221,14 @@ def config_hash(config: StudyConfig) -> str:
         arm.pop("description", None)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def with_dataset(config: StudyConfig, path: Path) -> StudyConfig:
+    """``config`` reading its cases from ``path`` (e.g. ``medagent run --dataset``); the dataset's type,
+    columns and format stay as the study file declares them. The config hash changes with the path."""
+    if config.dataset is None:
+        raise StudyConfigError("this workflow has no dataset to replace", field="dataset")
+    if not path.exists():
+        raise StudyConfigError("--dataset: the path does not exist", field="dataset.path")
+    dataset = config.dataset.model_copy(update={"path": str(path.resolve())})
+    return config.model_copy(update={"dataset": dataset})

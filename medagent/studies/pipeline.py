@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medagent.studies.dialogue_graph import DialogueGraph
 from medagent.workflows.agent_loop import LoopSettings
 
 StepId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
@@ -215,4 +216,4 @@ class AgentLoopGraph(_Strict):
     loop: LoopSpec = Field(default_factory=LoopSpec)
 
 
-Graph = Annotated[AgentLoopGraph | PipelineGraph, Field(discriminator="type")]
+Graph = Annotated[AgentLoopGraph | PipelineGraph | DialogueGraph, Field(discriminator="type")]

@@ -12,16 +12,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from medagent.agents.planner import Planner
+from medagent.agents.pool import PlannerPool
 from medagent.config import Settings
-from medagent.errors import MedagentError
+from medagent.errors import MedagentError, PreconditionFailed
 from medagent.store import CaseError, CaseResult, StudyStore, ToolCallRecord
 from medagent.studies.config import PlannerSpec, StudyConfig
 from medagent.studies.datasets import Case
+from medagent.studies.dialogue_graph import DialogueGraph
+from medagent.studies.dialogue_runner import DialogueCaseRunner, resolve_label_set, role_specs
 from medagent.studies.loading import config_hash
 from medagent.studies.pipeline import AgentLoopGraph, probability_of
 from medagent.studies.pipeline_graph import PipelineRunner
+from medagent.studies.scheduling import StartupGate
 from medagent.tools.builtin import Toolbox
-
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ class _WorkItem(BaseModel):
     case: Case
     repeat: int
     key: str  # the stored case id: the dataset's, prefixed by the arm when a study compares arms
+    variant: tuple[str, str] | None = None  # dialogue graphs: (temperament, bias)
 
 
 def _columns(case: Case, outputs: list[Any]) -> dict[str, Any]:
@@ -58,15 +63,16 @@ def _columns(case: Case, outputs: list[Any]) -> dict[str, Any]:
     return columns
 
 
-def _planner_object(spec: PlannerSpec) -> Any:
-    """A planner built from a ``_target_`` reference (e.g. a scripted baseline); None for openai/embedded."""
+async def _build_planner(spec: PlannerSpec, pool: PlannerPool) -> Planner:
+    """The role's planner, bounded by its endpoint's shared limit: a ``_target_`` factory (e.g. a scripted
+    baseline), an OpenAI-compatible server, or the embedded default (one server for every arm)."""
     from medagent.studies.components import TargetRef, resolve_target
 
     backend = spec.resolved_backend()
-    if not isinstance(backend, TargetRef):
-        return None
-    factory = resolve_target(backend.target)
-    return factory(**backend.kwargs, config=spec.planner_config())
+    if isinstance(backend, TargetRef):
+        factory = resolve_target(backend.target)
+        return pool.limited(factory(**backend.kwargs, config=spec.planner_config()))
+    return await pool.planner(spec.planner_config())
 
 
 class StudyRunner:
@@ -76,25 +82,55 @@ class StudyRunner:
         self.store = store
         self.settings = settings or Settings()
         self.toolbox = toolbox or Toolbox(self.settings)
+        for tool, limit in config.concurrency.expert_limits(self.toolbox.registry.names()).items():
+            self.toolbox.registry.set_concurrency(tool, limit)
+        self.planners = PlannerPool(per_endpoint=config.concurrency.per_planner_endpoint)
         self._agents: dict[tuple[str, int], Any] = {}
         self._agent_lock = asyncio.Lock()
         self._compiled: PipelineRunner | None = None
+        self._dialogue: DialogueCaseRunner | None = None
+        self._role_planners: dict[tuple[str, int], dict[str, Planner]] = {}
         dataset = config.dataset
         self._modality = dataset.modality.value if dataset is not None and dataset.modality else None
 
     def _pipeline(self) -> PipelineRunner:
         """The pipeline graph, compiled once per run rather than once per case."""
         if self._compiled is None:
-            assert not isinstance(self.config.graph, AgentLoopGraph)
+            assert not isinstance(self.config.graph, AgentLoopGraph | DialogueGraph)
             self._compiled = PipelineRunner(self.config.graph, self.toolbox)
         return self._compiled
 
     def work(self, limit: int | None = None) -> list[_WorkItem]:
         cases = self.config.cases()[:limit] if limit else self.config.cases()
         arms = list(self.config.arm_planners())
-        return [_WorkItem(arm=arm, case=case, repeat=repeat, key=case.case_id if len(arms) == 1 else
-                          f"{arm}:{case.case_id}")
-                for arm in arms for case in cases for repeat in range(self.config.repeats)]
+        graph = self.config.graph
+        items = []
+        for arm in arms:
+            for index, case in enumerate(cases):
+                key = case.case_id if len(arms) == 1 else f"{arm}:{case.case_id}"
+                if not isinstance(graph, DialogueGraph):
+                    items += [_WorkItem(arm=arm, case=case, repeat=repeat, key=key)
+                              for repeat in range(self.config.repeats)]
+                    continue
+                assert case.dialogue is not None
+                for variant in graph.variants(case.dialogue, index):
+                    variant_key = f"{key}:{variant[0]}:{variant[1]}" if graph.multiplies() else key
+                    items += [_WorkItem(arm=arm, case=case, repeat=repeat, key=variant_key, variant=variant)
+                              for repeat in range(self.config.repeats)]
+        return items
+
+    def _dialogues(self) -> DialogueCaseRunner:
+        """The dialogue runner, with the study's label set resolved once per run."""
+        if self._dialogue is None:
+            assert isinstance(self.config.graph, DialogueGraph)
+            cases = [case.dialogue for case in self.config.cases() if case.dialogue is not None]
+            folders = [self.config.base_dir]
+            if self.config.dataset is not None:
+                folders.append((self.config.base_dir / self.config.dataset.path).resolve().parent)
+            label_set = resolve_label_set(self.config.graph, cases, folders)
+            self._dialogue = DialogueCaseRunner(self.config.graph, self.toolbox, self.planners, label_set,
+                                                self._modality)
+        return self._dialogue
 
     async def run(self, run_id: str | None = None, *, resume: bool = False, retry_failed: bool = False,
                   force: bool = False, limit: int | None = None) -> AsyncIterator[StudyProgress]:
@@ -116,9 +152,12 @@ class StudyRunner:
         yield progress
         limiter = asyncio.Semaphore(self.config.concurrency.cases)
 
+        startup = StartupGate()
+
         async def one(item: _WorkItem) -> tuple[_WorkItem, str]:
             async with limiter:
-                result, messages, calls = await self._execute(run_id, item)
+                async with startup.admit():
+                    result, messages, calls = await self._execute(run_id, item)
                 write = await asyncio.to_thread(self.store.record_case, run_id, item.key, item.repeat, result,
                                                 messages, calls, retry=retry_failed)
                 return item, write.record.status
@@ -140,6 +179,10 @@ class StudyRunner:
         started = time.perf_counter()
         seed = self.config.seed_for(item.repeat)
         try:
+            if isinstance(self.config.graph, DialogueGraph):
+                return await self._dialogue_case(item, seed)
+            if not item.case.images:
+                raise PreconditionFailed("this case has no image to run the graph on", case=item.key)
             if isinstance(self.config.graph, AgentLoopGraph):
                 return await self._agent_case(run_id, item, seed, started)
             image_ids = [self.toolbox.attach(path, self._modality).id for path in item.case.images]
@@ -171,12 +214,11 @@ class StudyRunner:
         async with self._agent_lock:
             agent = self._agents.get((item.arm, seed))
             if agent is None:
-                spec = self.config.arm_planners()[item.arm]["planner"]
-                planner_config = spec.planner_config().model_copy(update={"seed": seed})
-                agent = Agent(AgentConfig(planner=planner_config, loop=self.config.graph.loop,
+                spec = self.config.arm_planners()[item.arm]["planner"].model_copy(update={"seed": seed})
+                agent = Agent(AgentConfig(planner=spec.planner_config(), loop=self.config.graph.loop,
                                           checkpoint_url="memory://"),  # a case is stored whole or rerun
                               settings=self.settings, toolbox=self.toolbox,
-                              planner=_planner_object(spec.model_copy(update={"seed": seed})))
+                              planner=await _build_planner(spec, self.planners))
                 self._agents[(item.arm, seed)] = await agent.start()
         session = agent.session(f"{run_id}:{item.key}:{item.repeat}")
         for path in item.case.images:  # content-addressed: the artifacts already stored are reused
@@ -191,10 +233,25 @@ class StudyRunner:
                           model_id=answer.model, latency_s=time.perf_counter() - started,
                           expert_weights=_weights(outputs)), await session.history(), calls
 
+    async def _dialogue_case(self, item: _WorkItem, seed: int) -> tuple[CaseResult, list[dict[str, Any]],
+                                                                      list[ToolCallRecord]]:
+        assert item.case.dialogue is not None and item.variant is not None
+        async with self._agent_lock:  # one client per (arm, seed, role), shared by that arm's cases
+            planners = self._role_planners.get((item.arm, seed))
+            if planners is None:
+                roles = role_specs(self.config.arm_planners()[item.arm], seed)
+                planners = {role: await _build_planner(spec, self.planners) for role, spec in roles.items()}
+                self._role_planners[(item.arm, seed)] = planners
+        temperament, bias = item.variant
+        return await self._dialogues().run(item.case.dialogue, planners, temperament=temperament, bias=bias,
+                                           seed=seed, subgroups=item.case.subgroups)
+
     async def aclose(self) -> None:
         for agent in self._agents.values():
             await agent.aclose()
         self._agents.clear()
+        self._role_planners.clear()
+        await self.planners.aclose()
 
 
 def _case_error(error: dict[str, Any]) -> CaseError:

@@ -79,6 +79,7 @@ class ToolRegistry:
         self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
             weakref.WeakKeyDictionary()
         )
+        self._limits: dict[str, int] = {}
         for tool in tools or []:
             self.register(tool)
 
@@ -162,10 +163,23 @@ class ToolRegistry:
                 raise InvalidToolArguments(f"`{field_name}` must be one of: {allowed}", tool=name)
         return parsed
 
+    def set_concurrency(self, name: str, limit: int) -> None:
+        """Calls of tool ``name`` in flight at once, replacing its policy's ``max_concurrency`` (a study
+        sets this for its hardware); takes effect for calls that start after it."""
+        self.get(name)
+        if limit < 1:
+            raise ValueError("a concurrency limit must be at least 1")
+        self._limits[name] = limit
+        for per_loop in self._semaphores.values():
+            per_loop.pop(name, None)
+
+    def concurrency(self, name: str) -> int:
+        return self._limits.get(name, self.get(name).policy.max_concurrency)
+
     def _semaphore(self, tool: Tool[Any, Any]) -> asyncio.Semaphore:
         per_loop = self._semaphores.setdefault(asyncio.get_running_loop(), {})
         if tool.name not in per_loop:
-            per_loop[tool.name] = asyncio.Semaphore(tool.policy.max_concurrency)
+            per_loop[tool.name] = asyncio.Semaphore(self.concurrency(tool.name))
         return per_loop[tool.name]
 
     async def call(

@@ -1,0 +1,181 @@
+"""The doctor role on a planner: one JSON step per turn, valid by construction where the server
+constrains output to a schema (llama.cpp grammars, vLLM guided decoding).
+
+A step is ``{"action": "ask" | "request_test", "text": ...}`` or ``{"action": "diagnose", "text":
+<diagnosis>, "explanation": ...}``; with a closed label set the diagnosis is an enum of the labels
+plus "none". Replies are parsed with pydantic; an invalid one is re-asked a bounded number of times
+(the model is told what was wrong), then :class:`DoctorReplyInvalid` is raised.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from medagent.agents.planner import Message, Planner
+from medagent.errors import PlannerMisbehaved
+from medagent.simulators.dialogue import DoctorBrief, ExpertHint, Reply, Strategy, Turn
+from medagent.simulators.labels import NONE_LABEL, LabelSet, canonical_text
+
+
+class DoctorReplyInvalid(PlannerMisbehaved):
+    code = "doctor_reply_invalid"
+
+
+class DoctorStep(BaseModel):
+    action: Literal["ask", "request_test", "diagnose"]
+    text: str
+    explanation: str = ""
+
+
+def diagnosis_choices(label_set: LabelSet | None) -> list[str] | None:
+    """The allowed diagnosis strings for a closed label set (labels, then 'none'); None when open."""
+    if label_set is None or not label_set.closed:
+        return None
+    names = [name for name in label_set.names if canonical_text(name) != NONE_LABEL]
+    return [*names, NONE_LABEL]
+
+
+def doctor_schema(label_set: LabelSet | None, *, final: bool, max_text_chars: int | None = None) -> dict[str, Any]:
+    """The JSON schema of one doctor step; on a final turn, a diagnosis only."""
+    text: dict[str, Any] = {"type": "string", "minLength": 1}
+    if max_text_chars is not None:
+        text["maxLength"] = max_text_chars
+    choices = diagnosis_choices(label_set)
+    diagnosis = {"type": "string", "enum": choices} if choices is not None else text
+    diagnose = {
+        "type": "object",
+        "properties": {"action": {"type": "string", "enum": ["diagnose"]}, "text": diagnosis,
+                       "explanation": {**text, "minLength": 0}},
+        "required": ["action", "text", "explanation"], "additionalProperties": False,
+    }
+    if final:
+        return diagnose
+    converse = {
+        "type": "object",
+        "properties": {"action": {"type": "string", "enum": ["ask", "request_test"]}, "text": text},
+        "required": ["action", "text"], "additionalProperties": False,
+    }
+    return {"anyOf": [converse, diagnose]}
+
+
+def _problems(error: ValidationError) -> str:
+    """Field locations and messages only, never the offending values."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'reply'}: {e['msg']}"
+                     for e in error.errors(include_input=False, include_url=False))
+
+
+class DoctorAgent:
+    """The doctor speaker. Constructor values are defaults; a dialogue's :class:`DoctorBrief` wins,
+    except that empty hints or image summaries in the brief keep the constructor's."""
+
+    def __init__(self, planner: Planner, *, label_set: LabelSet | None = None, strategy: Strategy = "dialogue",
+                 hints: Sequence[ExpertHint] = (), image_summaries: dict[str, dict[str, Any]] | None = None,
+                 objective: str = "", max_reasks: int = 2, max_text_chars: int | None = None) -> None:
+        self.planner = planner
+        self.max_reasks = max_reasks
+        self.max_text_chars = max_text_chars
+        self.brief = DoctorBrief(strategy=strategy, label_set=label_set, hints=list(hints),
+                                 image_summaries=dict(image_summaries or {}), objective=objective)
+
+    async def served_model(self) -> str | None:
+        return await self.planner.served_model()
+
+    async def begin(self, brief: DoctorBrief) -> None:
+        self.brief = brief.model_copy(update={
+            "hints": brief.hints or (self.brief.hints if brief.strategy == "dialogue_with_experts" else []),
+            "image_summaries": brief.image_summaries or self.brief.image_summaries,
+        })
+
+    def system_prompt(self) -> str:
+        brief = self.brief
+        lines = ["You are an experienced doctor in an online consultation. Find out what is wrong with the patient."]
+        if brief.strategy == "one_shot":
+            lines.append("You must give your diagnosis from the patient's opening complaint alone: you cannot ask "
+                         'questions or request tests. Reply with one JSON object: {"action": "diagnose", "text": '
+                         '<diagnosis>, "explanation": <your reasons and a treatment plan>}.')
+        else:
+            lines += [
+                "While you lack information, ask for it.",
+                'Reply with one JSON object per turn, with an "action" and a "text":',
+                '- "ask": one short question to the patient (one question at a time);',
+                '- "request_test": one examination or test, e.g. "blood pressure" or "chest X-ray";',
+                ('- "diagnose": your final diagnosis as "text", with your reasons and a treatment plan as '
+                 '"explanation".'),
+                f"You have at most {brief.max_turns} turns; the last one must be a diagnosis.",
+            ]
+        choices = diagnosis_choices(brief.label_set)
+        if choices is not None:
+            lines.append(f"The diagnosis must be one of: {', '.join(json.dumps(c) for c in choices[:-1])}; "
+                         'or "none" if none fits.')
+        else:
+            lines.append('Name the diagnosis, or "none" if you cannot tell.')
+        if brief.objective:
+            lines.append(f"Your task: {brief.objective}")
+        if brief.image_summaries:
+            lines.append("Images of the patient, available now:")
+            lines += [f"- {image_id}: {json.dumps(summary, separators=(',', ':'), default=str)}"
+                      for image_id, summary in brief.image_summaries.items()]
+        if brief.strategy == "dialogue_with_experts" and brief.hints:
+            lines.append("Expert models' top predictions for the images:")
+            lines += [f"- {hint.label} (probability {hint.probability:.2f}, from {hint.tool})" for hint in brief.hints]
+        return "\n".join(lines)
+
+    def messages(self, turns: Sequence[Turn], *, final: bool) -> list[Message]:
+        messages: list[Message] = [{"role": "system", "content": self.system_prompt()}]
+        for turn in turns:
+            if turn.speaker == "doctor":
+                step: dict[str, str] = {"action": turn.action, "text": turn.text}
+                if turn.action == "diagnose":
+                    step["explanation"] = turn.note
+                messages.append({"role": "assistant", "content": json.dumps(step)})
+            else:
+                prefix = "Patient" if turn.speaker == "patient" else "Test results"
+                content = f"{prefix}: {turn.text}"
+                if messages[-1]["role"] == "user":
+                    messages[-1] = {"role": "user", "content": f"{messages[-1]['content']}\n{content}"}
+                else:
+                    messages.append({"role": "user", "content": content})
+        if final and self.brief.strategy != "one_shot":
+            reminder = "This is your last turn: give your final diagnosis now."
+            if messages[-1]["role"] == "user":
+                messages[-1] = {"role": "user", "content": f"{messages[-1]['content']}\n\n{reminder}"}
+            else:
+                messages.append({"role": "user", "content": reminder})
+        return messages
+
+    def parse(self, content: str, *, final: bool) -> DoctorStep:
+        """A valid step, or ValueError saying (without quoting it) what is wrong."""
+        try:
+            step = DoctorStep.model_validate_json(content)
+        except ValidationError as exc:
+            raise ValueError(_problems(exc)) from exc
+        if not step.text.strip():
+            raise ValueError("text: must not be empty")
+        if final and step.action != "diagnose":
+            raise ValueError('action: this turn must be "diagnose"')
+        choices = diagnosis_choices(self.brief.label_set)
+        if step.action == "diagnose" and choices is not None and step.text not in choices:
+            raise ValueError("text: not one of the allowed diagnoses")
+        return step
+
+    async def respond(self, turns: list[Turn], *, final: bool = False) -> Reply:
+        messages = self.messages(turns, final=final)
+        schema = doctor_schema(self.brief.label_set, final=final, max_text_chars=self.max_text_chars)
+        problem = ""
+        for _ in range(self.max_reasks + 1):
+            result = await self.planner.complete(messages, response_schema=schema)
+            try:
+                step = self.parse(result.content, final=final)
+            except ValueError as exc:
+                problem = str(exc)
+                messages = [*messages, {"role": "assistant", "content": result.content},
+                            {"role": "user", "content": f"That reply was not valid ({problem}). Answer again with "
+                                                        "one JSON object as described."}]
+                continue
+            return Reply(action=step.action, text=step.text.strip(), note=step.explanation.strip(), model=result.model)
+        raise DoctorReplyInvalid(f"the doctor model gave no valid step in {self.max_reasks + 1} attempts: {problem}",
+                                 attempts=self.max_reasks + 1, problem=problem)

@@ -1,0 +1,128 @@
+"""Planners for several roles (doctor, patient, measurement, assessor) through one client code path.
+
+Roles on the embedded default share one llama.cpp server per GGUF file, started on first use. With
+``per_endpoint`` set, requests to one endpoint (every role and arm that uses it) are bounded together,
+so a study cannot overrun a shared vLLM server however many cases are in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from medagent.agents.planner import Message, Planner, PlannerConfig, PlannerTurn, TokenCallback, ToolChoice
+
+# set by a scheduler (the study runner's start-up gate) for the task running one case: called when the
+# case is about to wait for a planner server, i.e. when its CPU-bound start-up is over
+_ON_FIRST_WAIT: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "medagent_on_first_wait", default=None)
+
+
+def entering_wait() -> None:
+    """Tell the scheduler of the current case (if any) that it now waits on I/O."""
+    callback = _ON_FIRST_WAIT.get()
+    if callback is not None:
+        callback()
+
+
+@contextlib.contextmanager
+def calling_on_wait(callback: Callable[[], None]) -> Iterator[None]:
+    """Within this block (and tasks started in it), ``entering_wait()`` calls ``callback``."""
+    token = _ON_FIRST_WAIT.set(callback)
+    try:
+        yield
+    finally:
+        _ON_FIRST_WAIT.reset(token)
+
+
+def endpoint_key(config: PlannerConfig) -> str:
+    """What counts as one endpoint for concurrency limits: the base URL, or the embedded GGUF file."""
+    if config.endpoint is not None:
+        return config.endpoint.rstrip("/")
+    return f"embedded:{Path(config.gguf_path).resolve() if config.gguf_path else 'default'}"
+
+
+class LimitedPlanner:
+    """A planner whose requests wait for a slot of a semaphore shared by every planner on its endpoint."""
+
+    def __init__(self, planner: Planner, slots: asyncio.Semaphore) -> None:
+        self.inner = planner
+        self.config = planner.config
+        self._slots = slots
+
+    async def served_model(self) -> str:
+        return await self.inner.served_model()
+
+    async def complete(self, messages: list[Message], *, tools: list[dict[str, Any]] | None = None,
+                       tool_choice: ToolChoice = "auto", response_schema: dict[str, Any] | None = None,
+                       on_token: TokenCallback | None = None) -> PlannerTurn:
+        entering_wait()
+        async with self._slots:
+            return await self.inner.complete(messages, tools=tools, tool_choice=tool_choice,
+                                             response_schema=response_schema, on_token=on_token)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class PlannerPool:
+    """Builds and owns planners; ``aclose`` closes clients and stops the embedded servers it started."""
+
+    def __init__(self, per_endpoint: int | None = None) -> None:
+        self.per_endpoint = per_endpoint
+        self._servers: dict[str, Any] = {}
+        self._planners: list[Planner] = []
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._lock = asyncio.Lock()
+
+    def limited(self, planner: Planner) -> Planner:
+        """``planner`` bounded by its endpoint's shared limit (unchanged when the pool has no limit)."""
+        if self.per_endpoint is None:
+            return planner
+        key = endpoint_key(planner.config)
+        slots = self._slots.setdefault(key, asyncio.Semaphore(self.per_endpoint))
+        return LimitedPlanner(planner, slots)
+
+    async def planner(self, config: PlannerConfig) -> Planner:
+        from medagent.agents.openai_backend import OpenAICompatiblePlanner
+
+        if config.endpoint is not None:
+            planner: Planner = OpenAICompatiblePlanner(config)
+        else:
+            endpoint = await self._embedded_endpoint(config.gguf_path)
+            # a 135M-parameter model follows a format reliably only when the reply is schema-constrained
+            update: dict[str, Any] = {"response_format_style": "json_object_schema"}
+            if "tool_calling" not in config.model_fields_set:
+                update["tool_calling"] = "structured"
+            planner = OpenAICompatiblePlanner(config.model_copy(update=update), endpoint=endpoint)
+        self._planners.append(planner)
+        return self.limited(planner)
+
+    async def _embedded_endpoint(self, gguf_path: str | None) -> str:
+        from medagent.agents.embedded import EmbeddedLlamaServer
+
+        key = str(Path(gguf_path).resolve()) if gguf_path else "default"
+        async with self._lock:
+            server = self._servers.get(key)
+            if server is None:
+                server = EmbeddedLlamaServer(Path(gguf_path) if gguf_path else None)
+                self._servers[key] = server
+            return str(await server.start())
+
+    async def aclose(self) -> None:
+        planners, self._planners = self._planners, []
+        for planner in planners:
+            await planner.aclose()
+        servers, self._servers = self._servers, {}
+        for server in servers.values():
+            server.stop()
+
+    async def __aenter__(self) -> PlannerPool:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()

@@ -1,0 +1,141 @@
+"""The 3MDBench layout into :class:`DialogueCase`: a Parquet export (images as bytes, written once to a
+content-addressed cache) or a folder with a cases table and image files."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+from pydantic import ValidationError
+
+from medagent.errors import ConfigurationError, MissingDependency
+from medagent.simulators.case_files import CaseFileError, open_case_file
+from medagent.simulators.cases import TEMPERAMENTS, DialogueCase, PatientFacts, Temperament
+from medagent.studies.source import format_field
+
+_FOLDER_TABLES = ("cases.jsonl", "cases.csv", "metadata.jsonl")
+_IMAGE_MAGIC = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"))
+
+
+# -- 3MDBench --------------------------------------------------------------------------------
+
+
+def _table_rows(path: Path) -> Iterator[tuple[dict[str, Any], int | None, int]]:
+    """(record, line, 1-based row) of a JSONL, CSV or Parquet table."""
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as exc:
+            raise MissingDependency(
+                "reading Parquet case files needs pyarrow: pip install 'medagent[reports]'") from exc
+        try:
+            records = pq.read_table(path).to_pylist()
+        except (OSError, ValueError) as exc:
+            raise CaseFileError(f"{path.name}: not a readable Parquet file", file=path.name) from exc
+        for row, record in enumerate(records, start=1):
+            yield record, None, row
+    elif suffix == ".csv":
+        with open_case_file(path) as stream:
+            reader = csv.DictReader(stream)
+            for row, record in enumerate(reader, start=1):
+                yield record, reader.line_num, row
+    else:
+        with open_case_file(path) as stream:
+            row = 0
+            for line, raw in enumerate(stream, start=1):
+                if not raw.strip():
+                    continue
+                row += 1
+                try:
+                    record = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise CaseFileError.at(path, "(line)", f"not valid JSON: {exc.msg}", line=line) from None
+                if not isinstance(record, dict):
+                    raise CaseFileError.at(path, "(line)", "must be a JSON object", line=line)
+                yield record, line, row
+
+
+def _cached_image(data: bytes, name: str | None, cache: Path) -> Path:
+    """Embedded image bytes written once to ``cache/<sha256><suffix>``; a second load reuses the file."""
+    suffix = next((s for magic, s in _IMAGE_MAGIC if data.startswith(magic)), Path(name or "").suffix.lower())
+    target = cache / f"{hashlib.sha256(data).hexdigest()}{suffix or '.img'}"
+    if not target.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+        partial.write_bytes(data)
+        os.replace(partial, target)  # atomic: concurrent loaders never see half a file
+    return target
+
+
+def _3mdbench_image(value: Any, base: Path, cache: Path | None, where: dict[str, Any]) -> Path:
+    if isinstance(value, dict) and value.get("bytes"):
+        if cache is None:
+            raise ConfigurationError("3MDBench Parquet files embed their images: pass image_cache, a folder to "
+                                     "write them to")
+        return _cached_image(bytes(value["bytes"]), value.get("path"), cache)
+    name = value.get("path") if isinstance(value, dict) else value
+    if not isinstance(name, str) or not name.strip():
+        raise CaseFileError.at(field="image", problem="required field is missing", **where)
+    image = (base / name).resolve()
+    if not image.is_file():
+        raise CaseFileError.at(field="image", problem="image file not found (relative to the case file's folder)",
+                               **where)
+    return image
+
+
+def _3mdbench_case(record: dict[str, Any], table: Path, stem: str, line: int | None, row: int,
+                   cache: Path | None) -> DialogueCase:
+    where: dict[str, Any] = {"path": table, "line": line, "row": None if line else row}
+    texts: dict[str, str] = {}
+    for key in ("general_complaint", "complaints", "diagnosis"):
+        value = record.get(key)
+        if not isinstance(value, str) or (key != "complaints" and not value.strip()):
+            raise CaseFileError.at(field=key, problem="must be a non-empty string", **where)
+        texts[key] = value.strip()
+    personality = record.get("personality")
+    temperament = personality.strip().lower() if isinstance(personality, str) and personality.strip() else None
+    if personality is not None and temperament not in (None, *TEMPERAMENTS):
+        raise CaseFileError.at(field="personality", problem=f"must be one of {', '.join(TEMPERAMENTS)}", **where)
+    image = _3mdbench_image(record.get("image", record.get("file_name")), table.parent, cache, where)
+    case_id = record.get("id")
+    try:
+        return DialogueCase(
+            case_id=str(case_id) if case_id not in (None, "") else f"{stem}-{row:04d}", source="3mdbench",
+            patient=PatientFacts(primary_symptom=texts["general_complaint"], opening=texts["general_complaint"],
+                                 history=texts["complaints"]),
+            images=[image], diagnosis=texts["diagnosis"], label_set="3mdbench-34",
+            temperament=cast(Temperament | None, temperament))
+    except ValidationError as exc:
+        raise CaseFileError.at(field=format_field(exc.errors()[0]["loc"]), problem="invalid value", **where) from None
+
+
+def load_3mdbench(path: Path, *, image_cache: Path | None = None) -> list[DialogueCase]:
+    """3MDBench cases from a Parquet export (a file, or a folder of shards), or from a folder holding
+    ``cases.jsonl``, ``cases.csv`` or ``metadata.jsonl`` whose ``image`` (or ``file_name``) is relative to it."""
+    if path.is_dir():
+        table = next((path / name for name in _FOLDER_TABLES if (path / name).is_file()), None)
+        tables = [table] if table else sorted(p for p in path.iterdir() if p.suffix.lower() in (".parquet", ".pq"))
+        if not tables:
+            raise CaseFileError(f"{path.name}: no {', '.join(_FOLDER_TABLES)} or Parquet file in the case folder",
+                                file=path.name)
+        stems = {t: path.name if t == table else t.stem for t in tables}
+    else:
+        tables, stems = [path], {path: path.stem}
+    cases: list[DialogueCase] = []
+    seen: set[str] = set()
+    for table in tables:
+        for record, line, row in _table_rows(table):
+            case = _3mdbench_case(record, table, stems[table], line, row, image_cache)
+            if case.case_id in seen:
+                raise CaseFileError.at(table, "id", "duplicate case id", line=line, row=None if line else row)
+            seen.add(case.case_id)
+            cases.append(case)
+    return cases
+
+

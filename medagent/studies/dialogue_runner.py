@@ -1,0 +1,122 @@
+"""One simulated consultation per work item: the doctor (planner + experts), a simulated patient and
+measurement agent, then the assessor; the transcript, tool calls and scores become one stored case."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from medagent.agents.planner import Planner
+from medagent.agents.pool import PlannerPool
+from medagent.errors import MedagentError
+from medagent.simulators.cases import DialogueCase
+from medagent.simulators.labels import LabelSet
+from medagent.store import CaseError, CaseResult, ToolCallRecord
+from medagent.studies.config import PlannerSpec
+from medagent.studies.dialogue_graph import NO_BIAS, DialogueGraph
+from medagent.tools.builtin import Toolbox
+
+ROLES = ("planner", "patient", "measurement", "assessor")
+
+
+def resolve_label_set(graph: DialogueGraph, cases: list[DialogueCase], search_dirs: list[Path]) -> LabelSet:
+    from medagent.simulators.builtin import label_set_named, open_label_set
+
+    if graph.label_set == "open":
+        return open_label_set(cases)
+    return label_set_named(graph.label_set, search_dirs)
+
+
+def role_specs(planners: dict[str, PlannerSpec], seed: int) -> dict[str, PlannerSpec]:
+    """Each role's planner; a role the study does not configure plays on the doctor's model."""
+    doctor = planners["planner"]
+    return {role: planners.get(role, doctor).model_copy(update={"role": role, "seed": seed}) for role in ROLES}
+
+
+class DialogueCaseRunner:
+    def __init__(self, graph: DialogueGraph, toolbox: Toolbox, pool: PlannerPool, label_set: LabelSet,
+                 modality: str | None) -> None:
+        self.graph = graph
+        self.toolbox = toolbox
+        self.pool = pool
+        self.label_set = label_set
+        self.modality = modality
+
+    async def _hints(self, image_ids: list[str]) -> tuple[list[Any], list[ToolCallRecord]]:
+        """The expert's top-k predictions for the doctor's context, and the calls that produced them."""
+        from medagent.simulators.dialogue import ExpertHint
+
+        hints: list[ExpertHint] = []
+        calls: list[ToolCallRecord] = []
+        context = self.toolbox.context(image_ids)
+        for image_id in image_ids:
+            arguments = {"image_id": image_id}
+            started = time.perf_counter()
+            try:
+                output = (await self.toolbox.call(self.graph.expert, arguments, context)).model_dump(mode="json")
+            except MedagentError as exc:  # the doctor goes on without hints; the failure is recorded
+                calls.append(ToolCallRecord(tool=self.graph.expert, arguments=arguments, ok=False,
+                                            error=CaseError.from_exception(exc),
+                                            duration_s=time.perf_counter() - started))
+                continue
+            calls.append(ToolCallRecord(tool=self.graph.expert, arguments=arguments, output=output, ok=True,
+                                        duration_s=time.perf_counter() - started))
+            findings = sorted(output.get("findings", []), key=lambda item: -float(item.get("probability", 0)))
+            hints += [ExpertHint(label=str(item["label"]), probability=float(item["probability"]),
+                                 tool=self.graph.expert) for item in findings[: self.graph.top_k]]
+        return hints, calls
+
+    async def run(self, case: DialogueCase, planners: dict[str, Planner], *, temperament: str, bias: str,
+                  seed: int, subgroups: dict[str, str]) -> tuple[CaseResult, list[dict[str, Any]],
+                                                                 list[ToolCallRecord]]:
+        from medagent.agents.doctor import DoctorAgent
+        from medagent.simulators.assessor import assess
+        from medagent.simulators.dialogue import DialogueSettings, run_dialogue
+        from medagent.simulators.measurement import MeasurementAgent
+        from medagent.simulators.patient import SimulatedPatient
+
+        started = time.perf_counter()
+        image_ids = [self.toolbox.attach(path, self.modality).id for path in case.images]
+        summaries = self.toolbox.image_summaries(image_ids)
+        hints, calls = await self._hints(image_ids) if self.graph.strategy == "dialogue_with_experts" else ([], [])
+        settings = DialogueSettings(strategy=self.graph.strategy, max_turns=self.graph.max_turns,
+                                    turn_timeout_s=self.graph.turn_timeout_s,
+                                    dialogue_timeout_s=self.graph.dialogue_timeout_s, top_k=self.graph.top_k)
+        biases = [] if bias == NO_BIAS else [bias]
+        outcome = await run_dialogue(
+            case,
+            doctor=DoctorAgent(planners["planner"], label_set=self.label_set, strategy=self.graph.strategy,
+                               hints=hints, image_summaries=summaries),
+            patient=SimulatedPatient(planners["patient"], case, temperament=temperament, biases=biases),
+            measurement=MeasurementAgent(planners["measurement"], case),
+            label_set=self.label_set, settings=settings, hints=hints, image_summaries=summaries)
+        truth = self.label_set.normalise(case.diagnosis) or case.diagnosis
+        columns: dict[str, Any] = {
+            "dialogue.truth": truth, "dialogue.prediction": outcome.diagnosis, "dialogue.label_set": self.label_set.name,
+            "dialogue.correct": int(outcome.diagnosis == truth), "dialogue.turns": len(outcome.turns),
+            "dialogue.stop_reason": outcome.stop_reason, "dialogue.leaks": outcome.leaks_redacted,
+            "subgroup.temperament": temperament, "subgroup.bias": bias,
+            **{f"subgroup.{name}": value for name, value in subgroups.items()},
+        }
+        result: dict[str, Any] = {"strategy": self.graph.strategy, "stop_reason": outcome.stop_reason,
+                                  "diagnosis_text": outcome.diagnosis_text, "models": outcome.models,
+                                  "hints": [hint.model_dump() for hint in hints]}
+        if self.graph.assess:
+            try:
+                assessment = await assess(planners["assessor"], case, outcome, max_reasks=self.graph.max_reasks)
+            except MedagentError as exc:  # a typed failure of the assessor, recorded; the dialogue still counts
+                result["assessment_error"] = CaseError.from_exception(exc).model_dump()
+                columns["assessment.failed"] = 1
+            else:
+                scores = assessment.scores.model_dump()
+                result["assessment"] = assessment.model_dump(mode="json")
+                columns["assessment.overall"] = scores.pop("overall")
+                columns.update({f"rubric.{name}": int(value) for name, value in scores.items()})
+                columns["assessment.failed"] = 0
+        messages = [{"role": turn.speaker, "content": turn.text, "action": turn.action, "note": turn.note,
+                     "index": turn.index,
+                     "elapsed_s": round(turn.elapsed_s, 3), "model": turn.model} for turn in outcome.turns]
+        return CaseResult(status="succeeded", answer=outcome.diagnosis_text, result=result, columns=columns,
+                          seed=seed, model_id=outcome.models.get("doctor"),
+                          latency_s=time.perf_counter() - started), messages, calls
