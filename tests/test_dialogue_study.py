@@ -152,6 +152,16 @@ def test_dialogue_studies_are_validated(tmp_path: Path) -> None:
         load_study(_study(tmp_path, dataset="builtin", planners=planners, graph="  strategy: interview\n"))
     builtin = load_study(_study(tmp_path, dataset="builtin", planners=planners))
     assert len(builtin.cases()) >= 5 and all(case.dialogue is not None for case in builtin.cases())
+    # label_set auto: the set the cases name (a closed one for the built-in cases), else each case's own
+    from medagent.studies.dialogue_runner import resolve_label_set
+
+    dialogues = [case.dialogue for case in builtin.cases() if case.dialogue is not None]
+    chosen = resolve_label_set(builtin.graph, dialogues, [tmp_path])  # type: ignore[arg-type]
+    assert chosen.name == "medagent-builtin" and chosen.closed
+    agentclinic = load_study(_study(tmp_path, dataset=str(AGENTCLINIC), planners=planners))
+    dialogues = [case.dialogue for case in agentclinic.cases()[:5] if case.dialogue is not None]
+    chosen = resolve_label_set(agentclinic.graph, dialogues, [tmp_path])  # type: ignore[arg-type]
+    assert not chosen.closed and {case.diagnosis for case in dialogues} <= set(chosen.names)
     shipped = load_study(Path(__file__).resolve().parents[1] / "workflows" / "dialogue-bench.yaml")
     assert shipped.graph.type == "dialogue" and set(shipped.planners) == {"planner", "patient", "measurement",
                                                                          "assessor"}

@@ -37,6 +37,25 @@ async def test_server_starts_on_loopback_reports_its_model_and_stops() -> None:
 
 
 @pytest.mark.asyncio
+async def test_concurrent_requests_queue_and_each_stream_finishes() -> None:
+    import asyncio
+
+    from medagent.agents.openai_backend import OpenAICompatiblePlanner
+    from medagent.agents.planner import PlannerConfig
+
+    server = EmbeddedLlamaServer()
+    planner = OpenAICompatiblePlanner(PlannerConfig(max_tokens=24, temperature=0.0), endpoint=await server.start())
+    try:
+        questions = ["Name a colour.", "Name an animal.", "Name a fruit."]
+        turns = await asyncio.gather(*(planner.complete([{"role": "user", "content": q}]) for q in questions))
+    finally:
+        await planner.aclose()
+        server.stop()
+    # a later request must not cut an earlier answer short (llama-cpp-python's default does)
+    assert all(turn.finish_reason in ("stop", "length") and turn.content for turn in turns)
+
+
+@pytest.mark.asyncio
 async def test_chat_about_a_real_chest_xray_calls_an_expert_and_cites_it(settings: Settings,
                                                                           nih_images: list[Path]) -> None:
     config = AgentConfig(checkpoint_url=str(settings.home / "sessions.sqlite"))

@@ -150,7 +150,12 @@ class DoctorAgent:
     def parse(self, content: str, *, final: bool) -> DoctorStep:
         """A valid step, or ValueError saying (without quoting it) what is wrong."""
         try:
-            step = DoctorStep.model_validate_json(content)
+            # strict=False: a raw line break inside a string (some grammars let it through) is kept, not fatal
+            data = json.loads(content, strict=False)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"reply: not a JSON object ({exc.msg} at position {exc.pos})") from None
+        try:
+            step = DoctorStep.model_validate(data)
         except ValidationError as exc:
             raise ValueError(_problems(exc)) from exc
         if not step.text.strip():

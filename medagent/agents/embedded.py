@@ -73,7 +73,10 @@ class EmbeddedLlamaServer:
             raise WeightsUnavailable(f"embedded planner: GGUF file {model} not found", expected_path=str(model))
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", self.served_name,
                    "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
-                   "--chat_format", "chatml"]
+                   "--chat_format", "chatml",
+                   # by default llama-cpp-python's server ends a streaming answer early (no finish reason)
+                   # whenever another request arrives; concurrent sessions and study cases must queue instead
+                   "--interrupt_requests", "False"]
         if self.threads:
             command += ["--n_threads", str(self.threads)]
         return command

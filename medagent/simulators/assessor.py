@@ -99,9 +99,11 @@ async def assess(planner: Planner, case: DialogueCase, outcome: DialogueOutcome,
     for attempt in range(1, max_reasks + 2):
         result = await planner.complete(messages, response_schema=schema)
         try:
-            scores = RubricScores.model_validate_json(result.content)
-        except ValidationError as exc:
-            problem = _problems(exc)
+            # strict=False: a raw line break inside a string is kept, not fatal
+            scores = RubricScores.model_validate(json.loads(result.content, strict=False))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            problem = _problems(exc) if isinstance(exc, ValidationError) else \
+                f"reply: not a JSON object ({exc.msg} at position {exc.pos})"
             messages = [*messages, {"role": "assistant", "content": result.content}, {
                 "role": "user",
                 "content": f"That reply was not valid ({problem}). Reply again with one JSON object with exactly the "

@@ -28,8 +28,9 @@ class DialogueGraph(BaseModel):
     top_k: int = Field(default=3, ge=1, le=20, description="expert predictions put in the doctor's context")
     expert: str = Field(default="classify_chest_xray", description="the tool whose top-k predictions are shown")
     label_set: str = Field(
-        default="open", description="'open' (each case's own diagnosis), 'medagent-builtin', '3mdbench-34' "
-                                    "(diagnoses_34.json next to the study or the cases), or a label-set file")
+        default="auto", description="'auto' (the one the cases name, else open), 'open' (each case's own "
+                                    "diagnosis), 'medagent-builtin', '3mdbench-34' (diagnoses_34.json next to "
+                                    "the study or the cases), or a label-set file")
     temperaments: Literal["case", "each"] | list[Temperament] = Field(
         default="case", description="case: the case's own (cases without one cycle through the four); each: "
                                     "all four; or a list: every case once per listed temperament")

@@ -23,9 +23,13 @@ ROLES = ("planner", "patient", "measurement", "assessor")
 def resolve_label_set(graph: DialogueGraph, cases: list[DialogueCase], search_dirs: list[Path]) -> LabelSet:
     from medagent.simulators.builtin import label_set_named, open_label_set
 
-    if graph.label_set == "open":
+    name = graph.label_set
+    if name == "auto":  # the label set the cases name, when they agree on one; else each case's own diagnosis
+        named = {case.label_set for case in cases}
+        name = named.pop() if len(named) == 1 and None not in named else "open"
+    if name == "open":
         return open_label_set(cases)
-    return label_set_named(graph.label_set, search_dirs)
+    return label_set_named(name, search_dirs)
 
 
 def role_specs(planners: dict[str, PlannerSpec], seed: int) -> dict[str, PlannerSpec]:
