@@ -138,3 +138,43 @@ def test_chat_demo_runs_offline_on_the_embedded_planner(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "planner smollm2-135m-instruct" in result.stdout
     assert "tool assess_image_quality" in result.stdout or "tool read_dicom_header" in result.stdout
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the field after the state is the parent pid
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_sigterm_stops_chat_and_its_embedded_planner_server(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    environment = {**os.environ, "MEDAGENT_HOME": str(tmp_path), "MEDAGENT_DEID_SECRET": TEST_SECRET.decode()}
+    chat = subprocess.Popen([*MEDAGENT, "chat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=environment)
+    try:
+        deadline = time.monotonic() + 60
+        servers: list[int] = []
+        while time.monotonic() < deadline and not servers:  # the embedded server starts in the background
+            servers = [pid for pid in _children(chat.pid)
+                       if b"llama_cpp.server" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            time.sleep(0.1)
+        assert servers, "the embedded planner server did not start"
+        chat.send_signal(signal.SIGTERM)
+        assert chat.wait(timeout=20) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and Path(f"/proc/{servers[0]}").exists():
+            time.sleep(0.1)
+        assert not Path(f"/proc/{servers[0]}").exists(), "the planner server outlived the chat process"
+    finally:
+        chat.kill()
+        chat.wait()
+        assert chat.stdin is not None
+        chat.stdin.close()

@@ -9,6 +9,7 @@ speaks the same protocol as vLLM, so the same client code drives both.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import os
 import socket
@@ -95,6 +96,7 @@ class EmbeddedLlamaServer:
                 self.command(), stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
             )
+        atexit.register(self.stop)  # the process exits without closing the agent: do not orphan the server
         await self._wait_ready()
         return self.base_url
 
@@ -118,6 +120,7 @@ class EmbeddedLlamaServer:
         raise PlannerUnavailable(f"embedded planner server not ready within {self.startup_timeout_s:g} s")
 
     def stop(self) -> None:
+        atexit.unregister(self.stop)
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,6 +55,18 @@ def main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
 ) -> None:
     """medagent command line."""
+    # SIGTERM (a service manager, a benchmark, a terminal closing): stop the embedded planner server (an
+    # exit handler) and leave at once; a thread blocked reading the terminal would stall a slower unwind,
+    # and every write medagent makes is already crash-safe (SQLite WAL, PostgreSQL transactions)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    os._exit(128 + signum)
 
 
 @experts_app.command("list")
