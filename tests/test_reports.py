@@ -109,6 +109,11 @@ def test_several_thresholds_and_label_only_findings() -> None:
     assert macro.metrics["sensitivity"].value == pytest.approx((3 / 4 + 2 / 3) / 2)
     assert weighted.metrics["sensitivity"].value == pytest.approx((4 * 3 / 4 + 3 * 2 / 3) / 7)
     assert macro.metrics["auroc"].value == pytest.approx(10 / 12) and macro.metrics["auroc"].n == 1
+    # a study that scores only some findings: the others are left out of every table
+    only = build_report(frame, options=ReportOptions.from_study({"metrics": {"findings": ["nodule"],
+                                                                             "bootstrap": 0}}))
+    assert {f.finding for f in only.findings} == {"nodule"} and only.options.bootstrap.n_resamples == 0
+    assert only.findings[0].sensitivity.value == pytest.approx(2 / 3)
 
 
 def test_failed_unknown_and_missing_rows_are_left_out() -> None:

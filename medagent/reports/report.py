@@ -23,7 +23,15 @@ from medagent.reports.metrics import (
     subgroup_tables,
 )
 from medagent.reports.operations import CaseOutcomes, TokenUsage, ToolUsage, case_outcomes, token_usage, tool_usage
-from medagent.reports.schema import ReportInputError, empty_tool_calls, validate_cases, validate_tool_calls
+from medagent.reports.schema import (
+    PRED_PREFIX,
+    PROB_PREFIX,
+    TRUTH_PREFIX,
+    ReportInputError,
+    empty_tool_calls,
+    validate_cases,
+    validate_tool_calls,
+)
 
 MACRO_ROW = "macro average"
 
@@ -34,6 +42,7 @@ class ReportOptions(BaseModel):
     )
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     small_group: int = Field(default=SMALL_GROUP, ge=1, description="subgroups with fewer cases are flagged")
+    findings: list[str] | None = Field(default=None, description="score only these findings; None: every one")
 
     @classmethod
     def from_study(cls, run_config: dict[str, Any]) -> ReportOptions:
@@ -43,6 +52,8 @@ class ReportOptions(BaseModel):
         options: dict[str, Any] = {}
         if "thresholds" in metrics:
             options["thresholds"] = metrics["thresholds"]
+        if metrics.get("findings"):
+            options["findings"] = list(metrics["findings"])
         bootstrap = {key: metrics[name] for key, name in (("n_resamples", "bootstrap"), ("confidence", "confidence"))
                      if name in metrics}
         if bootstrap:
@@ -90,6 +101,10 @@ def build_report(
     cases, run_id = _single_run(cases, run_id, "cases")
     if cases.empty:
         raise ReportInputError("the cases frame has no row for this run")
+    if options.findings is not None:  # the other findings' truth and prediction columns are left out
+        wanted = set(options.findings)
+        cases = cases[[c for c in cases.columns if not str(c).startswith((TRUTH_PREFIX, PROB_PREFIX, PRED_PREFIX))
+                       or str(c).split(".", 1)[1] in wanted]]
     layout = validate_cases(cases)
     calls = empty_tool_calls() if tool_calls is None else tool_calls
     validate_tool_calls(calls)
