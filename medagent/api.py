@@ -95,17 +95,12 @@ class Agent:
         planner_config = self.config.planner
         if planner_config.endpoint is not None:
             return OpenAICompatiblePlanner(planner_config)
-        from medagent.agents.embedded import EmbeddedLlamaServer
-
+        from medagent.agents.embedded import EmbeddedLlamaServer, embedded_planner_config
         from medagent.agents.lazy import StartingPlanner
 
         self._embedded = EmbeddedLlamaServer(Path(planner_config.gguf_path) if planner_config.gguf_path else None)
         self._stack.callback(self._embedded.stop)
-        # a 135M-parameter model calls tools reliably only when the reply is schema-constrained
-        update: dict[str, Any] = {"response_format_style": "json_object_schema"}
-        if "tool_calling" not in planner_config.model_fields_set:
-            update["tool_calling"] = "structured"
-        planner_config = planner_config.model_copy(update=update)
+        planner_config = embedded_planner_config(planner_config)
         embedded = self._embedded
 
         async def connect() -> Planner:

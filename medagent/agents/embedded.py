@@ -18,9 +18,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from medagent.agents.planner import PlannerConfig
 from medagent.errors import MissingDependency, PlannerUnavailable, WeightsUnavailable
 
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -132,3 +134,12 @@ class EmbeddedLlamaServer:
             process.wait(timeout=10)
         if self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
+
+
+def embedded_planner_config(config: PlannerConfig) -> PlannerConfig:
+    """``config`` as the embedded server needs it: a 135M-parameter model follows a format reliably only
+    when the reply is schema-constrained (llama-cpp-python's ``json_object`` + schema style)."""
+    update: dict[str, Any] = {"response_format_style": "json_object_schema"}
+    if "tool_calling" not in config.model_fields_set:
+        update["tool_calling"] = "structured"
+    return config.model_copy(update=update)

@@ -93,12 +93,10 @@ class PlannerPool:
         if config.endpoint is not None:
             planner: Planner = OpenAICompatiblePlanner(config)
         else:
+            from medagent.agents.embedded import embedded_planner_config
+
             endpoint = await self._embedded_endpoint(config.gguf_path)
-            # a 135M-parameter model follows a format reliably only when the reply is schema-constrained
-            update: dict[str, Any] = {"response_format_style": "json_object_schema"}
-            if "tool_calling" not in config.model_fields_set:
-                update["tool_calling"] = "structured"
-            planner = OpenAICompatiblePlanner(config.model_copy(update=update), endpoint=endpoint)
+            planner = OpenAICompatiblePlanner(embedded_planner_config(config), endpoint=endpoint)
         self._planners.append(planner)
         return self.limited(planner)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from medagent.agents.planner import Planner
-from medagent.agents.pool import PlannerPool
 from medagent.errors import MedagentError
 from medagent.simulators.cases import DialogueCase
 from medagent.simulators.labels import LabelSet
@@ -39,11 +38,9 @@ def role_specs(planners: dict[str, PlannerSpec], seed: int) -> dict[str, Planner
 
 
 class DialogueCaseRunner:
-    def __init__(self, graph: DialogueGraph, toolbox: Toolbox, pool: PlannerPool, label_set: LabelSet,
-                 modality: str | None) -> None:
+    def __init__(self, graph: DialogueGraph, toolbox: Toolbox, label_set: LabelSet, modality: str | None) -> None:
         self.graph = graph
         self.toolbox = toolbox
-        self.pool = pool
         self.label_set = label_set
         self.modality = modality
 

@@ -128,7 +128,7 @@ class StudyRunner:
             if self.config.dataset is not None:
                 folders.append((self.config.base_dir / self.config.dataset.path).resolve().parent)
             label_set = resolve_label_set(self.config.graph, cases, folders)
-            self._dialogue = DialogueCaseRunner(self.config.graph, self.toolbox, self.planners, label_set,
+            self._dialogue = DialogueCaseRunner(self.config.graph, self.toolbox, label_set,
                                                 self._modality)
         return self._dialogue
 
