@@ -149,6 +149,18 @@ class ModelNotServed(ConfigurationError):
     code = "model_not_served"
 
 
+class InvalidName(ConfigurationError):
+    """A run id, study name or session id outside the safe charset (see medagent.names)."""
+
+    code = "invalid_name"
+
+
+class PathOutsideHome(ConfigurationError):
+    """An output path that would resolve outside the folder it belongs in."""
+
+    code = "path_outside_home"
+
+
 # -- family 4: infrastructure --------------------------------------------------------
 
 

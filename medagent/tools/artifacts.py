@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import json
 import os
 import re
 import tempfile
@@ -78,6 +79,13 @@ def _atomic_write(target: Path, data: bytes) -> None:
         raise
 
 
+def _identity(sha256: str, metadata: dict[str, Any] | None) -> str:
+    if not metadata:
+        return sha256
+    canonical = json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(f"{sha256}\0{canonical}".encode()).hexdigest()
+
+
 class ArtifactStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -101,12 +109,14 @@ class ArtifactStore:
         metadata: dict[str, Any] | None = None,
         provenance: dict[str, Any] | None = None,
     ) -> Artifact:
+        """Store ``data``; the id covers the bytes and ``metadata`` (when given), so one id never stands for
+        two different records: the same pixels with another header are another artifact."""
         sha256 = hashlib.sha256(data).hexdigest()
         object_path = self.root / "objects" / sha256[:2] / f"{sha256}{suffix}"
         if not object_path.exists():
             _atomic_write(object_path, data)
         artifact = Artifact(
-            id=f"{_ID_PREFIX[kind]}-{sha256[:12]}",
+            id=f"{_ID_PREFIX[kind]}-{_identity(sha256, metadata)[:12]}",
             kind=kind,
             media_type=media_type,
             sha256=sha256,
