@@ -152,6 +152,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.llama
 def test_sigterm_stops_chat_and_its_embedded_planner_server(tmp_path: Path) -> None:
     import signal
     import time

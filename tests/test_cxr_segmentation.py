@@ -110,8 +110,10 @@ def test_padding_and_resizing_map_the_output_back_onto_the_input_pixels(loader: 
 @pytest.mark.torch
 @pytest.mark.slow
 @pytest.mark.asyncio
-async def test_weights_present_path_loads_the_publishers_file(tmp_path: Path, loader: ImageLoader,
-                                                              nih_images: list[Path]) -> None:
+async def test_a_random_network_saved_in_the_publishers_file_layout_loads(tmp_path: Path, loader: ImageLoader,
+                                                                          nih_images: list[Path]) -> None:
+    """Not the published weights: a randomly initialised PSPNet saved under the publisher's file name and
+    key layout, which proves the loading path (and hashing), not the network's quality."""
     import torch
     from torchxrayvision.baseline_models.chestx_det import pspnet
 

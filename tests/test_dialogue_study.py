@@ -204,6 +204,7 @@ async def test_twenty_agentclinic_dialogues_resume_after_a_kill_and_report_per_t
         assert f"| {temperament} (small) | 5 |" in table  # 20 cases cycle through the four
 
 
+@pytest.mark.llama
 @pytest.mark.asyncio
 async def test_the_real_embedded_model_plays_every_role_in_a_stored_study(tmp_path: Path, settings: Settings) -> None:
     cases = _first_cases(tmp_path, 1)  # two-case runs of every role: tests/test_dialogue_embedded.py

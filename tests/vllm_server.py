@@ -17,6 +17,9 @@ from medagent.agents.vllm_recipes import serve_command
 ROOT = Path(__file__).resolve().parents[1]
 SERVED_NAME = "smollm2"
 STARTUP_TIMEOUT_S = 900  # the first start compiles kernels: minutes on 2 cores
+# pytest-timeout counts a module fixture's set-up in the first test that uses it: that test (and every test
+# of the module) gets this limit, so a slow first start fails with the server log, not a bare timeout.
+TEST_TIMEOUT_S = STARTUP_TIMEOUT_S + 300
 
 
 def _environment() -> dict[str, str]:

@@ -48,7 +48,9 @@ class PlannerSpec(PlannerConfig):
         return self.backend
 
     def planner_config(self) -> PlannerConfig:
-        return PlannerConfig.model_validate(self.model_dump(exclude={"backend"}))
+        # Only the fields the study set: defaults must stay "unset" so that backend-specific defaults
+        # (embedded_planner_config's structured tool calling) still apply.
+        return PlannerConfig.model_validate(self.model_dump(exclude={"backend"}, exclude_unset=True))
 
 
 Planners = dict[Role, PlannerSpec]
