@@ -101,6 +101,8 @@ class ImageRecord(BaseModel):
     metadata: SafeMetadata = Field(default_factory=SafeMetadata)
     deid: DeidReport | None = None
     modality_declared_by_user: bool = False
+    # recognised from the pixels (medagent.experts.cxr_detect), never set when the user declared one
+    modality_detected: bool = False
 
     @field_serializer("pixels")
     def _summarise_pixels(self, pixels: np.ndarray) -> dict[str, Any]:
@@ -137,10 +139,21 @@ class ImageRecord(BaseModel):
             return np.ascontiguousarray(np.rot90(view[:, :, view.shape[2] // 2]))
         return view[view.shape[0] // 2]
 
+    @property
+    def modality_source(self) -> str:
+        """Where ``modality`` came from: declared (by the user), detected (from the pixels), file (its own
+        metadata, e.g. the DICOM tag) or unknown."""
+        if self.modality_declared_by_user:
+            return "declared"
+        if self.modality_detected:
+            return "detected"
+        return "unknown" if self.modality is Modality.UNKNOWN else "file"
+
     def summary(self) -> dict[str, Any]:
         """A compact planner-safe description."""
         return {
             "modality": self.modality.value,
+            "modality_source": self.modality_source,
             "format": self.source_format,
             "shape": list(self.pixels.shape),
             "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None,

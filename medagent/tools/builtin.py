@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from medagent.config import Settings
 from medagent.experts.cxr_classifier import Classification
+from medagent.experts.cxr_detect import with_detected_modality
 from medagent.experts.dicom_header import DicomHeader
 from medagent.experts.lungs import LungLocalization
 from medagent.experts.quality import QualityReport
@@ -111,7 +112,9 @@ class Toolbox:
                 cached = self._attached.get(key)
             if cached is not None and cached.path.is_file():
                 return cached
-        artifact = self.store.put_image(self.loader.load(path, modality=modality))
+        # an undeclared PNG/JPEG frontal chest radiograph is marked DX (detected); a declaration wins
+        record = with_detected_modality(self.loader.load(path, modality=modality))
+        artifact = self.store.put_image(record)
         if key is not None:
             with self._attach_lock:
                 self._attached[key] = artifact
