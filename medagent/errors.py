@@ -149,6 +149,18 @@ class ModelNotServed(ConfigurationError):
     code = "model_not_served"
 
 
+class SecretInvalid(ConfigurationError):
+    """A configured secret (``MEDAGENT_DEID_SECRET``, ``deid.secret``) is too short or not text; never echoed."""
+
+    code = "secret_invalid"
+
+
+class InsecurePermissions(ConfigurationError):
+    """A secret or private file is readable by group or others; the message says to ``chmod 600`` it."""
+
+    code = "insecure_permissions"
+
+
 class InvalidName(ConfigurationError):
     """A run id, study name or session id outside the safe charset (see medagent.names)."""
 

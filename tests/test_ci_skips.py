@@ -39,9 +39,9 @@ def _pytest(folder: Path, ci: str | None) -> subprocess.CompletedProcess[str]:
     if ci is not None:
         environment["CI"] = ci
     (folder / "pytest.ini").write_text("[pytest]\n")  # not the repository's settings
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "tests.ci_skips", "-p", "no:cacheprovider",
-                           str(folder / "test_suite.py")], cwd=folder, env=environment, capture_output=True,
-                          text=True, timeout=120)
+    command = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "tests.ci_skips", "-p", "no:cacheprovider",
+               str(folder / "test_suite.py")]
+    return subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("ci", ["true", "1"])

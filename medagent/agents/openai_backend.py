@@ -20,6 +20,7 @@ from medagent.errors import (
     PlannerTimeout,
     PlannerUnavailable,
 )
+from medagent.redaction import redact_url
 
 
 class OpenAICompatiblePlanner:
@@ -65,7 +66,7 @@ class OpenAICompatiblePlanner:
         except openai.APITimeoutError as exc:
             raise PlannerTimeout(f"planner server did not answer within {self.config.read_timeout_s:g} s") from exc
         except openai.APIConnectionError as exc:
-            raise PlannerUnavailable(f"planner server at {self.base_url} cannot be reached") from exc
+            raise PlannerUnavailable(f"planner server at {redact_url(self.base_url)} cannot be reached") from exc
         except openai.RateLimitError as exc:
             raise PlannerRateLimited("planner server kept answering 429 Too Many Requests") from exc
         except openai.InternalServerError as exc:

@@ -20,8 +20,21 @@ from medagent.cli.index import index_app
 from medagent.cli.study import register as register_study_commands
 from medagent.errors import MedagentError
 
-app = typer.Typer(help="medagent: a planner model reasoning over medical images with expert models.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+class _TypedErrorsApp(typer.Typer):
+    """A typed error that escapes a command (a bad secret, an unreadable configuration) ends it with its code and
+    message on stderr and exit status 2, never a traceback (which could show values and paths)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except MedagentError as exc:
+            Console(stderr=True).print(f"[red]error[/] {escape(f'[{exc.code}]')} {escape(exc.message)}",
+                                       soft_wrap=True)
+            sys.exit(2)
+
+
+app = _TypedErrorsApp(help="medagent: a planner model reasoning over medical images with expert models.",
+                      no_args_is_help=True, pretty_exceptions_enable=False)
 experts_app = typer.Typer(help="Inspect the expert models.", no_args_is_help=True)
 app.add_typer(experts_app, name="experts")
 app.add_typer(index_app, name="index")

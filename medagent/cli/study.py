@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from medagent.errors import MedagentError
+from medagent.files import private_dir, write_private
 
 console = Console()
 errors = Console(stderr=True)
@@ -117,12 +118,12 @@ def report(
         _fail(exc)
         return
     folder = out or settings.home / "reports" / run_id
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)
     write_plots(reports[0], frames[0][0], frames[0][1], folder)
     comparison = compare_runs(reports) if compare else None
     text = render_html(reports[0], comparison) if output_format == "html" else render_markdown(reports[0], comparison)
     target = folder / f"report.{output_format}"
-    target.write_text(text, encoding="utf-8")
+    write_private(target, text)
     console.print(f"report written to {target}")
 
 

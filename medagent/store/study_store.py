@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, Table, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
+from medagent.redaction import redact
 from medagent.store.engine import WRITE_OPTION, create_store_engine, ensure_schema, git_sha, medagent_version, \
     resolve_url
 from medagent.store.records import CaseRecord, CaseResult, CaseStatus, CaseWrite, ConfigChanged, MetricValue, \
@@ -92,7 +93,8 @@ class StudyStore:
     def create_run(self, run_id: str, study: str, config: Mapping[str, Any], config_hash: str) -> RunRecord:
         """Start a new run; :class:`RunExists` if the id is taken (resume with :meth:`resume_run`)."""
         require_text(run_id=run_id, study=study, config_hash=config_hash)
-        values = {"run_id": run_id, "study": study, "config": dict(config), "config_hash": config_hash,
+        # api keys and URL passwords never reach the store (nor reports or exports read from it)
+        values = {"run_id": run_id, "study": study, "config": redact(dict(config)), "config_hash": config_hash,
                   "medagent_version": medagent_version(), "git_sha": git_sha(), "status": "running",
                   "created_at": now(), "finished_at": None}
         with self._transaction(write=True) as connection:
@@ -123,7 +125,7 @@ class StudyStore:
                 raise ConfigChanged(f"run {run_id!r} was started with configuration {run.config_hash[:12]}, not "
                                     f"{config_hash[:12]}; resume with force to continue it anyway", run_id=run_id)
             connection.execute(update(_RUNS).where(_RUNS.c.run_id == run_id).values(
-                status="running", finished_at=None, config=dict(config), config_hash=config_hash))
+                status="running", finished_at=None, config=redact(dict(config)), config_hash=config_hash))
             return self._run(connection, run_id)
 
     def finish_run(self, run_id: str, status: RunStatus = "finished") -> RunRecord:

@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from medagent.errors import UnknownArtifact
+from medagent.files import private_dir
 from medagent.imaging.record import DeidReport, ImageRecord, Modality, SafeMetadata
 
 
@@ -68,8 +69,8 @@ _VALID_ID = re.compile(r"[a-z]{2,8}-[0-9a-f]{6,64}")
 
 
 def _atomic_write(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    private_dir(target.parent)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")  # 0600 from the start
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -89,8 +90,8 @@ def _identity(sha256: str, metadata: dict[str, Any] | None) -> str:
 class ArtifactStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        (self.root / "objects").mkdir(parents=True, exist_ok=True)
-        (self.root / "index").mkdir(parents=True, exist_ok=True)
+        private_dir(self.root / "objects")
+        private_dir(self.root / "index")
         # parsed index records, valid while the file's (mtime, size) is unchanged (another writer may replace it)
         self._cache: dict[str, tuple[tuple[int, int], Artifact]] = {}
 

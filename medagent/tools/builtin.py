@@ -148,8 +148,10 @@ class Toolbox:
         return self._suits[key]
 
     def with_image_parts(self, messages: list[dict[str, Any]], image_ids: list[str]) -> list[dict[str, Any]]:
-        """For VLM planners: the de-identified display images as data-URL parts of the first user message."""
-        parts = [{"type": "image_url", "image_url": {"url": self.image_data_url(image_id)}} for image_id in image_ids]
+        """For VLM planners: the de-identified display images as data-URL parts of the first user message.
+        Images whose DICOM says BurnedInAnnotation=YES are withheld unless ``send_burned_in_images`` is set."""
+        shown = [i for i in image_ids if self.settings.send_burned_in_images or not self._burned_in(i)]
+        parts = [{"type": "image_url", "image_url": {"url": self.image_data_url(image_id)}} for image_id in shown]
         result, added = [], False
         for message in messages:
             if message["role"] == "user" and not added and parts:
@@ -158,6 +160,10 @@ class Toolbox:
                 added = True
             result.append(message)
         return result
+
+    def _burned_in(self, image_id: str) -> bool:
+        deid = self.store.load_image(image_id).deid
+        return deid is not None and deid.burned_in_annotation is True
 
     def image_data_url(self, image_id: str, max_side: int = 512) -> str:
         import base64
