@@ -57,6 +57,22 @@ class UnknownTool(ModelRetry):
     code = "unknown_tool"
 
 
+class ToolNotOffered(ModelRetry):
+    """A call to a tool that was not offered in that turn (not among the study's experts, or no image suits it)."""
+
+    code = "tool_not_offered"
+
+
+class TooManyToolCalls(ModelRetry):
+    """A call past the per-turn or per-question cap on tool calls; it did not run."""
+
+    code = "too_many_tool_calls"
+
+
+class ArgumentsTooLarge(InvalidToolArguments):
+    code = "arguments_too_large"
+
+
 # -- family 2: a failure the model can adapt to ------------------------------------
 
 
@@ -225,6 +241,12 @@ class PlannerProtocolError(InfrastructureError):
     """The server answered with something that is not a valid chat completion (bad JSON, cut stream)."""
 
     code = "planner_protocol_error"
+
+
+class PlannerAnswerTooLarge(PlannerProtocolError):
+    """The planner's streamed answer (text and tool calls) went past the size cap; reading stopped there."""
+
+    code = "planner_answer_too_large"
 
 
 class PlannerMisbehaved(InfrastructureError):

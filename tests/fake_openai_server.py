@@ -16,13 +16,15 @@ from typing import Any
 
 @dataclass
 class Behaviour:
-    kind: str  # text | tool | status | slow | invalid_json | truncated
+    kind: str  # text | tool | tools | status | slow | invalid_json | truncated | trickle | flood
     text: str = ""
     tool_name: str = ""
     arguments: str = "{}"
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
+    delay_s: float = 0.0  # slow: before answering; trickle: between words
+    repeat: int = 1  # flood: chunks of ``text`` sent
+    calls: list[tuple[str, str, str]] = field(default_factory=list)  # tools: (id, name, arguments) per call
 
 
 def text(answer: str) -> Behaviour:
@@ -35,6 +37,22 @@ def tool(name: str, arguments: dict[str, Any] | str) -> Behaviour:
 
 def status(code: int, **headers: str) -> Behaviour:
     return Behaviour("status", status=code, headers=headers)
+
+
+def trickle(answer: str, every_s: float) -> Behaviour:
+    """One word every ``every_s`` seconds: each read is quick, the whole answer is not."""
+    return Behaviour("trickle", text=answer, delay_s=every_s)
+
+
+def flood(chunk: str, repeat: int) -> Behaviour:
+    """``repeat`` content chunks of ``chunk``, whatever max_tokens says."""
+    return Behaviour("flood", text=chunk, repeat=repeat)
+
+
+def tools(*calls: tuple[str, str, dict[str, Any] | str]) -> Behaviour:
+    """Several tool calls in one turn, each (id, name, arguments), ids exactly as given."""
+    return Behaviour("tools", calls=[(call_id, name, arguments if isinstance(arguments, str) else json.dumps(arguments))
+                                     for call_id, name, arguments in calls])
 
 
 class _Server(ThreadingHTTPServer):
@@ -135,7 +153,16 @@ class FakeOpenAIServer:
 
             def _stream(self, behaviour: Behaviour) -> None:
                 parts: list[bytes] = []
-                if behaviour.kind == "invalid_json":
+                if behaviour.kind in ("trickle", "flood"):
+                    self._paced(behaviour)
+                    return
+                if behaviour.kind == "tools":
+                    deltas = [{"index": index, "id": call_id, "type": "function",
+                               "function": {"name": name, "arguments": arguments}}
+                              for index, (call_id, name, arguments) in enumerate(behaviour.calls)]
+                    parts = [self._chunk({"role": "assistant", "tool_calls": deltas}, None),
+                             self._chunk({}, "tool_calls"), b"data: [DONE]\n\n"]
+                elif behaviour.kind == "invalid_json":
                     parts = [b"data: {this is not json\n\n"]
                 elif behaviour.kind == "truncated":
                     parts = [self._chunk({"role": "assistant", "content": "half an ans"}, None)]
@@ -154,6 +181,28 @@ class FakeOpenAIServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _paced(self, behaviour: Behaviour) -> None:
+                """Chunks written one by one (a pause between trickled words), never built whole."""
+                if behaviour.kind == "trickle":
+                    chunks = [self._chunk({"content": word + " "}, None) for word in behaviour.text.split(" ")]
+                    count, pause = len(chunks), behaviour.delay_s
+                else:
+                    chunks, count, pause = [self._chunk({"content": behaviour.text}, None)], behaviour.repeat, 0.0
+                end = self._chunk({}, "stop") + b"data: [DONE]\n\n"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Content-Length", str(sum(len(c) for c in chunks) * (count // len(chunks)) + len(end)))
+                self.end_headers()
+                try:
+                    for index in range(count):
+                        self.wfile.write(chunks[index % len(chunks)])
+                        self.wfile.flush()
+                        if pause:
+                            time.sleep(pause)
+                    self.wfile.write(end)
+                except (BrokenPipeError, ConnectionResetError):  # the client stopped reading: as intended
+                    self.close_connection = True
 
         return Handler
 

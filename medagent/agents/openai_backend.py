@@ -6,6 +6,7 @@ connection errors, 408, 429 (honouring Retry-After) and 5xx, and never retries a
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from medagent.agents.planner import Message, PlannerConfig, PlannerTurn, TokenCallback, ToolCall, ToolChoice, Usage
 from medagent.errors import (
     ModelNotServed,
+    PlannerAnswerTooLarge,
     PlannerProtocolError,
     PlannerRateLimited,
     PlannerRejected,
@@ -90,6 +92,19 @@ class OpenAICompatiblePlanner:
         response_schema: dict[str, Any] | None = None,
         on_token: TokenCallback | None = None,
     ) -> PlannerTurn:
+        # read timeouts bound each wait for a byte; only an overall deadline bounds a server that trickles
+        deadline = asyncio.timeout(self.config.deadline_s)
+        try:
+            async with deadline:
+                return await self._complete(messages, tools, tool_choice, response_schema, on_token)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise PlannerTimeout(f"planner call did not finish within its overall deadline of "
+                                 f"{self.config.deadline_s:g} s", deadline_s=self.config.deadline_s) from None
+
+    async def _complete(self, messages: list[Message], tools: list[dict[str, Any]] | None, tool_choice: ToolChoice,
+                        response_schema: dict[str, Any] | None, on_token: TokenCallback | None) -> PlannerTurn:
         import openai
 
         model = await self.served_model()
@@ -123,6 +138,7 @@ class OpenAICompatiblePlanner:
         content: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         reported_model, finish_reason, usage = None, None, None
+        limit, size = self.config.answer_limit, 0
         try:
             async for chunk in stream:
                 if not isinstance(chunk, dict):
@@ -134,6 +150,11 @@ class OpenAICompatiblePlanner:
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") or {}
                     text = delta.get("content")
+                    size += len(text or "") + sum(len(str(call)) for call in delta.get("tool_calls") or [])
+                    if size > limit:  # stop reading: a server that ignores max_tokens cannot fill memory
+                        raise PlannerAnswerTooLarge(f"the planner's answer passed {limit} characters "
+                                                    f"(max_tokens {self.config.max_tokens}); reading stopped",
+                                                    limit=limit)
                     if text:
                         content.append(text)
                         if on_token is not None:
@@ -157,6 +178,8 @@ class OpenAICompatiblePlanner:
             if type(exc).__module__.startswith(("httpx", "httpcore", "httpx2")):
                 raise PlannerProtocolError(f"planner stream broke off ({type(exc).__name__})") from exc
             raise
+        finally:  # cut off, timed out or done: the connection is released either way
+            await stream.close()
         if finish_reason is None:
             raise PlannerProtocolError("planner stream ended without a finish reason (truncated)")
         if reported_model is None:

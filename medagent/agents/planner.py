@@ -26,11 +26,19 @@ class PlannerConfig(BaseModel):
     gguf_path: str | None = Field(default=None, description="embedded default only: another GGUF file")
     temperature: float = Field(default=0.2, ge=0, le=2)
     top_p: float = Field(default=0.95, gt=0, le=1)
-    max_tokens: int = Field(default=512, ge=1)
+    max_tokens: int = Field(default=512, ge=1, le=131_072)
     seed: int | None = 0
     connect_timeout_s: float = Field(default=3.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0, description="per request; interactive default well under a minute")
-    max_retries: int = Field(default=2, ge=0, description="on connection errors, 408, 429 and 5xx only")
+    max_retries: int = Field(default=2, ge=0, le=10, description="on connection errors, 408, 429 and 5xx only")
+    deadline_s: float = Field(
+        default=120.0, gt=0, le=3600,
+        description="overall limit on one planner call (retries and the whole stream included): a server that "
+                    "trickles tokens cannot keep a call open past it")
+    max_answer_chars: int = Field(
+        default=32_768, ge=1024, le=8_388_608,
+        description="characters of one streamed answer (text, tool names and arguments) read before it is cut "
+                    "off; the cap used is max(this, 16 x max_tokens)")
     supports_images: bool = Field(default=False, description="send images as content parts (VLMs only)")
     tool_calling: Literal["native", "structured"] = Field(
         default="native",
@@ -46,6 +54,11 @@ class PlannerConfig(BaseModel):
             "'json_object' with a 'schema' key"
         ),
     )
+
+    @property
+    def answer_limit(self) -> int:
+        """Characters of one answer read before it is refused: ``max_tokens`` long tokens still fit."""
+        return max(self.max_answer_chars, 16 * self.max_tokens)
 
 
 class ToolCall(BaseModel):

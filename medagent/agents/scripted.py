@@ -86,11 +86,12 @@ class ScriptedPlanner:
 
 
 def tool_sequence_planner(tools: list[str], *, answer_prefix: str = "Findings from the expert tools:",
-                          latency_s: float = 0.0, call_log: str | None = None,
+                          latency_s: float = 0.0, call_log: str | None = None, ignore_offer: bool = False,
                           config: PlannerConfig | None = None) -> ScriptedPlanner:
     """A deterministic baseline planner for studies: calls ``tools`` in order on the first attached
     image, then answers with the tool results it received. ``call_log``: a file that gets one line (the
-    first image id) per planner call, for counting calls across processes. Usable from study YAML as
+    first image id) per planner call, for counting calls across processes. ``ignore_offer``: call the tools
+    whether offered or not (a planner that disobeys: tests of the gate). Usable from study YAML as
     ``backend: {_target_: medagent.agents.scripted.tool_sequence_planner, kwargs: {tools: [...]}}``."""
     import asyncio
 
@@ -102,7 +103,7 @@ def tool_sequence_planner(tools: list[str], *, answer_prefix: str = "Findings fr
                 stream.write(f"{(request.image_ids() or ['-'])[0]}\n")
         done = sum(1 for message in request.messages if message["role"] == "tool")
         offered = set(request.tool_names)
-        if done < len(tools) and tools[done] in offered and request.image_ids():
+        if done < len(tools) and (ignore_offer or tools[done] in offered) and request.image_ids():
             return [tool_call(tools[done], {"image_id": request.image_ids()[0]}, call_id=f"call_{done}")]
         results = [str(message["content"]) for message in request.messages if message["role"] == "tool"]
         return " ".join([answer_prefix, *results]) if results else f"{answer_prefix} none were available."

@@ -215,7 +215,7 @@ class StudyRunner:
             agent = self._agents.get((item.arm, seed))
             if agent is None:
                 spec = self.config.arm_planners()[item.arm]["planner"].model_copy(update={"seed": seed})
-                agent = Agent(AgentConfig(planner=spec.planner_config(), loop=self.config.graph.loop,
+                agent = Agent(AgentConfig(planner=spec.planner_config(), loop=self._loop_settings(),
                                           checkpoint_url="memory://"),  # a case is stored whole or rerun
                               settings=self.settings, toolbox=self.toolbox,
                               planner=await _build_planner(spec, self.planners))
@@ -232,6 +232,16 @@ class StudyRunner:
         return CaseResult(status="succeeded", answer=answer.text, columns=_columns(item.case, outputs), seed=seed,
                           model_id=answer.model, latency_s=time.perf_counter() - started,
                           expert_weights=_weights(outputs)), await session.history(), calls
+
+    def _loop_settings(self) -> Any:
+        """The study's loop limits; its ``experts:`` list, when given, is the only tools offered and run."""
+        assert isinstance(self.config.graph, AgentLoopGraph)
+        loop = self.config.graph.loop
+        if not self.config.experts:
+            return loop
+        experts = self.config.tool_names(self.toolbox.registry.names())
+        allowed = [name for name in experts if loop.allowed_tools is None or name in loop.allowed_tools]
+        return loop.model_copy(update={"allowed_tools": allowed})
 
     async def _dialogue_case(self, item: _WorkItem, seed: int) -> tuple[CaseResult, list[dict[str, Any]],
                                                                       list[ToolCallRecord]]:

@@ -8,6 +8,7 @@ import functools
 import json
 import time
 import weakref
+from collections.abc import Collection
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -16,12 +17,18 @@ from medagent.errors import (
     ApprovalRequired,
     DuplicateTool,
     InvalidToolArguments,
+    ToolNotOffered,
     ToolTimeout,
     UnknownTool,
 )
 from medagent.tools.spec import ARTIFACT_ID_MARKER, Tool, ToolContext
 
 _MAX_ERRORS_SHOWN = 3
+_MAX_KEY_SHOWN = 64  # planner-chosen keys quoted back in an error are cut to this many characters
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= _MAX_KEY_SHOWN else text[:_MAX_KEY_SHOWN] + "..."
 
 
 @functools.cache
@@ -61,7 +68,7 @@ def describe_validation_error(error: ValidationError) -> str:
     """A short message a small model can act on."""
     parts = []
     for item in error.errors()[:_MAX_ERRORS_SHOWN]:
-        location = ".".join(str(part) for part in item["loc"]) or "arguments"
+        location = _shown(".".join(str(part) for part in item["loc"]) or "arguments")
         if item["type"] == "missing":
             parts.append(f"`{location}` is required")
         elif item["type"] == "extra_forbidden":
@@ -109,7 +116,7 @@ class ToolRegistry:
         try:
             return self._tools[name]
         except KeyError:
-            raise UnknownTool(f"no tool named `{name}`; available: {', '.join(self.names())}") from None
+            raise UnknownTool(f"no tool named `{_shown(name)}`; available: {', '.join(self.names())}") from None
 
     def openai_tools(self, context: ToolContext | None = None, names: list[str] | None = None) -> list[dict[str, Any]]:
         """OpenAI-style ``tools`` entries (all, or those in ``names``), artifact ids restricted to the session's."""
@@ -151,7 +158,7 @@ class ToolRegistry:
         known = {info.alias or name for name, info in tool.input_model.model_fields.items()}
         unexpected = sorted(set(arguments) - known)
         if unexpected:  # the exported schema forbids extra keys; enforce it whatever the model's config
-            raise InvalidToolArguments(f"`{unexpected[0]}` is not an argument of this tool", tool=name)
+            raise InvalidToolArguments(f"`{_shown(unexpected[0])}` is not an argument of this tool", tool=name)
         try:
             parsed = tool.input_model.model_validate(arguments)
         except ValidationError as exc:
@@ -189,8 +196,12 @@ class ToolRegistry:
         context: ToolContext,
         *,
         approved: bool = False,
+        offered: Collection[str] | None = None,
     ) -> BaseModel:
-        """Validate, check approval, then run under the tool's concurrency limit and timeout."""
+        """Check the tool was offered (when ``offered`` is given), validate, check approval, then run under the
+        tool's concurrency limit and timeout."""
+        if offered is not None and name not in offered:
+            raise ToolNotOffered(f"`{_shown(name)}` was not offered; offered: {', '.join(offered) or '(none)'}")
         tool = self.get(name)
         parsed = self.validate(name, arguments, context)
         if tool.policy.requires_approval and not approved:

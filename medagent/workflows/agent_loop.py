@@ -11,7 +11,6 @@ from typing import Annotated, Any, TypedDict
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
-from pydantic import BaseModel, Field
 
 from medagent.agents.planner import Message, Planner, PlannerTurn, ToolCall
 from medagent.agents.prompts import (
@@ -24,6 +23,9 @@ from medagent.agents.prompts import (
 )
 from medagent.errors import ApprovalRejected, MedagentError, ModelRetry, PlannerMisbehaved
 from medagent.tools.builtin import Toolbox
+from medagent.workflows.call_gate import LoopSettings, gate_turn, offered_tools
+
+__all__ = ["AgentLoop", "AgentState", "LoopSettings"]
 
 
 def _union(left: list[str], right: list[str]) -> list[str]:
@@ -36,13 +38,11 @@ class AgentState(TypedDict, total=False):
     tool_records: Annotated[list[dict[str, Any]], operator.add]
     steps: int
     invalid_calls: int
+    question_calls: int  # tool calls admitted this question
+    offered: list[str]  # the tools offered in the last planner turn: the only ones its calls may run
+    refusals: list[dict[str, Any] | None]  # per call position of the last turn: why it may not run, or None
     answer: str | None
     model: str | None
-
-
-class LoopSettings(BaseModel):
-    max_steps: int = Field(default=6, ge=1, description="planner calls per question")
-    max_invalid_calls: int = Field(default=2, ge=0, description="invalid tool calls tolerated per question")
 
 
 def _emit(event: dict[str, Any]) -> None:
@@ -87,7 +87,7 @@ class AgentLoop:
         image_ids = state.get("image_ids", [])
         context = self.toolbox.context(image_ids)
         summaries = self.toolbox.image_summaries(image_ids)
-        offered = self.toolbox.offered_tools(summaries)
+        offered = offered_tools(self.toolbox.offered_tools(summaries), self.settings)
         tools = self.toolbox.registry.openai_tools(context, names=offered) if offered else []
         messages = [{"role": "system", "content": system_prompt(summaries)}, *state.get("messages", [])]
         if self.planner.config.supports_images:
@@ -105,14 +105,23 @@ class AgentLoop:
             turn = await self.planner.complete([*flatten_tool_turns(messages), *reminder], on_token=on_token)
         else:
             turn = await self.planner.complete(messages, tools=tools or None, tool_choice="auto", on_token=on_token)
-        if turn.tool_calls and steps >= self.settings.max_steps:
+        if not turn.tool_calls:  # the limits count per question
+            return {"messages": [turn.as_message()], "model": turn.model, "answer": turn.content.strip(),
+                    "steps": 0, "invalid_calls": 0, "question_calls": 0}
+        if steps >= self.settings.max_steps:
             raise PlannerMisbehaved(f"the planner still called tools after {steps} steps (the limit)", steps=steps)
-        update: dict[str, Any] = {"messages": [turn.as_message()], "steps": steps, "model": turn.model}
-        if not turn.tool_calls:
-            update["answer"] = turn.content.strip()
-            update["steps"] = 0  # the limit counts per question
-            update["invalid_calls"] = 0
-        return update
+        asked = state.get("question_calls", 0)
+        gated = gate_turn(turn, offered=offered, registry=self.toolbox.registry, context=context,
+                          settings=self.settings, step=steps, calls_so_far=asked)
+        invalid_calls = state.get("invalid_calls", 0) + gated.refused
+        self._check_invalid(invalid_calls)  # before any call of a doomed turn runs or asks for approval
+        return {"messages": [gated.message], "steps": steps, "model": turn.model, "offered": offered,
+                "refusals": gated.refusals, "invalid_calls": invalid_calls, "question_calls": asked + gated.admitted}
+
+    def _check_invalid(self, invalid_calls: int) -> None:
+        if invalid_calls > self.settings.max_invalid_calls:
+            raise PlannerMisbehaved(f"the planner made {invalid_calls} invalid tool calls (limit "
+                                    f"{self.settings.max_invalid_calls})", invalid_calls=invalid_calls)
 
     async def _structured_turn(self, messages: list[Message], tools: list[dict[str, Any]], step: int) -> PlannerTurn:
         """Small models: constrain the reply to JSON naming one offered tool and its arguments."""
@@ -133,45 +142,69 @@ class AgentLoop:
     async def tools_node(self, state: AgentState) -> dict[str, Any]:
         registry = self.toolbox.registry
         calls = state["messages"][-1]["tool_calls"]
-        context = self.toolbox.context(state.get("image_ids", []))
-        decisions: dict[str, bool] = {}
-        for call in calls:  # every interrupt first: a resumed node runs again from the top
+        image_ids = state.get("image_ids", [])
+        context = self.toolbox.context(image_ids)
+        refusals = state.get("refusals") or []
+        if len(refusals) != len(calls):  # a checkpoint from before the gate: the registry still checks offers
+            refusals = [None] * len(calls)
+        offered = state.get("offered")
+        if offered is None:
+            offered = offered_tools(self.toolbox.offered_tools(self.toolbox.image_summaries(image_ids)),
+                                    self.settings)
+        # decisions by position, never by the planner's id; every interrupt first: a resumed node reruns
+        decisions: list[bool | None] = [None] * len(calls)
+        for position, call in enumerate(calls):
             name = call["function"]["name"]
-            if name in registry and registry.get(name).policy.requires_approval:
-                decision = interrupt({"tool": name, "arguments": call["function"]["arguments"], "call_id": call["id"]})
-                decisions[call["id"]] = bool(decision.get("approved") if isinstance(decision, dict) else decision)
+            if refusals[position] is None and name in registry and registry.get(name).policy.requires_approval:
+                decision = interrupt({"tool": name, "arguments": call["function"]["arguments"], "call_id": call["id"],
+                                      "position": position, "calls": len(calls)})
+                decisions[position] = bool(decision.get("approved") if isinstance(decision, dict) else decision)
 
-        async def run(call: dict[str, Any]) -> tuple[Message, dict[str, Any], bool]:
+        async def run(position: int, call: dict[str, Any]) -> tuple[Message, dict[str, Any], bool]:
             name, arguments = call["function"]["name"], call["function"]["arguments"]
+            record: dict[str, Any] = {"call_id": call["id"], "tool": name, "arguments": arguments}
+            refusal = refusals[position]
+            if refusal is not None:  # refused by the gate: never ran, already counted as invalid
+                record.update(ok=False, error=refusal, duration_s=0.0)
+                _emit({"event": "tool_finished", **record})
+                return _answer(call, _retry_text(name, refusal)), record, False
             _emit({"event": "tool_started", "call_id": call["id"], "tool": name, "arguments": arguments})
             started = time.perf_counter()
-            record: dict[str, Any] = {"call_id": call["id"], "tool": name, "arguments": arguments}
             invalid = False
             try:
-                if decisions.get(call["id"]) is False:
+                if decisions[position] is False:
                     raise ApprovalRejected(f"a human rejected the call to {name}")
-                output = await registry.call(name, arguments, context, approved=decisions.get(call["id"], False))
+                output = await registry.call(name, arguments, context, approved=decisions[position] is True,
+                                             offered=offered)
                 record.update(ok=True, output=output.model_dump(mode="json"))
                 summary = output.summary_text() if hasattr(output, "summary_text") else ""
                 content = fence_tool_result(name, compact_for_planner(output.model_dump(mode="json")), summary)
             except ModelRetry as exc:
                 invalid = True
                 record.update(ok=False, error=exc.to_dict())
-                content = f"Invalid call to {name}: {exc.message}. Correct the arguments and call again."
+                content = _retry_text(name, exc.to_dict())
             except MedagentError as exc:
                 record.update(ok=False, error=exc.to_dict())
                 content = fence_tool_result(name, {"error": exc.code, "message": exc.message})
             record["duration_s"] = round(time.perf_counter() - started, 4)
             _emit({"event": "tool_finished", **record})
-            return {"role": "tool", "tool_call_id": call["id"], "content": content}, record, invalid
+            return _answer(call, content), record, invalid
 
-        outcomes = await asyncio.gather(*(run(call) for call in calls))
+        outcomes = await asyncio.gather(*(run(position, call) for position, call in enumerate(calls)))
         invalid_calls = state.get("invalid_calls", 0) + sum(1 for _, _, invalid in outcomes if invalid)
-        if invalid_calls > self.settings.max_invalid_calls:
-            raise PlannerMisbehaved(f"the planner made {invalid_calls} invalid tool calls (limit "
-                                    f"{self.settings.max_invalid_calls})", invalid_calls=invalid_calls)
+        self._check_invalid(invalid_calls)
         return {
             "messages": [message for message, _, _ in outcomes],
             "tool_records": [record for _, record, _ in outcomes],
             "invalid_calls": invalid_calls,
         }
+
+
+def _answer(call: dict[str, Any], content: str) -> Message:
+    return {"role": "tool", "tool_call_id": call["id"], "content": content}
+
+
+def _retry_text(name: str, error: dict[str, Any]) -> str:
+    fixable = error.get("code") in ("invalid_arguments", "arguments_too_large")
+    fix = " Correct the arguments and call again." if fixable else ""
+    return f"Invalid call to {name}: {error.get('message', '')}.{fix}"
