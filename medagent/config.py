@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         description="TEST ONLY: build experts with random weights when real ones are missing; outputs say untrained",
     )
     limits: ImageLimits = Field(default_factory=ImageLimits)
+    send_burned_in_images: bool = Field(
+        default=False,
+        description="send images whose DICOM says BurnedInAnnotation=YES (text in the pixels, possibly identifying) "
+                    "to image-reading planners; by default they are withheld, and only experts see them",
+    )
     bundles_dir: Path | None = Field(default=None, description="MONAI bundle folders; default <home>/bundles")
     volume_bundle: str = Field(default="spleen_ct_segmentation", description="the bundle segment_volume uses")
     text_index_dir: Path | None = Field(default=None, description="report/guideline index; default <home>/indexes/text")

@@ -37,10 +37,12 @@ def phi_dataset(ct_path: Path, *, patient_id: str = "MRN-123456", study_date: st
     ds.OperatorsName = "Smith^Olivia"
     ds.private_block(0x0011, "ACME", create=True).add_new(0x01, "LO", "secret-private")
     item = Dataset()
-    item.ConsultingPhysicianName = "Quinn^Carl"  # a PN outside every explicit list: emptied by VR
     item.ReferencedSOPClassUID = ds.SOPClassUID
     item.ReferencedSOPInstanceUID = NESTED_UID
-    ds.ReferencedStudySequence = Sequence([item])
+    ds.ReferencedImageSequence = Sequence([item])  # X/Z/U* in Annex E: kept, its UIDs remapped
+    coded = Dataset()
+    coded.ConsultingPhysicianName = "Quinn^Carl"
+    ds.AnatomicRegionSequence = Sequence([coded])  # not in the table: walked, the name inside emptied
     ds.StudyDate = study_date
     ds.PatientAge = "095Y"
     ds.BurnedInAnnotation = "YES"
@@ -109,7 +111,8 @@ def test_report_lists_keywords_and_actions_only(loader: ImageLoader, phi_file: P
         ("ReferencedSOPInstanceUID", "remapped"),
         ("PatientAge", "replaced"),
     } <= actions
-    assert {a.action for a in report.actions} <= {"removed", "emptied", "replaced", "shifted", "remapped"}
+    assert {a.action for a in report.actions} <= {"removed", "emptied", "replaced", "shifted", "remapped",
+                                                  "sanitised"}
     for action in report.actions:  # keywords only: known DICOM keywords, no values
         assert tag_for_keyword(action.keyword) is not None, action.keyword
     assert report.private_tags_removed >= 1
@@ -161,12 +164,12 @@ def test_dicom_defined_uids_untouched(pydicom_ct: Path) -> None:
     assert ds.SOPClassUID == sop_class
     assert ds.file_meta.TransferSyntaxUID == syntax
     assert ds.file_meta.MediaStorageSOPClassUID == storage_class
-    assert ds.ReferencedStudySequence[0].ReferencedSOPClassUID == sop_class
-    assert ds.ReferencedStudySequence[0].ReferencedSOPInstanceUID.startswith("2.25.")
+    assert ds.ReferencedImageSequence[0].ReferencedSOPClassUID == sop_class
+    assert ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID.startswith("2.25.")
     assert ds.StudyInstanceUID.startswith("2.25.") and ds.StudyInstanceUID != study_uid
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID  # remapped consistently
     assert not any(e.tag.is_private for e in ds.iterall())
-    assert ds.ReferencedStudySequence[0].ConsultingPhysicianName == ""
+    assert ds.AnatomicRegionSequence[0].ConsultingPhysicianName == ""
     assert ds.PatientIdentityRemoved == "YES"
 
 

@@ -7,7 +7,9 @@ import json
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from medagent.errors import ConfigurationError
 from medagent.imaging import ImageLoader
@@ -142,7 +144,8 @@ def test_3mdbench_parquet_writes_each_image_once(tmp_path: Path) -> None:
     assert all(case.label_set == "3mdbench-34" and case.source == "3mdbench" for case in cases)
     assert cases[0].images == cases[2].images and cases[0].images != cases[1].images
     assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for c in cases[:2] for p in c.images)
-    assert cases[1].images[0].read_bytes() == images[1] and cases[1].images[0].suffix == ".png"
+    with Image.open(cases[1].images[0]) as cached, Image.open(NIH_NO_FINDING) as original:  # re-encoded, same pixels
+        assert np.array_equal(np.asarray(cached), np.asarray(original)) and cases[1].images[0].suffix == ".png"
     assert load_3mdbench(path, image_cache=cache) == cases  # the second load reuses the cached files
     with pytest.raises(ConfigurationError, match="image_cache"):
         load_3mdbench(path)

@@ -10,6 +10,7 @@ from typing import Literal, get_args
 import pandas as pd
 
 from medagent.errors import ConfigurationError, MissingDependency
+from medagent.files import private_dir
 
 ExportFormat = Literal["csv", "parquet"]
 
@@ -24,7 +25,7 @@ def export(frame: pd.DataFrame, path: Path | str, format: ExportFormat = "csv") 
     if format not in get_args(ExportFormat):
         raise ConfigurationError(f"unknown export format {format!r}; use one of {', '.join(get_args(ExportFormat))}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(handle)
     try:

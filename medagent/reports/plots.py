@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from medagent.files import private_dir, replacing
 from medagent.reports.report import PlotFile, StudyReport
 from medagent.reports.schema import PROB_PREFIX, TRUTH_PREFIX
 
@@ -43,7 +44,8 @@ def _slug(text: str) -> str:
 
 def _save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()
-    figure.savefig(path, format="png")
+    with replacing(path) as temporary:  # 0600 like every report file
+        figure.savefig(temporary, format="png")
     figure.clear()
     return path
 
@@ -121,7 +123,7 @@ def write_plots(
 ) -> list[PlotFile]:
     """Write every plot of ``report`` as PNG under ``out_dir`` (created) and record them in ``report.plots``."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(out_dir)
     plots = [*roc_plots(report, cases, out_dir), *confusion_plots(report, out_dir),
              latency_plot(report, cases, tool_calls, out_dir)]
     report.plots = plots

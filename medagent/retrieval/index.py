@@ -25,6 +25,7 @@ import numpy as np
 
 from medagent.errors import ConfigurationError, MissingDependency
 from medagent.experts.weights import sha256_file
+from medagent.files import private_dir
 from medagent.retrieval.documents import (
     Document,
     DocumentKind,
@@ -53,7 +54,7 @@ def _replace_atomically(target: Path, write: Callable[[Path], object]) -> None:
     os.close(handle)
     temporary = Path(name)
     try:
-        temporary.unlink()  # sqlite and faiss create the file themselves
+        # sqlite and faiss open the empty 0600 file mkstemp made (keeping its mode) instead of creating one
         write(temporary)
         os.replace(temporary, target)
     except BaseException:
@@ -100,7 +101,7 @@ class VectorIndex:
                             np.zeros((0, embedder.dimension), np.float32))
         if matrix.shape[1] != embedder.dimension:
             raise ValueError(f"vectors have dimension {matrix.shape[1]}, the embedder says {embedder.dimension}")
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
         (directory / MANIFEST_FILE).unlink(missing_ok=True)  # from here on the folder reads as incomplete
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(embedder.dimension))
         row_ids = np.arange(len(documents), dtype=np.int64)

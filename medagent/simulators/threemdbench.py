@@ -1,25 +1,24 @@
-"""The 3MDBench layout into :class:`DialogueCase`: a Parquet export (images as bytes, written once to a
-content-addressed cache) or a folder with a cases table and image files."""
+"""The 3MDBench layout into :class:`DialogueCase`: a Parquet export (images as bytes, written once,
+de-identified and owner-only, to a cache) or a folder with a cases table and image files."""
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 from pydantic import ValidationError
 
 from medagent.errors import ConfigurationError, MissingDependency
+from medagent.imaging.deid import Deidentifier, load_or_create_secret
 from medagent.simulators.case_files import CaseFileError, open_case_file
+from medagent.simulators.case_images import EmbeddedImageError, located, write_case_image
 from medagent.simulators.cases import TEMPERAMENTS, DialogueCase, PatientFacts, Temperament
 from medagent.studies.source import format_field
 
 _FOLDER_TABLES = ("cases.jsonl", "cases.csv", "metadata.jsonl")
-_IMAGE_MAGIC = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"))
 
 
 # -- 3MDBench --------------------------------------------------------------------------------
@@ -61,24 +60,28 @@ def _table_rows(path: Path) -> Iterator[tuple[dict[str, Any], int | None, int]]:
                 yield record, line, row
 
 
-def _cached_image(data: bytes, name: str | None, cache: Path) -> Path:
-    """Embedded image bytes written once to ``cache/<sha256><suffix>``; a second load reuses the file."""
-    suffix = next((s for magic, s in _IMAGE_MAGIC if data.startswith(magic)), Path(name or "").suffix.lower())
-    target = cache / f"{hashlib.sha256(data).hexdigest()}{suffix or '.img'}"
-    if not target.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.part")
-        partial.write_bytes(data)
-        os.replace(partial, target)  # atomic: concurrent loaders never see half a file
-    return target
+def _image_writer(cache: Path, deidentifier: Deidentifier | None) -> Callable[[bytes], Path]:
+    """Embedded bytes -> a de-identified, owner-only file in ``cache`` (see :mod:`case_images`). Without a
+    de-identifier the key is the installation's: ``deid.secret`` in the cache's parent folder (medagent's home)."""
+    chosen: list[Deidentifier] = [deidentifier] if deidentifier else []
+
+    def write(data: bytes) -> Path:
+        if not chosen:
+            chosen.append(Deidentifier(load_or_create_secret(cache.parent)))
+        return write_case_image(data, cache, chosen[0])
+
+    return write
 
 
-def _3mdbench_image(value: Any, base: Path, cache: Path | None, where: dict[str, Any]) -> Path:
+def _3mdbench_image(value: Any, base: Path, write: Callable[[bytes], Path] | None, where: dict[str, Any]) -> Path:
     if isinstance(value, dict) and value.get("bytes"):
-        if cache is None:
+        if write is None:
             raise ConfigurationError("3MDBench Parquet files embed their images: pass image_cache, a folder to "
                                      "write them to")
-        return _cached_image(bytes(value["bytes"]), value.get("path"), cache)
+        try:
+            return write(bytes(value["bytes"]))
+        except EmbeddedImageError as error:
+            raise located(error, **where) from None
     name = value.get("path") if isinstance(value, dict) else value
     if not isinstance(name, str) or not name.strip():
         raise CaseFileError.at(field="image", problem="required field is missing", **where)
@@ -90,7 +93,7 @@ def _3mdbench_image(value: Any, base: Path, cache: Path | None, where: dict[str,
 
 
 def _3mdbench_case(record: dict[str, Any], table: Path, stem: str, line: int | None, row: int,
-                   cache: Path | None) -> DialogueCase:
+                   write: Callable[[bytes], Path] | None) -> DialogueCase:
     where: dict[str, Any] = {"path": table, "line": line, "row": None if line else row}
     texts: dict[str, str] = {}
     for key in ("general_complaint", "complaints", "diagnosis"):
@@ -102,7 +105,7 @@ def _3mdbench_case(record: dict[str, Any], table: Path, stem: str, line: int | N
     temperament = personality.strip().lower() if isinstance(personality, str) and personality.strip() else None
     if personality is not None and temperament not in (None, *TEMPERAMENTS):
         raise CaseFileError.at(field="personality", problem=f"must be one of {', '.join(TEMPERAMENTS)}", **where)
-    image = _3mdbench_image(record.get("image", record.get("file_name")), table.parent, cache, where)
+    image = _3mdbench_image(record.get("image", record.get("file_name")), table.parent, write, where)
     case_id = record.get("id")
     try:
         return DialogueCase(
@@ -115,9 +118,14 @@ def _3mdbench_case(record: dict[str, Any], table: Path, stem: str, line: int | N
         raise CaseFileError.at(field=format_field(exc.errors()[0]["loc"]), problem="invalid value", **where) from None
 
 
-def load_3mdbench(path: Path, *, image_cache: Path | None = None) -> list[DialogueCase]:
+def load_3mdbench(path: Path, *, image_cache: Path | None = None,
+                  deidentifier: Deidentifier | None = None) -> list[DialogueCase]:
     """3MDBench cases from a Parquet export (a file, or a folder of shards), or from a folder holding
-    ``cases.jsonl``, ``cases.csv`` or ``metadata.jsonl`` whose ``image`` (or ``file_name``) is relative to it."""
+    ``cases.jsonl``, ``cases.csv`` or ``metadata.jsonl`` whose ``image`` (or ``file_name``) is relative to it.
+
+    Embedded images are written de-identified (DICOM) or re-encoded without metadata (PNG, JPEG) to
+    ``image_cache``, owner-only, once per original."""
+    write = _image_writer(image_cache, deidentifier) if image_cache is not None else None
     if path.is_dir():
         table = next((path / name for name in _FOLDER_TABLES if (path / name).is_file()), None)
         tables = [table] if table else sorted(p for p in path.iterdir() if p.suffix.lower() in (".parquet", ".pq"))
@@ -131,7 +139,7 @@ def load_3mdbench(path: Path, *, image_cache: Path | None = None) -> list[Dialog
     seen: set[str] = set()
     for table in tables:
         for record, line, row in _table_rows(table):
-            case = _3mdbench_case(record, table, stems[table], line, row, image_cache)
+            case = _3mdbench_case(record, table, stems[table], line, row, write)
             if case.case_id in seen:
                 raise CaseFileError.at(table, "id", "duplicate case id", line=line, row=None if line else row)
             seen.add(case.case_id)

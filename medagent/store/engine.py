@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 import medagent
+from medagent.files import private_dir, touch_private
 from medagent.store.records import StoreError, StoreSchemaMismatch, now
 from medagent.store.tables import SCHEMA_VERSION, STUDY_TABLES, SchemaVersionRow
 
@@ -36,7 +37,7 @@ _SCHEMA_LOCK_KEY: Final = 0x6D656461
 def resolve_url(url: str | None, home: Path) -> str:
     """``None`` -> ``sqlite:///<home>/studies.sqlite``; ``postgresql://`` and ``postgres://`` -> psycopg 3."""
     if url is None:
-        home.mkdir(parents=True, exist_ok=True)
+        private_dir(home)
         return f"sqlite:///{(home / DEFAULT_FILE_NAME).resolve()}"
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
@@ -60,7 +61,7 @@ def _strict_json(value: Any) -> str:
 def _sqlite_engine(url: str) -> Engine:
     database = make_url(url).database
     if database:
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        touch_private(database)  # 0600 before SQLite opens it; its WAL and shm files take the same mode
     engine = create_engine(url, json_serializer=_strict_json,
                            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 

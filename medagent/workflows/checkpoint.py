@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medagent.errors import MissingDependency
+from medagent.files import touch_private
 
 
 @contextlib.asynccontextmanager
@@ -30,7 +31,6 @@ async def open_checkpointer(url: str) -> AsyncIterator[Any]:
         return
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-    path = Path(url.removeprefix("sqlite:///")).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = touch_private(Path(url.removeprefix("sqlite:///")).expanduser())  # 0600 before SQLite opens it
     async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
         yield saver
