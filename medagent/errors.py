@@ -249,6 +249,12 @@ class PlannerAnswerTooLarge(PlannerProtocolError):
     code = "planner_answer_too_large"
 
 
+class ResourceExhausted(InfrastructureError):
+    """medagent's own work (bootstrap resamples, a manifest's rows) would exceed memory or a size cap."""
+
+    code = "resource_exhausted"
+
+
 class PlannerMisbehaved(InfrastructureError):
     """The planner kept producing invalid tool calls, or kept calling tools past the step limit."""
 

@@ -17,9 +17,15 @@ import zlib
 import numpy as np
 from pydantic import BaseModel, Field
 
+from medagent.errors import ResourceExhausted
+
+# The multiplicity matrix holds n_resamples x cases int32 (the draws briefly as int64): 50M cells peaks near 1.5 GB.
+MAX_RESAMPLES = 100_000
+MAX_RESAMPLE_CELLS = 50_000_000
 
 class BootstrapConfig(BaseModel):
-    n_resamples: int = Field(default=1000, ge=0, description="0 disables the intervals")
+    n_resamples: int = Field(default=1000, ge=0, description="0 disables the intervals; at most 100000, and "
+                             "resamples x cases at most 50M (checked by CaseResampler)")
     confidence: float = Field(default=0.95, gt=0.0, lt=1.0)
     seed: int = 0
 
@@ -40,9 +46,18 @@ class CaseResampler:
         if n_cases == 0 or n_draws == 0:
             self._multiplicity = np.zeros((n_draws, n_cases), dtype=np.int32)
             return
-        draws = rng.integers(0, n_cases, size=(n_draws, n_cases))
-        flat = (draws + np.arange(n_draws)[:, None] * n_cases).ravel()
-        self._multiplicity = np.bincount(flat, minlength=n_draws * n_cases).reshape(n_draws, n_cases).astype(np.int32)
+        if n_draws > MAX_RESAMPLES or n_draws * n_cases > MAX_RESAMPLE_CELLS:
+            raise ResourceExhausted(f"{n_draws} bootstrap resamples of {n_cases} cases exceed the cap of "
+                                    f"{MAX_RESAMPLES} resamples and {MAX_RESAMPLE_CELLS} resample cells; "
+                                    "lower metrics.bootstrap", limit=MAX_RESAMPLE_CELLS)
+        try:
+            draws = rng.integers(0, n_cases, size=(n_draws, n_cases))
+            flat = (draws + np.arange(n_draws)[:, None] * n_cases).ravel()
+            counts = np.bincount(flat, minlength=n_draws * n_cases)
+            self._multiplicity = counts.reshape(n_draws, n_cases).astype(np.int32)
+        except MemoryError:
+            raise ResourceExhausted(f"not enough memory for {n_draws} bootstrap resamples of {n_cases} cases; "
+                                    "lower metrics.bootstrap") from None
 
     @property
     def n_resamples(self) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from medagent.simulators.case_files import CaseFileError, open_case_file
+from medagent.simulators.case_files import CaseFileError, bounded_lines, open_case_file
 from medagent.simulators.cases import DialogueCase, ExaminerFacts, PatientFacts
 from medagent.studies.source import format_field
 
@@ -115,14 +115,14 @@ def load_agentclinic(path: Path) -> list[DialogueCase]:
     """AgentClinic OSCE cases, one JSON object per line; blank lines are skipped."""
     cases = []
     with open_case_file(path) as stream:
-        for line, raw in enumerate(stream, start=1):
-            if not raw.strip():
-                continue
+        for line, raw in bounded_lines(stream, path):
             try:
                 record = json.loads(raw)
+                cases.append(_agentclinic_case(record, path, line))
             except json.JSONDecodeError as exc:
                 raise CaseFileError.at(path, "(line)", f"not valid JSON: {exc.msg} at column {exc.colno}",
                                        line=line) from None
-            cases.append(_agentclinic_case(record, path, line))
+            except RecursionError:  # nesting deeper than the interpreter allows: no case is built that deep
+                raise CaseFileError.at(path, "(line)", "nested too deeply", line=line) from None
     return cases
 

@@ -1,7 +1,8 @@
-"""What every case-file loader shares: the located error type and file opening."""
+"""What every case-file loader shares: the located error type, file opening and bounded line reading."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -36,3 +37,30 @@ def open_case_file(path: Path) -> TextIO:
     except OSError as exc:
         raise CaseFileError(f"{path.name}: cannot read the case file ({exc.strerror})", file=path.name) from None
 
+
+
+MAX_LINE_CHARS = 1024 * 1024  # one case of a JSONL file is a few kilobytes
+MAX_CASES = 100_000
+
+
+def bounded_lines(stream: TextIO, path: Path, *, max_chars: int = MAX_LINE_CHARS,
+                  max_lines: int = MAX_CASES) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of each non-blank line; a line longer than ``max_chars``, more than
+    ``max_lines`` non-blank lines, or bytes that are not UTF-8 are refused with a located error."""
+    number, records = 0, 0
+    while True:
+        try:
+            raw = stream.readline(max_chars + 1)  # never reads more than the cap into memory
+        except UnicodeDecodeError:
+            raise CaseFileError.at(path, "(line)", "not UTF-8 text", line=number + 1) from None
+        if not raw:
+            return
+        number += 1
+        if len(raw) > max_chars:
+            raise CaseFileError.at(path, "(line)", f"longer than {max_chars} characters", line=number)
+        if not raw.strip():
+            continue
+        records += 1
+        if records > max_lines:
+            raise CaseFileError.at(path, "(line)", f"more than {max_lines} cases in one file", line=number)
+        yield number, raw

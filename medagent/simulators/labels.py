@@ -15,7 +15,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from medagent.yaml_io import YamlFileError, YamlLimits, load_yaml_string, read_yaml_text
+
 NONE_LABEL = "none"
+LABEL_SET_LIMITS = YamlLimits(max_bytes=1024 * 1024, max_nodes=100_000, max_depth=16)
 _NON_WORD = re.compile(r"[^a-z0-9]+")
 
 
@@ -89,13 +92,16 @@ class LabelSet(BaseModel):
     def from_file(cls, path: Path) -> LabelSet:
         """A label set file: YAML or JSON ``{name, labels: [{name, synonyms}], closed}``, or the 3MDBench
         ``diagnoses_34.json`` layout (``{"diagnoses": [...]}``)."""
-        text = path.read_text(encoding="utf-8")
+        text = read_yaml_text(path, LABEL_SET_LIMITS)  # size-capped before it is read
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = load_yaml_string(text, path.name, LABEL_SET_LIMITS)
         else:
-            data = json.loads(text)
+            try:
+                data = json.loads(text)
+            except RecursionError:  # nesting deeper than the interpreter allows: not a label set
+                raise YamlFileError(f"{path.name}: JSON nested too deeply", file=path.name) from None
         if isinstance(data, dict) and "diagnoses" in data and "labels" not in data:
-            return cls(name=data.get("name", path.stem), labels=[Label(name=name) for name in data["diagnoses"]])
+            diagnoses = data["diagnoses"]
+            labels = [{"name": name} for name in diagnoses] if isinstance(diagnoses, list) else diagnoses
+            return cls.model_validate({"name": data.get("name", path.stem), "labels": labels})
         return cls.model_validate(data)

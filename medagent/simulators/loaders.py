@@ -14,10 +14,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medagent.simulators.agentclinic import demographic_subgroups, load_agentclinic
-from medagent.simulators.case_files import CaseFileError, open_case_file
+from medagent.simulators.case_files import CaseFileError, bounded_lines, open_case_file
 from medagent.simulators.cases import DialogueCase
 from medagent.simulators.threemdbench import load_3mdbench
 from medagent.studies.source import LocatedDocument, Problem, StudyConfigError, problems_from_validation
+from medagent.yaml_io import CASE_FILE_LIMITS
 
 CaseFormat = Literal["auto", "agentclinic", "3mdbench", "medagent"]
 LABEL_SET_SUFFIXES = (".yaml", ".yml", ".json")
@@ -68,7 +69,7 @@ def _label_set_reference(value: Any, base: Path) -> Any:
 def load_medagent_cases(path: Path) -> list[DialogueCase]:
     """medagent's case file: YAML or JSON ``{label_set: name or file, cases: [DialogueCase fields]}``."""
     try:
-        document = LocatedDocument.read(path)
+        document = LocatedDocument.read(path, CASE_FILE_LIMITS)
     except StudyConfigError as exc:
         raise CaseFileError.from_study_error(exc) from None
     data, base = document.data, path.parent
@@ -120,7 +121,7 @@ def _detect(path: Path) -> CaseFormat:
         return "medagent"
     if suffix == ".jsonl":
         with open_case_file(path) as stream:
-            first = next((raw for raw in stream if raw.strip()), "")
+            first = next((raw for _, raw in bounded_lines(stream, path)), "")
         if "OSCE_Examination" in first:
             return "agentclinic"
         if "general_complaint" in first:

@@ -10,10 +10,10 @@ import importlib.resources
 from functools import lru_cache
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medagent.errors import ConfigurationError
+from medagent.yaml_io import YamlFileError, load_yaml_string
 
 BiasKind = Literal["cognitive", "implicit"]
 AXES: tuple[str, ...] = (
@@ -69,7 +69,10 @@ class PatientBias(BaseModel):
 
 def _load(file_name: str) -> Any:
     resource = importlib.resources.files("medagent.simulators") / "data" / file_name
-    return yaml.safe_load(resource.read_text(encoding="utf-8"))
+    try:
+        return load_yaml_string(resource.read_text(encoding="utf-8"), file_name)
+    except YamlFileError as exc:
+        raise PersonaDataInvalid(exc.message) from None
 
 
 @lru_cache(maxsize=1)

@@ -6,7 +6,7 @@ steps, ``_target_`` paths) are checked after validation by ``loading.reference_p
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from medagent.agents.planner import PlannerConfig
 from medagent.studies.components import PLANNER_BACKENDS, TargetRef
-from medagent.studies.datasets import Case, DatasetSpec, load_dataset
+from medagent.studies.datasets import Case, DatasetSpec, iter_dataset
 from medagent.studies.pipeline import Graph, Probability, StepId
 from medagent.studies.source import LocatedDocument, Problem, StudyConfigError
 
@@ -25,6 +25,10 @@ BUILTIN_TOOL_NAMES: tuple[str, ...] = (
     "find_similar_images",
 )
 Role = Literal["planner", "patient", "assessor", "measurement"]
+# Upper bounds on numbers that size work or memory: far above any real study, far below a typo or an attack.
+MAX_REPEATS = 1000
+MAX_CONCURRENCY = 256
+MAX_BOOTSTRAP = 100_000  # the resample matrix is bootstrap x cases integers
 
 
 
@@ -71,18 +75,19 @@ class ExpertRef(TargetRef):
 
 
 class ConcurrencySpec(_Strict):
-    cases: int = Field(default=4, ge=1, description="cases in flight at once")
+    cases: int = Field(default=4, ge=1, le=MAX_CONCURRENCY, description="cases in flight at once (at most 256)")
     per_planner_endpoint: int = Field(
-        default=16, ge=1, description="requests in flight to one planner endpoint, across roles and arms")
-    per_expert: int | dict[str, Annotated[int, Field(ge=1)]] | None = Field(
-        default=None, description="calls in flight per tool: one number, or per tool name; "
+        default=16, ge=1, le=MAX_CONCURRENCY,
+        description="requests in flight to one planner endpoint, across roles and arms (at most 256)")
+    per_expert: int | dict[str, Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)]] | None = Field(
+        default=None, description="calls in flight per tool: one number, or per tool name (at most 256); "
                                   "unset: each tool's own policy (e.g. one volume segmentation at a time)")
 
     @field_validator("per_expert")
     @classmethod
     def _positive(cls, value: int | dict[str, int] | None) -> int | dict[str, int] | None:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("must be at least 1")
+        if isinstance(value, int) and not 1 <= value <= MAX_CONCURRENCY:
+            raise ValueError(f"must be between 1 and {MAX_CONCURRENCY}")
         return value
 
     def expert_limits(self, tools: Iterable[str]) -> dict[str, int]:
@@ -108,7 +113,8 @@ class StoreSpec(_Strict):
 class MetricsSpec(_Strict):
     findings: list[str] = Field(default_factory=list, description="label names scored; default: every label")
     thresholds: Probability | dict[str, Probability] = Field(default=0.5, description="one, or per finding")
-    bootstrap: int = Field(default=1000, ge=0, description="bootstrap resamples for 95% CIs (0: none)")
+    bootstrap: int = Field(default=1000, ge=0, le=MAX_BOOTSTRAP,
+                           description="bootstrap resamples for 95% CIs (0: none; at most 100000)")
     confidence: float = Field(default=0.95, gt=0, lt=1)
     subgroups: list[str] = Field(default_factory=list, description="dataset subgroup columns to break down by")
 
@@ -124,8 +130,9 @@ class StudyConfig(_Strict):
     experts: list[str | ExpertRef] = Field(default_factory=list, description="tools offered/used; empty: all")
     graph: Graph
     dataset: DatasetSpec | None = None
-    repeats: int = Field(default=1, ge=1)
-    seeds: int | list[int] = Field(default=0, description="a base seed (repeat r gets base + r) or one per repeat")
+    repeats: int = Field(default=1, ge=1, le=MAX_REPEATS, description="runs of every case (at most 1000)")
+    seeds: int | Annotated[list[int], Field(max_length=MAX_REPEATS)] = Field(
+        default=0, description="a base seed (repeat r gets base + r) or one per repeat")
     concurrency: ConcurrencySpec = Field(default_factory=ConcurrencySpec)
     store: StoreSpec = Field(default_factory=StoreSpec)
     metrics: MetricsSpec | None = None
@@ -158,10 +165,14 @@ class StudyConfig(_Strict):
 
     def cases(self) -> list[Case]:
         """The dataset's cases; errors in the YAML's dataset section are located at its line."""
+        return list(self.iter_cases())
+
+    def iter_cases(self) -> Iterator[Case]:
+        """The dataset's cases one by one (a manifest is read row by row), errors located as in :meth:`cases`."""
         if self.dataset is None:
             raise StudyConfigError("this workflow has no dataset", field="dataset")
         try:
-            return load_dataset(self.dataset, self.base_dir)
+            yield from iter_dataset(self.dataset, self.base_dir)
         except StudyConfigError as exc:
             if exc.file is not None or self._source is None or not (exc.field or "").startswith("dataset"):
                 raise

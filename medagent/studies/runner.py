@@ -4,6 +4,7 @@ as it finishes, so a killed run resumes without recomputing finished cases."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -101,7 +102,8 @@ class StudyRunner:
         return self._compiled
 
     def work(self, limit: int | None = None) -> list[_WorkItem]:
-        cases = self.config.cases()[:limit] if limit else self.config.cases()
+        # with a limit only the first rows of a manifest are read
+        cases = list(itertools.islice(self.config.iter_cases(), limit)) if limit else self.config.cases()
         arms = list(self.config.arm_planners())
         graph = self.config.graph
         items = []

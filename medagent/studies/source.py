@@ -1,7 +1,7 @@
 """YAML with locations: every key and list item remembers its line, so errors can say file:line: field.
 
-PyYAML's SafeLoader keeps the last of two duplicate keys silently; :class:`_LocatingLoader`
-refuses them. Pydantic error locations (``loc`` tuples) are mapped back to lines by walking
+Parsing is :mod:`medagent.yaml_io`'s: bounded size, node count and depth, no aliases, no duplicate
+keys. Pydantic error locations (``loc`` tuples) are mapped back to lines by walking
 the loaded data and skipping the tags pydantic inserts for union members.
 """
 
@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from medagent.errors import ConfigurationError
+from medagent.yaml_io import STUDY_LIMITS, YamlFileError, YamlLimits, compose_yaml, read_yaml_text
 
 Loc = tuple[str | int, ...]
 _MAX_PROBLEMS_SHOWN = 5
@@ -53,27 +54,6 @@ def format_field(loc: Sequence[str | int]) -> str:
     return text
 
 
-class _LocatingLoader(yaml.SafeLoader):
-    """Safe loading (plain data only, no Python tags) that refuses duplicate keys."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        self.flatten_mapping(node)
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise _DuplicateKey(key, line, seen[key])
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: Any, line: int, first_line: int) -> None:
-        super().__init__(key)
-        self.key, self.line, self.first_line = key, line, first_line
-
-
 def _collect_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
@@ -97,31 +77,20 @@ class LocatedDocument:
     lines: dict[Loc, int]
 
     @classmethod
-    def read(cls, path: Path) -> LocatedDocument:
+    def read(cls, path: Path, limits: YamlLimits = STUDY_LIMITS) -> LocatedDocument:
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise StudyConfigError(f"{path.name}: cannot read the study file ({exc.strerror})", file=path.name) from exc
-        return cls.parse(text, path)
+            text = read_yaml_text(path, limits)
+        except YamlFileError as exc:
+            raise StudyConfigError(exc.message, file=path.name) from None
+        return cls.parse(text, path, limits)
 
     @classmethod
-    def parse(cls, text: str, path: Path) -> LocatedDocument:
-        loader = _LocatingLoader(text)
+    def parse(cls, text: str, path: Path, limits: YamlLimits = STUDY_LIMITS) -> LocatedDocument:
+        """Bounded, alias-free parsing (:mod:`medagent.yaml_io`); errors located at file:line."""
         try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
-        except _DuplicateKey as dup:
-            raise StudyConfigError(
-                f"{path.name}:{dup.line}: {dup.key}: duplicate key (first given on line {dup.first_line})",
-                file=path.name, line=dup.line, field=str(dup.key)) from None
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark is not None else None
-            reason = exc.problem or exc.context or "invalid YAML"
-            raise StudyConfigError(f"{path.name}:{line}: YAML syntax error: {reason}", file=path.name,
-                                   line=line) from None
-        finally:
-            loader.dispose()
+            node, data = compose_yaml(text, path.name, limits)
+        except YamlFileError as exc:
+            raise StudyConfigError(exc.message, file=path.name, line=exc.line, field=exc.field) from None
         lines: dict[Loc, int] = {(): 1}
         if node is not None:
             _collect_lines(node, (), lines)
