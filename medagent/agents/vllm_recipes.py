@@ -29,6 +29,20 @@ RECIPES = [
         notes="Qwen2.5 models emit hermes-style <tool_call> blocks.",
     ),
     ServeRecipe(
+        # after Qwen2.5-VL: the first recipe that matches wins
+        family="Qwen2.5", matches=["qwen2.5", "qwen2_5"], tool_calling="native",
+        flags=["--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--max-model-len", "32768"],
+        notes="Qwen2.5 instruct models emit hermes-style <tool_call> blocks; text only: tools describe the images.",
+    ),
+    ServeRecipe(
+        family="Llama 3.1/3.2/3.3", matches=["llama-3.1", "llama-3.2", "llama-3.3", "llama3.1", "llama3.2",
+                                            "llama3.3", "llama-3_1"],
+        tool_calling="native",
+        flags=["--enable-auto-tool-choice", "--tool-call-parser", "llama3_json", "--max-model-len", "16384"],
+        notes=("Llama 3.x emits JSON tool calls (llama3_json parser); its own chat template renders the tools. "
+               "Text only: tools describe the images."),
+    ),
+    ServeRecipe(
         family="MedGemma", matches=["medgemma"], tool_calling="structured", supports_images=True,
         flags=["--max-model-len", "8192"],
         notes=("MedGemma has no tool-call format vLLM can parse; medagent asks for schema-constrained JSON "

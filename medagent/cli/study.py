@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -45,6 +47,7 @@ def run(
     from medagent.studies.runner import run_study
 
     last: dict[str, int] = {}
+    failed_codes: Counter[str] = Counter()
 
     async def go() -> str:
         config = load_study(study)
@@ -69,6 +72,9 @@ def run(
                     rate = f"{(event.done - event.skipped) / elapsed:.2f} cases/s"
                     progress.update(task, total=event.total, completed=event.done, failed=event.failed, rate=rate)
                     last.update(total=event.total, done=event.done, failed=event.failed, skipped=event.skipped)
+                assert chosen is not None
+                failed_codes.update(case.error.code if case.error else "unknown"
+                                    for case in await asyncio.to_thread(store.cases, chosen, "failed"))
             finally:
                 store.close()
         assert chosen is not None
@@ -79,9 +85,16 @@ def run(
     except MedagentError as exc:
         _fail(exc)
         return
-    console.print(f"run [bold]{finished}[/] finished: {last.get('done', 0)}/{last.get('total', 0)} cases, "
+    console.print(f"run [bold]{escape(finished)}[/] finished: {last.get('done', 0)}/{last.get('total', 0)} cases, "
                   f"{last.get('failed', 0)} failed, {last.get('skipped', 0)} already done; "
-                  f"report: medagent report {finished}")
+                  f"report: medagent report {escape(finished)}", soft_wrap=True)
+    if failed_codes:
+        console.print(f"failed cases in run {escape(finished)} by error code: {_codes(failed_codes)}; "
+                      f"rerun them: medagent run STUDY --retry-failed {escape(finished)}", soft_wrap=True)
+
+
+def _codes(counts: Counter[str]) -> str:
+    return ", ".join(f"{escape(code)} {count}" for code, count in counts.most_common())
 
 
 def report(
@@ -151,7 +164,42 @@ def export(
     console.print(json.dumps({"run_id": run_id, "rows": len(frame), "path": str(target)}))
 
 
+def runs(
+    store_url: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The runs in the study store: id, study, status, succeeded and failed cases, when each started."""
+    from rich.table import Table
+
+    from medagent.config import Settings
+    from medagent.store import StudyStore
+
+    try:
+        with StudyStore.open(store_url, Settings().home) as store:
+            rows = [{"run_id": run.run_id, "study": run.study, "status": run.status,
+                     "succeeded": len(store.completed_keys(run.run_id)), "failed": len(store.failed_keys(run.run_id)),
+                     "started": run.created_at.isoformat(timespec="seconds") if run.created_at else None}
+                    for run in store.runs()]
+    except MedagentError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    if not rows:
+        console.print("no runs yet: medagent run STUDY.yaml")
+        return
+    table = Table(title="study runs")
+    for column in ("run", "study", "status", "succeeded", "failed", "started"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(str(row[key] if row[key] is not None else "")) for key in
+                        ("run_id", "study", "status", "succeeded", "failed", "started")))
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     app.command("run")(run)
+    app.command("runs")(runs)
     app.command("report")(report)
     app.command("export")(export)

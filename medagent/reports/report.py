@@ -91,12 +91,23 @@ def _single_run(frame: pd.DataFrame, run_id: str | None, name: str) -> tuple[pd.
     return frame[frame["run_id"].astype(str) == run_id], run_id
 
 
+def _unscored_if_all_failed(cases: pd.DataFrame) -> pd.DataFrame:
+    """A run whose every case failed has truth columns but no predictions: its report gives the failures by
+    error code, with no finding scored, instead of refusing the frame."""
+    if "status" not in cases.columns or cases.empty or (cases["status"] != "failed").any():
+        return cases
+    predicted = {str(c).split(".", 1)[1] for c in cases.columns if str(c).startswith((PROB_PREFIX, PRED_PREFIX))}
+    return cases[[c for c in cases.columns
+                  if not str(c).startswith(TRUTH_PREFIX) or str(c).split(".", 1)[1] in predicted]]
+
+
 def build_report(
     cases: pd.DataFrame, tool_calls: pd.DataFrame | None = None, *, run_id: str | None = None,
     options: ReportOptions | None = None, title: str | None = None,
 ) -> StudyReport:
     """Validate the frames and compute every table of one run's report (plots are added by ``write_plots``)."""
     options = options or ReportOptions()
+    cases = _unscored_if_all_failed(cases)
     validate_cases(cases)
     cases, run_id = _single_run(cases, run_id, "cases")
     if cases.empty:

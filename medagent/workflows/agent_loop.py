@@ -52,6 +52,14 @@ def _emit(event: dict[str, Any]) -> None:
         pass
 
 
+def _correcting(state: AgentState) -> bool:
+    """Whether every call of the last turn was invalid (retry family): the planner corrects it under the schema."""
+    messages = state.get("messages", [])
+    trailing = next((i for i, m in enumerate(reversed(messages)) if m["role"] != "tool"), len(messages))
+    records = state.get("tool_records", [])[-trailing:] if trailing else []
+    return bool(records) and all((r.get("error") or {}).get("family") == "retry" for r in records)
+
+
 def _since_last_user(messages: list[Message]) -> list[Message]:
     for index in range(len(messages) - 1, -1, -1):
         if messages[index]["role"] == "user":
@@ -97,7 +105,7 @@ class AgentLoop:
         async def on_token(token: str) -> None:
             _emit({"event": "token", "text": token})
 
-        if self.planner.config.tool_calling == "structured" and tools and not has_results:
+        if self.planner.config.tool_calling == "structured" and tools and (not has_results or _correcting(state)):
             turn = await self._structured_turn(messages, tools, steps)
         elif self.planner.config.tool_calling == "structured":
             # small models answer from the results when told so right before they speak
