@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,8 @@ def test_inspect_chest_xray_writes_an_overlay_and_names_missing_weights(tmp_path
     lungs = report["results"]["locate_lungs"]
     assert {lung["side"] for lung in lungs["lungs"]} == {"right", "left"}
     assert Path(lungs["overlay_file"]).read_bytes().startswith(b"\x89PNG")
+    assert stat.S_IMODE(Path(lungs["overlay_file"]).stat().st_mode) == 0o600  # an image of a patient
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
     error = report["results"]["classify_chest_xray"]["error"]
     assert error["code"] == "weights_unavailable" and error["family"] == "infrastructure"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -141,9 +140,9 @@ async def _inspect_one(toolbox: Any, path: Path, modality: str | None, out: Path
             report["results"][name] = outcome.model_dump(mode="json")
     overlay_id = report["results"]["locate_lungs"].get("overlay_id")
     if overlay_id and out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        target = out / f"{artifact.id}-lungs.png"
-        shutil.copyfile(toolbox.store.get(overlay_id).path, target)
+        from medagent.files import write_private
+
+        target = write_private(out / f"{artifact.id}-lungs.png", toolbox.store.get(overlay_id).path.read_bytes())
         report["results"]["locate_lungs"]["overlay_file"] = str(target)
     return report
 
