@@ -150,7 +150,7 @@ async def test_one_shot_asks_nothing_and_sees_only_the_opening_complaint() -> No
     assert request.response_schema == doctor_schema(LABELS, final=True)
     context = "\n".join(m["content"] for m in request.messages)
     assert "I am seeing double." in context and "stairs" not in context and "double vision." not in context
-    opening_prompt = patient.requests[0].messages[0]["content"]
+    opening_prompt = "\n".join(m["content"] for m in patient.requests[0].messages)
     assert "Double vision" in opening_prompt and "stairs" not in opening_prompt and "graphic" not in opening_prompt
 
 
@@ -183,7 +183,7 @@ async def test_a_case_without_examiner_facts_reads_normal_without_a_model_call()
 @pytest.mark.asyncio
 async def test_an_unmatched_request_gives_the_model_all_findings_to_judge() -> None:
     agent = MeasurementAgent(_replies(NORMAL_READINGS), CASE)
-    prompt = agent.messages("abdominal ultrasound")[0]["content"]
+    prompt = "\n".join(m["content"] for m in agent.messages("abdominal ultrasound"))
     assert "Blood Pressure: 125/80 mmHg" in prompt and "Cranial Nerves" in prompt and NORMAL_READINGS in prompt
 
 
@@ -211,7 +211,10 @@ def test_the_doctor_schema_binds_the_diagnosis_to_the_closed_label_set() -> None
     converse, diagnose = schema["anyOf"]
     assert converse["properties"]["action"]["enum"] == ["ask", "request_test"]
     assert diagnose["properties"]["text"]["enum"] == [*LABELS.names, "none"]
-    assert converse["properties"]["text"]["maxLength"] == 120
+    assert converse["properties"]["text"]["description"] == "at most 120 characters"  # every grammar compiles it
+    with pytest.raises(ValueError, match="longer than 120"):
+        DoctorAgent(_steps(ASK), max_text_chars=120).parse(json.dumps({"action": "ask", "text": "?" * 121}),
+                                                           final=False)
     open_set = LABELS.model_copy(update={"closed": False})
     assert doctor_schema(open_set, final=True)["properties"]["text"] == {"type": "string", "minLength": 1}
 
@@ -265,7 +268,8 @@ async def test_temperament_and_bias_text_reach_the_patient_prompt() -> None:
     choleric = temperament_profile("choleric")
     assert all(text in system for text in choleric.axes().values()) and "choleric" in system
     assert patient_bias("self_diagnosis").instruction in system and patient_bias("cultural").instruction in system
-    assert "graphic designer" in system and "Difficulty climbing stairs" in system
+    facts = planner.requests[1].messages[1]["content"]  # case facts: fenced data in a user turn, not the system's
+    assert "graphic designer" in facts and "Difficulty climbing stairs" in facts and "graphic designer" not in system
     assert choleric.treatment_attitude in planner.requests[0].messages[0]["content"]  # in character from the start
     with pytest.raises(UnknownPersona):
         SimulatedPatient(planner, CASE, biases=["optimism"])
@@ -332,9 +336,9 @@ async def test_hints_and_images_reach_the_doctor_from_the_first_turn(strategy: s
                        measurement=MeasurementAgent(_replies("-"), CASE), label_set=LABELS,
                        settings=DialogueSettings.model_validate({"strategy": strategy, "top_k": 2}), hints=hints,
                        image_summaries={"img-1": {"modality": "MR", "body_part": "orbit"}})
-    system = doctor.requests[0].messages[0]["content"]
-    assert 'img-1: {"modality":"MR","body_part":"orbit"}' in system
-    shown = [h.label for h in hints if f"- {h.label} (probability" in system]
+    brief = json.loads(doctor.requests[0].messages[1]["content"].split("```json\n")[1].split("\n```")[0])
+    assert brief["images_available_now"] == {"img-1": {"modality": "MR", "body_part": "orbit"}}
+    shown = [hint["label"] for hint in brief.get("expert_top_predictions", [])]
     assert shown == (["myasthenia gravis", "stroke"] if strategy == "dialogue_with_experts" else [])
 
 
