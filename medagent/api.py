@@ -104,7 +104,8 @@ class Agent:
         embedded = self._embedded
 
         async def connect() -> Planner:
-            return OpenAICompatiblePlanner(planner_config, endpoint=await embedded.start())
+            return OpenAICompatiblePlanner(planner_config, endpoint=await embedded.start(),
+                                           diagnose=embedded.failure)
 
         # the server starts in the background: sessions open and images attach meanwhile
         return StartingPlanner(planner_config, connect)

@@ -12,6 +12,7 @@ import asyncio
 import atexit
 import importlib.util
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -44,6 +45,9 @@ def default_gguf() -> Path:
     return path
 
 
+_ERROR_LINE = re.compile(r"\berror\b|\bfailed to\b|^\w*(Error|Exception):", re.IGNORECASE)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -61,6 +65,7 @@ class EmbeddedLlamaServer:
         self.served_name = served_name
         self.startup_timeout_s = startup_timeout_s
         self.port: int | None = None
+        self._log_read = 0  # bytes of the log already searched by failure()
         self._process: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
 
@@ -92,7 +97,7 @@ class EmbeddedLlamaServer:
         self.port = _free_port()
         # a file, not a pipe: llama.cpp logs a lot and a full pipe would stall the server
         log_handle, log_name = tempfile.mkstemp(prefix="medagent-llama-", suffix=".log")
-        self.log_path = Path(log_name)
+        self.log_path, self._log_read = Path(log_name), 0
         with os.fdopen(log_handle, "wb") as log:
             self._process = subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
                 self.command(), stdout=log, stderr=subprocess.STDOUT,
@@ -100,7 +105,21 @@ class EmbeddedLlamaServer:
             )
         atexit.register(self.stop)  # the process exits without closing the agent: do not orphan the server
         await self._wait_ready()
+        self._log_read = self.log_path.stat().st_size  # start-up lines are not a request's failure
         return self.base_url
+
+    def failure(self) -> str | None:
+        """The server's own words for a request that failed: the first error line it logged since the
+        last call (llama.cpp reports, e.g., a grammar it cannot parse there, then dies), at most 300
+        characters; None when it logged none."""
+        if self.log_path is None or not self.log_path.is_file():
+            return None
+        with self.log_path.open("rb") as log:
+            log.seek(max(self._log_read, log.seek(0, os.SEEK_END) - 65536))
+            text = log.read().decode(errors="replace")
+            self._log_read = log.tell()
+        errors = [line.strip() for line in text.splitlines() if _ERROR_LINE.search(line)]
+        return errors[0][:300] if errors else None
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+from collections.abc import Callable
 from typing import Any
 
 from medagent.agents.planner import Message, PlannerConfig, PlannerTurn, TokenCallback, ToolCall, ToolChoice, Usage
@@ -26,7 +27,11 @@ from medagent.redaction import redact_url
 
 
 class OpenAICompatiblePlanner:
-    def __init__(self, config: PlannerConfig, endpoint: str | None = None) -> None:
+    def __init__(self, config: PlannerConfig, endpoint: str | None = None, *,
+                 diagnose: Callable[[], str | None] | None = None) -> None:
+        """``diagnose``: the server's own words for a failed request when the wire carries none (the
+        embedded llama.cpp server logs why it dropped a request, e.g. a grammar it cannot parse)."""
+        self._diagnose = diagnose
         import openai
 
         self.config = config
@@ -97,6 +102,11 @@ class OpenAICompatiblePlanner:
         try:
             async with deadline:
                 return await self._complete(messages, tools, tool_choice, response_schema, on_token)
+        except (PlannerProtocolError, PlannerUnavailable) as exc:
+            reason = self._diagnose() if self._diagnose is not None else None
+            if reason is None:
+                raise
+            raise PlannerRejected(f"planner server failed on this request: {_short(reason, 300)}") from exc
         except TimeoutError:
             if not deadline.expired():
                 raise
@@ -170,8 +180,10 @@ class OpenAICompatiblePlanner:
                     finish_reason = choice.get("finish_reason") or finish_reason
         except (AttributeError, TypeError, KeyError) as exc:  # a chunk of the wrong shape
             raise PlannerProtocolError(f"planner stream chunk is malformed ({type(exc).__name__})") from exc
-        except openai.APIError as exc:
+        except openai.APIConnectionError as exc:
             raise PlannerProtocolError(f"planner stream broke off ({type(exc).__name__})") from exc
+        except openai.APIError as exc:  # an error event in the stream: the server's own message
+            raise PlannerProtocolError(f"planner server ended the stream with an error: {_short(exc.message)}") from exc
         except (json.JSONDecodeError, ValueError) as exc:
             raise PlannerProtocolError("planner stream carried invalid JSON") from exc
         except Exception as exc:  # httpx read errors while streaming

@@ -95,12 +95,13 @@ class PlannerPool:
         else:
             from medagent.agents.embedded import embedded_planner_config
 
-            endpoint = await self._embedded_endpoint(config.gguf_path)
-            planner = OpenAICompatiblePlanner(embedded_planner_config(config), endpoint=endpoint)
+            endpoint, server = await self._embedded_endpoint(config.gguf_path)
+            planner = OpenAICompatiblePlanner(embedded_planner_config(config), endpoint=endpoint,
+                                              diagnose=server.failure)
         self._planners.append(planner)
         return self.limited(planner)
 
-    async def _embedded_endpoint(self, gguf_path: str | None) -> str:
+    async def _embedded_endpoint(self, gguf_path: str | None) -> tuple[str, Any]:
         from medagent.agents.embedded import EmbeddedLlamaServer
 
         key = str(Path(gguf_path).resolve()) if gguf_path else "default"
@@ -109,7 +110,7 @@ class PlannerPool:
             if server is None:
                 server = EmbeddedLlamaServer(Path(gguf_path) if gguf_path else None)
                 self._servers[key] = server
-            return str(await server.start())
+            return str(await server.start()), server
 
     async def aclose(self) -> None:
         planners, self._planners = self._planners, []

@@ -21,6 +21,7 @@ from medagent.errors import (
     ToolTimeout,
     UnknownTool,
 )
+from medagent.tools.schema_compat import planner_schema
 from medagent.tools.spec import ARTIFACT_ID_MARKER, Tool, ToolContext
 
 _MAX_ERRORS_SHOWN = 3
@@ -101,7 +102,7 @@ class ToolRegistry:
             prop = schema["properties"][name]
             for key in (ARTIFACT_ID_MARKER, "title", "minLength", "maxLength"):
                 prop.pop(key, None)
-        self._schemas[tool.name] = _strict_schema(schema)
+        self._schemas[tool.name] = _strict_schema(planner_schema(schema))  # compiles on every backend
 
     def __contains__(self, name: str) -> bool:
         return name in self._tools
