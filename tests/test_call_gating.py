@@ -369,3 +369,38 @@ def test_every_cap_has_an_upper_bound() -> None:
                          ("max_argument_bytes", 10**9), ("max_echo_chars", 10**6)]:
         with pytest.raises(ValidationError):
             LoopSettings.model_validate({field: value})
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("answers", [("n", "y"), ("yes", "N"), ("y", "y"), ("", "no")])
+async def test_the_chat_asks_once_per_guarded_call_and_runs_only_what_was_approved(
+        settings: Settings, nih_images: list[Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], answers: tuple[str, str]) -> None:
+    from medagent.cli import chat as chat_cli
+
+    prompts: list[str] = []
+    replies = list(answers)
+
+    def fake_input(prompt: str = "") -> str:
+        prompts.append(prompt)
+        return replies.pop(0)
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    ran: list[str] = []
+    planner = _calls_then_answer([("send_a", {"tag": "first"}, "dup"), ("send_b", {"tag": "second"}, "dup")])
+    agent = await _agent(settings, planner, [_spy("send_a", ran, approval=True), _spy("send_b", ran, approval=True)])
+    try:
+        session = agent.session()
+        await session.attach(nih_images[0], "DX")
+        await chat_cli._turn(chat_cli.Screen(agent, chat_cli.console, chat_cli.errors), session, "send both")
+    finally:
+        await agent.aclose()
+    assert len(prompts) == 2 and replies == []
+    assert prompts[0].startswith("approve send_a ") and '"first"' in prompts[0] and prompts[0].endswith("? [y/N] ")
+    assert prompts[1].startswith("approve send_b ") and '"second"' in prompts[1]
+    approved = [answer.strip().lower() in ("y", "yes") for answer in answers]
+    assert ran == [name for name, ok in zip(("send_a:first", "send_b:second"), approved, strict=True) if ok]
+    shown = capsys.readouterr().out
+    assert "done" in shown
+    for name, ok in zip(("send_a", "send_b"), approved, strict=True):  # the evidence block says what was refused
+        assert (f"{name}: approval_rejected" in shown) is not ok
