@@ -51,7 +51,11 @@ def _read_dataset(data: bytes) -> Dataset:
 
 def _check_declared_lengths(dataset: Dataset, file_size: int) -> None:
     """Refuse elements whose declared length reaches past the end of the file."""
-    for element in dataset.elements():
+    try:
+        elements = list(dataset.elements())  # iterating converts sequences, which can fail on a malformed VR
+    except Exception as exc:
+        raise CorruptFile(f"DICOM data elements could not be parsed ({type(exc).__name__})") from None
+    for element in elements:
         length = getattr(element, "length", 0) or 0
         value_tell = getattr(element, "value_tell", 0) or 0
         if length != 0xFFFFFFFF and value_tell + length > file_size:
@@ -59,6 +63,41 @@ def _check_declared_lengths(dataset: Dataset, file_size: int) -> None:
                 f"element {element.tag} declares {length} bytes but the file ends first",
                 tag=str(element.tag),
             )
+
+
+def convert_all(dataset: Dataset) -> None:
+    """Convert every raw element (file meta and nested sequences included) now, inside one ``try``.
+
+    pydicom converts values lazily, on first access, and raises many types for malformed ones (an unknown
+    VR, an undecodable value): converting up front turns all of them into one typed error before the
+    de-identifier or anything else reads the dataset.
+    """
+    try:
+        for _ in dataset.iterall():
+            pass
+        meta = getattr(dataset, "file_meta", None)
+        if meta is not None:
+            for _ in meta.iterall():
+                pass
+    except Exception as exc:
+        raise CorruptFile(f"DICOM data elements could not be parsed ({type(exc).__name__})") from None
+
+
+def syntax_is(dataset: Dataset, flag: str) -> bool:
+    """``is_deflated`` / ``is_compressed`` of the file's transfer syntax; False when it is missing or not one."""
+    syntax = getattr(dataset, "file_meta", Dataset()).get("TransferSyntaxUID")
+    try:
+        return bool(syntax is not None and getattr(syntax, flag))
+    except ValueError:  # a UID that is not a transfer syntax
+        return False
+
+
+def _syntax_name(dataset: Dataset) -> str:
+    from pydicom.uid import UID_dictionary
+
+    syntax = getattr(dataset, "file_meta", Dataset()).get("TransferSyntaxUID")
+    # a registered name only: an unregistered UID is a value from the file
+    return str(UID_dictionary[syntax][0]) if syntax in UID_dictionary else "(unregistered or missing)"
 
 
 def _pixel_shape(dataset: Dataset) -> tuple[int, ...]:
@@ -72,7 +111,7 @@ def _pixel_shape(dataset: Dataset) -> tuple[int, ...]:
 
 
 def _check_pixel_data_length(dataset: Dataset, shape: tuple[int, ...]) -> None:
-    if "PixelData" not in dataset or dataset.file_meta.TransferSyntaxUID.is_compressed:
+    if "PixelData" not in dataset or syntax_is(dataset, "is_compressed"):
         return
     bits = int(dataset.get("BitsAllocated", 16) or 16)
     expected = int(np.prod(shape)) * bits // 8
@@ -141,11 +180,15 @@ def _decode_pixels(dataset: Dataset) -> np.ndarray:
     try:
         raw = dataset.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
-        syntax = dataset.file_meta.TransferSyntaxUID
-        raise UnsupportedFormat(f"no installed decoder handles transfer syntax {syntax.name}") from exc
+        raise UnsupportedFormat(f"no installed decoder handles transfer syntax {_syntax_name(dataset)}") from exc
     except (ValueError, EOFError) as exc:
         raise TruncatedFile("pixel data could not be decoded in full") from exc
-    pixels = np.asarray(apply_modality_lut(raw, dataset), dtype=np.float32)
+    except Exception as exc:  # e.g. AttributeError for a file meta without a transfer syntax
+        raise CorruptFile(f"pixel data could not be decoded ({type(exc).__name__})") from None
+    try:
+        pixels = np.asarray(apply_modality_lut(raw, dataset), dtype=np.float32)
+    except Exception as exc:  # rescale or LUT attributes of the wrong type or shape
+        raise CorruptFile(f"the modality rescale could not be applied ({type(exc).__name__})") from None
     if int(dataset.get("SamplesPerPixel", 1) or 1) > 1:
         pixels = pixels.mean(axis=-1, dtype=np.float32)
     if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
@@ -158,9 +201,9 @@ def load_dicom(data: bytes, sha256: str, limits: ImageLimits, deidentifier: Deid
     dataset = _read_dataset(data)
     # Raw element headers only (no values): must run before deidentify() converts them all.
     # Deflated files are parsed from an inflated copy, so their offsets exceed the file size.
-    syntax = dataset.file_meta.get("TransferSyntaxUID")
-    if syntax is None or not syntax.is_deflated:
+    if not syntax_is(dataset, "is_deflated"):
         _check_declared_lengths(dataset, len(data))
+    convert_all(dataset)
     report = deidentifier.deidentify(dataset)  # before anything else reads the dataset
     if "PixelData" not in dataset:
         raise UnsupportedFormat("DICOM file holds no image (no PixelData)")

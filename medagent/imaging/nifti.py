@@ -8,28 +8,31 @@ from pathlib import Path
 
 import numpy as np
 
-from medagent.errors import CorruptFile, TruncatedFile
+from medagent.errors import CorruptFile, ResourceExhausted, TruncatedFile
 from medagent.imaging.limits import ImageLimits, check_pixel_count
 from medagent.imaging.record import ImageRecord, Modality, SafeMetadata
 
 
 def load_nifti(path: Path, file_size: int, sha256: str, limits: ImageLimits, modality: Modality) -> ImageRecord:
     import nibabel as nib
-    from nibabel.filebasedimages import ImageFileError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # header oddities are checked below, not printed
             image = nib.load(str(path))
-    except (ImageFileError, ValueError, OSError, EOFError, zlib.error) as exc:
+        header = image.header
+        shape = tuple(int(extent) for extent in header.get_data_shape())
+        offset, itemsize = int(header.get_data_offset()), header.get_data_dtype().itemsize
+        zooms = tuple(float(z) for z in header.get_zooms()[: min(3, len(shape))])
+    except Exception as exc:  # nibabel raises many types (HeaderDataError is not a ValueError)
         # from None: nibabel's messages name the file path, which may identify a patient
         raise CorruptFile(f"NIfTI header could not be parsed ({type(exc).__name__})") from None
-    header = image.header
-    shape = tuple(int(extent) for extent in header.get_data_shape())
+    if not shape or min(shape) < 1:  # nibabel reads dim[0] = 0 as shape (0,): an image without voxels
+        raise CorruptFile("NIfTI header declares an empty image")
     check_pixel_count(shape, limits)
 
     if not path.name.endswith(".gz"):
-        needed = int(header.get_data_offset()) + int(np.prod(shape)) * header.get_data_dtype().itemsize
+        needed = offset + int(np.prod(shape)) * itemsize
         if needed > file_size:
             raise TruncatedFile(f"NIfTI header declares {needed} bytes of voxels and header; the file has {file_size}")
     try:
@@ -38,8 +41,11 @@ def load_nifti(path: Path, file_size: int, sha256: str, limits: ImageLimits, mod
             voxels = np.asarray(image.get_fdata(dtype=np.float32), dtype=np.float32)
     except (EOFError, OSError, zlib.error, ValueError) as exc:
         raise TruncatedFile(f"NIfTI voxel data ends early or is corrupt ({type(exc).__name__})") from None
+    except MemoryError:
+        raise ResourceExhausted("not enough memory to read the NIfTI voxels") from None
+    except Exception as exc:  # e.g. OverflowError for a voxel offset beyond any file
+        raise CorruptFile(f"NIfTI voxel data could not be read ({type(exc).__name__})") from None
 
-    zooms = tuple(float(z) for z in header.get_zooms()[: min(3, len(shape))])
     affine = image.affine
     try:
         orientation = "".join(nib.aff2axcodes(affine)) if affine is not None else None

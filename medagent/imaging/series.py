@@ -40,7 +40,9 @@ from medagent.imaging.dicom import (
     _float_or_none,
     _read_dataset,
     _spacing,
+    convert_all,
     safe_metadata,
+    syntax_is,
 )
 from medagent.imaging.limits import ImageLimits, check_file_size, check_pixel_count, resolve_in_workspace, sniff_format
 from medagent.imaging.record import DeidReport, ImageRecord, Modality
@@ -80,23 +82,24 @@ def _vector(value: object, length: int) -> np.ndarray | None:
 
 
 def _read_header(path: Path) -> _Header | None:
+    # pydicom parses lazily: reading the attributes below can fail as well as dcmread itself
     try:
         dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        if "Rows" not in dataset or "Columns" not in dataset:
+            return None  # DICOMDIR, structured reports and other non-image objects
+        gap = dataset.get("SpacingBetweenSlices") or dataset.get("SliceThickness")
+        instance = dataset.get("InstanceNumber")
+        return _Header(
+            path=path, series_uid=str(dataset.get("SeriesInstanceUID", "") or ""),
+            modality=Modality.parse(str(dataset.get("Modality", "") or "")),
+            position=_vector(dataset.get("ImagePositionPatient"), 3),
+            orientation=_vector(dataset.get("ImageOrientationPatient"), 6),
+            instance=int(instance) if instance not in (None, "") else None,
+            shape=(int(dataset.Rows), int(dataset.Columns)), frames=int(dataset.get("NumberOfFrames", 1) or 1),
+            gap_hint=float(gap) if gap not in (None, "") else None,
+        )
     except Exception:  # pydicom raises many types; the message must not name the file
         raise CorruptFile("a DICOM file in the series folder could not be parsed") from None
-    if "Rows" not in dataset or "Columns" not in dataset:
-        return None  # DICOMDIR, structured reports and other non-image objects
-    gap = dataset.get("SpacingBetweenSlices") or dataset.get("SliceThickness")
-    instance = dataset.get("InstanceNumber")
-    return _Header(
-        path=path, series_uid=str(dataset.get("SeriesInstanceUID", "") or ""),
-        modality=Modality.parse(str(dataset.get("Modality", "") or "")),
-        position=_vector(dataset.get("ImagePositionPatient"), 3),
-        orientation=_vector(dataset.get("ImageOrientationPatient"), 6),
-        instance=int(instance) if instance not in (None, "") else None,
-        shape=(int(dataset.Rows), int(dataset.Columns)), frames=int(dataset.get("NumberOfFrames", 1) or 1),
-        gap_hint=float(gap) if gap not in (None, "") else None,
-    )
 
 
 def _scan(folder: Path, limits: ImageLimits, workspace: Path | None, max_files: int) -> list[_Header]:
@@ -204,9 +207,9 @@ def load_dicom_series(folder: Path, deidentifier: Deidentifier, limits: ImageLim
     for index, header in enumerate(ordered):
         data = header.path.read_bytes()
         dataset = _read_dataset(data)
-        syntax = dataset.file_meta.get("TransferSyntaxUID")
-        if syntax is None or not syntax.is_deflated:
+        if not syntax_is(dataset, "is_deflated"):
             _check_declared_lengths(dataset, len(data))
+        convert_all(dataset)
         reports.append(deidentifier.deidentify(dataset))  # before anything else reads the dataset
         if "PixelData" not in dataset:
             raise UnsupportedFormat("a DICOM file of the series holds no image (no PixelData)")
