@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from pydantic import BaseModel, Field
 from medagent.agents.planner import Message, Planner, PlannerConfig
 from medagent.config import Settings
 from medagent.errors import MedagentError
+from medagent.names import check_name
 from medagent.tools.artifacts import Artifact
 from medagent.tools.builtin import Toolbox
 from medagent.workflows.agent_loop import AgentLoop, LoopSettings
@@ -66,6 +68,14 @@ class Agent:
         self._stack = contextlib.AsyncExitStack()
         self._graph: Any = None
         self._embedded: Any = None
+        # one run at a time per session id (see Session): a lock lives while someone holds or awaits it
+        self._session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def session_lock(self, session_id: str) -> asyncio.Lock:
+        lock = self._session_locks.get(session_id)
+        if lock is None:
+            lock = self._session_locks[session_id] = asyncio.Lock()
+        return lock
 
     @property
     def planner(self) -> Planner:
@@ -127,11 +137,19 @@ class Agent:
     def session(self, session_id: str | None = None) -> Session:
         if self._graph is None:
             raise RuntimeError("start the agent first (async with Agent(...) as agent)")
+        if session_id is not None:
+            check_name(session_id, "the session id")
         return Session(self, session_id or uuid.uuid4().hex[:12])
 
 
 class Session:
-    """One conversation. Isolated from other sessions; its state lives in the checkpointer under its id."""
+    """One conversation. Isolated from other sessions; its state lives in the checkpointer under its id.
+
+    Runs of one session id are serialised within an :class:`Agent`: a second ``ask`` (or ``events``,
+    ``approve``, ``finish``) on a session that is answering waits for the first to finish, then runs
+    on the updated conversation; each caller gets its own answer and tool trace. Two processes sharing
+    one checkpoint database are not coordinated: give each process its own sessions.
+    """
 
     def __init__(self, agent: Agent, session_id: str) -> None:
         self.agent = agent
@@ -182,6 +200,11 @@ class Session:
             yield event
 
     async def _run(self, graph_input: Any) -> AsyncIterator[Event]:
+        async with self.agent.session_lock(self.id):
+            async for event in self._run_locked(graph_input):
+                yield event
+
+    async def _run_locked(self, graph_input: Any) -> AsyncIterator[Event]:
         graph = self.agent._graph
         before = len((await self.state()).get("tool_records", []))
         try:

@@ -254,11 +254,13 @@ def _missing(value: Any) -> bool:
 
 def test_limit_then_a_changed_study_is_refused_unless_forced_and_resume_skips_finished_cases(
         tmp_path: Path, nih_images: list[Path]) -> None:
-    home, log = tmp_path / "home", tmp_path / "planner-calls.log"
+    home = tmp_path / "home"
+    log = home / "logs" / "planner-calls.log"  # call_log names a file under MEDAGENT_HOME/logs
     images = variants(nih_images[0], tmp_path, 5)
     write_manifest(tmp_path, [(f"case-{i}", path, i % 2, "MF"[i % 2]) for i, path in enumerate(images)])
     # a planner that answers at once (no expert to load): each case is one planner call, logged by image id
-    study = write_study(tmp_path, agent_loop("Is this image usable?"), planner=SCRIPTED % ("", f", call_log: {log}"))
+    study = write_study(tmp_path, agent_loop("Is this image usable?"),
+                        planner=SCRIPTED % ("", f", call_log: {log.name}"))
 
     _ok(_medagent(["run", str(study), "--run-id", "r", "--limit", "2"], home))
     first = _cases(home, "r")

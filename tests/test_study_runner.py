@@ -78,8 +78,8 @@ async def test_sigkill_at_several_points_then_resume_gives_one_record_per_case(
         tmp_path: Path, nih_images: list[Path]) -> None:
     images = variants(nih_images[0], tmp_path, 50)
     write_manifest(tmp_path, [(f"case-{i:02d}", path, i % 2, "MF"[i % 2]) for i, path in enumerate(images)])
-    log = tmp_path / "planner-calls.log"
-    planner = SCRIPTED % ("assess_image_quality", f", latency_s: 0.05, call_log: {log}")
+    log = tmp_path / "home" / "logs" / "planner-calls.log"  # call_log names a file under MEDAGENT_HOME/logs
+    planner = SCRIPTED % ("assess_image_quality", f", latency_s: 0.05, call_log: {log.name}")
     study = write_study(tmp_path, "  type: agent_loop\n  question: Is this image usable?", planner=planner,
                    concurrency=4)
     environment = {**os.environ, "MEDAGENT_HOME": str(tmp_path / "home"), "MEDAGENT_DEID_SECRET": TEST_SECRET.decode()}

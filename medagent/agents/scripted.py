@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from medagent.agents.planner import Message, PlannerConfig, PlannerTurn, TokenCallback, ToolCall, ToolChoice
@@ -89,17 +90,21 @@ def tool_sequence_planner(tools: list[str], *, answer_prefix: str = "Findings fr
                           latency_s: float = 0.0, call_log: str | None = None, ignore_offer: bool = False,
                           config: PlannerConfig | None = None) -> ScriptedPlanner:
     """A deterministic baseline planner for studies: calls ``tools`` in order on the first attached
-    image, then answers with the tool results it received. ``call_log``: a file that gets one line (the
-    first image id) per planner call, for counting calls across processes. ``ignore_offer``: call the tools
-    whether offered or not (a planner that disobeys: tests of the gate). Usable from study YAML as
+    image, then answers with the tool results it received. ``call_log``: a file name relative to
+    ``MEDAGENT_HOME/logs`` (nothing absolute, no '..': study files must not pick where medagent writes)
+    that gets one line (the first image id) per planner call, for counting calls across processes.
+    ``ignore_offer``: call the tools whether offered or not (a planner that disobeys: tests of the gate). Usable
+    from study YAML as
     ``backend: {_target_: medagent.agents.scripted.tool_sequence_planner, kwargs: {tools: [...]}}``."""
     import asyncio
+
+    log_path = _log_path(call_log) if call_log is not None else None
 
     async def script(request: PlannerRequest) -> ScriptResult:
         if latency_s:
             await asyncio.sleep(latency_s)
-        if call_log is not None:
-            with open(call_log, "a", encoding="utf-8") as stream:  # one short line: atomic with O_APPEND
+        if log_path is not None:
+            with open(log_path, "a", encoding="utf-8") as stream:  # one short line: atomic with O_APPEND
                 stream.write(f"{(request.image_ids() or ['-'])[0]}\n")
         done = sum(1 for message in request.messages if message["role"] == "tool")
         offered = set(request.tool_names)
@@ -109,3 +114,12 @@ def tool_sequence_planner(tools: list[str], *, answer_prefix: str = "Findings fr
         return " ".join([answer_prefix, *results]) if results else f"{answer_prefix} none were available."
 
     return ScriptedPlanner(script, model="scripted:tool-sequence", config=config)
+
+
+def _log_path(call_log: str) -> Path:
+    from medagent.config import Settings
+    from medagent.names import confined
+
+    logs = Settings().home / "logs"
+    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return confined(logs, call_log, "call_log")

@@ -44,6 +44,12 @@ class StoreSchemaMismatch(StoreError):
     code = "store_schema_mismatch"
 
 
+class RunInProgress(StoreError):
+    """Another live runner holds this run's lease (a second ``--resume`` of a run still computing)."""
+
+    code = "run_in_progress"
+
+
 def utc(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; every time the store writes is UTC."""
     if value is None or value.tzinfo is not None:

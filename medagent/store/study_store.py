@@ -22,13 +22,16 @@ from sqlalchemy import Connection, Engine, Table, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
+from medagent.names import check_name
 from medagent.redaction import redact
+from medagent.store import leases
 from medagent.store.engine import WRITE_OPTION, create_store_engine, ensure_schema, git_sha, medagent_version, \
     resolve_url
 from medagent.store.records import CaseRecord, CaseResult, CaseStatus, CaseWrite, ConfigChanged, MetricValue, \
     RunExists, RunRecord, RunStatus, StoredToolCall, StoreError, ToolCallRecord, UnknownRun, now
 from medagent.store.rows import case_record, case_values, metric_value, require_text, run_record, stored_tool_call
-from medagent.store.tables import CaseRow, MessageRow, MetricRow, RunRow, ToolCallRow
+from medagent.store.leases import DEFAULT_LEASE_TTL_S
+from medagent.store.tables import CaseRow, MessageRow, MetricRow, RunLeaseRow, RunRow, ToolCallRow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,6 +43,7 @@ _CASES: Table = CaseRow.__table__  # type: ignore[attr-defined]
 _MESSAGES: Table = MessageRow.__table__  # type: ignore[attr-defined]
 _TOOL_CALLS: Table = ToolCallRow.__table__  # type: ignore[attr-defined]
 _METRICS: Table = MetricRow.__table__  # type: ignore[attr-defined]
+_LEASES: Table = RunLeaseRow.__table__  # type: ignore[attr-defined]
 
 
 class StudyStore:
@@ -90,9 +94,12 @@ class StudyStore:
 
     # -- runs ----------------------------------------------------------------------------
 
-    def create_run(self, run_id: str, study: str, config: Mapping[str, Any], config_hash: str) -> RunRecord:
-        """Start a new run; :class:`RunExists` if the id is taken (resume with :meth:`resume_run`)."""
+    def create_run(self, run_id: str, study: str, config: Mapping[str, Any], config_hash: str, *,
+                   lease_owner: str | None = None, lease_ttl_s: float = DEFAULT_LEASE_TTL_S) -> RunRecord:
+        """Start a new run; :class:`RunExists` if the id is taken (resume with :meth:`resume_run`).
+        ``lease_owner``: take the run's lease for this owner in the same transaction (see leases)."""
         require_text(run_id=run_id, study=study, config_hash=config_hash)
+        check_name(run_id, "the run id")  # run ids name report folders and export files
         # api keys and URL passwords never reach the store (nor reports or exports read from it)
         values = {"run_id": run_id, "study": study, "config": redact(dict(config)), "config_hash": config_hash,
                   "medagent_version": medagent_version(), "git_sha": git_sha(), "status": "running",
@@ -104,6 +111,8 @@ class StudyStore:
             if inserted is None:
                 raise RunExists(f"a run with id {run_id!r} already exists; resume it or choose another id",
                                 run_id=run_id)
+            if lease_owner is not None:
+                leases.take(connection, self._insert(_LEASES), run_id, lease_owner, lease_ttl_s)
             return self._run(connection, run_id)
 
     def get_run(self, run_id: str) -> RunRecord | None:
@@ -116,17 +125,30 @@ class StudyStore:
             rows = connection.execute(select(_RUNS).order_by(_RUNS.c.created_at, _RUNS.c.run_id)).mappings()
             return [run_record(row) for row in rows]
 
-    def resume_run(self, run_id: str, config: Mapping[str, Any], config_hash: str, *, force: bool = False) -> RunRecord:
+    def resume_run(self, run_id: str, config: Mapping[str, Any], config_hash: str, *, force: bool = False,
+                   lease_owner: str | None = None, lease_ttl_s: float = DEFAULT_LEASE_TTL_S) -> RunRecord:
         """Mark a run running again. A changed configuration is refused (:class:`ConfigChanged`) unless
-        ``force``; forced, the run takes the new configuration and later cases carry its hash."""
+        ``force``; forced, the run takes the new configuration and later cases carry its hash.
+        ``lease_owner``: take the run's lease first; :class:`RunInProgress` while a live runner holds it."""
         with self._transaction(write=True) as connection:
             run = self._run(connection, run_id)
+            if lease_owner is not None:
+                leases.take(connection, self._insert(_LEASES), run_id, lease_owner, lease_ttl_s)
             if run.config_hash != config_hash and not force:
                 raise ConfigChanged(f"run {run_id!r} was started with configuration {run.config_hash[:12]}, not "
                                     f"{config_hash[:12]}; resume with force to continue it anyway", run_id=run_id)
             connection.execute(update(_RUNS).where(_RUNS.c.run_id == run_id).values(
                 status="running", finished_at=None, config=redact(dict(config)), config_hash=config_hash))
             return self._run(connection, run_id)
+
+    def renew_lease(self, run_id: str, owner: str, ttl_s: float = DEFAULT_LEASE_TTL_S) -> None:
+        """Keep holding a run's lease; :class:`RunInProgress` when another runner took it over."""
+        with self._transaction(write=True) as connection:
+            leases.renew(connection, run_id, owner, ttl_s)
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        with self._transaction(write=True) as connection:
+            leases.release(connection, run_id, owner)
 
     def finish_run(self, run_id: str, status: RunStatus = "finished") -> RunRecord:
         with self._transaction(write=True) as connection:

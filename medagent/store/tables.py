@@ -143,5 +143,16 @@ class MetricRow(SQLModel, table=True):
     recorded_at: datetime | None = _time_column()
 
 
+class RunLeaseRow(SQLModel, table=True):
+    """Who is computing a run right now: one row per run while a runner holds it, refreshed until
+    ``expires_at``; a second runner of the same run is refused (an added table: no version bump)."""
+
+    __tablename__ = "study_run_leases"
+
+    run_id: str = Field(foreign_key="study_runs.run_id", primary_key=True, max_length=200)
+    owner: str = Field(max_length=200)  # host:pid:random of the holding process
+    expires_at: datetime | None = _time_column(nullable=False)
+
+
 STUDY_TABLES: Final = tuple(model.__table__ for model in  # type: ignore[attr-defined]
-                            (SchemaVersionRow, RunRow, CaseRow, MessageRow, ToolCallRow, MetricRow))
+                            (SchemaVersionRow, RunRow, CaseRow, MessageRow, ToolCallRow, MetricRow, RunLeaseRow))

@@ -4,6 +4,8 @@ as it finishes, so a killed run resumes without recomputing finished cases."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import itertools
 import logging
 import time
@@ -17,7 +19,9 @@ from medagent.agents.planner import Planner
 from medagent.agents.pool import PlannerPool
 from medagent.config import Settings
 from medagent.errors import MedagentError, PreconditionFailed
+from medagent.names import check_name
 from medagent.store import CaseError, CaseResult, StudyStore, ToolCallRecord
+from medagent.store.leases import DEFAULT_LEASE_TTL_S, new_owner
 from medagent.studies.config import PlannerSpec, StudyConfig
 from medagent.studies.datasets import Case
 from medagent.studies.dialogue_graph import DialogueGraph
@@ -78,7 +82,7 @@ async def _build_planner(spec: PlannerSpec, pool: PlannerPool) -> Planner:
 
 class StudyRunner:
     def __init__(self, config: StudyConfig, store: StudyStore, settings: Settings | None = None,
-                 toolbox: Toolbox | None = None) -> None:
+                 toolbox: Toolbox | None = None, *, lease_ttl_s: float = DEFAULT_LEASE_TTL_S) -> None:
         self.config = config
         self.store = store
         self.settings = settings or Settings()
@@ -91,6 +95,7 @@ class StudyRunner:
         self._compiled: PipelineRunner | None = None
         self._dialogue: DialogueCaseRunner | None = None
         self._role_planners: dict[tuple[str, int], dict[str, Planner]] = {}
+        self.lease_ttl_s = lease_ttl_s
         dataset = config.dataset
         self._modality = dataset.modality.value if dataset is not None and dataset.modality else None
 
@@ -138,13 +143,37 @@ class StudyRunner:
                   force: bool = False, limit: int | None = None) -> AsyncIterator[StudyProgress]:
         digest = config_hash(self.config)
         dumped = self.config.model_dump(mode="json", by_alias=True)
+        if run_id is not None:
+            check_name(run_id, "the run id")
+        # everything that can be refused (ids, the dataset) is checked before the run's row exists
+        items = self.work(limit)
+        owner = new_owner()
         if resume or retry_failed:
             assert run_id is not None, "resuming needs the run id"
-            await asyncio.to_thread(self.store.resume_run, run_id, dumped, digest, force=force)
+            await asyncio.to_thread(self.store.resume_run, run_id, dumped, digest, force=force,
+                                    lease_owner=owner, lease_ttl_s=self.lease_ttl_s)
         else:
             run_id = run_id or f"{self.config.name}-{uuid.uuid4().hex[:8]}"
-            await asyncio.to_thread(self.store.create_run, run_id, self.config.name, dumped, digest)
-        items = self.work(limit)
+            await asyncio.to_thread(self.store.create_run, run_id, self.config.name, dumped, digest,
+                                    lease_owner=owner, lease_ttl_s=self.lease_ttl_s)
+        keeper = asyncio.create_task(self._keep_lease(run_id, owner))
+        try:
+            async for progress in self._run_items(run_id, items, retry_failed, keeper):
+                yield progress
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, MedagentError):
+                await keeper
+            await asyncio.to_thread(self.store.release_lease, run_id, owner)
+
+    async def _keep_lease(self, run_id: str, owner: str) -> None:
+        """Refresh the run's lease while the run goes on (a few times per time-to-live)."""
+        while True:
+            await asyncio.sleep(self.lease_ttl_s / 4)
+            await asyncio.to_thread(self.store.renew_lease, run_id, owner, self.lease_ttl_s)
+
+    async def _run_items(self, run_id: str, items: list[_WorkItem], retry_failed: bool,
+                         keeper: asyncio.Task[None]) -> AsyncIterator[StudyProgress]:
         finished = await asyncio.to_thread(self.store.completed_keys, run_id)
         failed_before = await asyncio.to_thread(self.store.failed_keys, run_id)
         skip = finished | (set() if retry_failed else failed_before)
@@ -167,6 +196,8 @@ class StudyRunner:
         try:
             for next_done in asyncio.as_completed([one(item) for item in todo]):
                 item, status = await next_done
+                if keeper.done():  # the lease was lost: another runner owns the run now
+                    keeper.result()
                 progress = progress.model_copy(update={
                     "kind": "case", "done": progress.done + 1, "failed": progress.failed + (status == "failed"),
                     "case_id": item.key, "repeat": item.repeat, "status": status})
@@ -222,7 +253,8 @@ class StudyRunner:
                               settings=self.settings, toolbox=self.toolbox,
                               planner=await _build_planner(spec, self.planners))
                 self._agents[(item.arm, seed)] = await agent.start()
-        session = agent.session(f"{run_id}:{item.key}:{item.repeat}")
+        case_key = hashlib.sha256(f"{item.key}\0{item.repeat}".encode()).hexdigest()[:16]
+        session = agent.session(f"{run_id}.{case_key}")  # case keys are data: hashed into a safe session id
         for path in item.case.images:  # content-addressed: the artifacts already stored are reused
             await session.attach(path, self._modality)
         answer = await session.ask(self.config.graph.question)
