@@ -42,12 +42,14 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from medagent.config import Settings
+    from medagent.experts.untrained import NOTICE, weights_are_untrained
     from medagent.store import StudyStore
     from medagent.studies import load_study, with_dataset
     from medagent.studies.runner import run_study
 
     last: dict[str, int] = {}
     failed_codes: Counter[str] = Counter()
+    untrained: set[str] = set()  # experts that ran on random test-only weights
 
     async def go() -> str:
         config = load_study(study)
@@ -75,6 +77,8 @@ def run(
                 assert chosen is not None
                 failed_codes.update(case.error.code if case.error else "unknown"
                                     for case in await asyncio.to_thread(store.cases, chosen, "failed"))
+                untrained.update(name for case in await asyncio.to_thread(store.cases, chosen)
+                                 for name in weights_are_untrained(case.expert_weights))
             finally:
                 store.close()
         assert chosen is not None
@@ -91,6 +95,9 @@ def run(
     if failed_codes:
         console.print(f"failed cases in run {escape(finished)} by error code: {_codes(failed_codes)}; "
                       f"rerun them: medagent run STUDY --retry-failed {escape(finished)}", soft_wrap=True)
+    if untrained:
+        console.print(f"[bold red]{escape(NOTICE)}[/] (experts: {escape(', '.join(sorted(untrained)))})",
+                      soft_wrap=True)
 
 
 def _codes(counts: Counter[str]) -> str:

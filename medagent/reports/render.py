@@ -56,12 +56,13 @@ def _finding_table(entries: list[FindingMetrics]) -> _Table:
 
 def _sections(report: StudyReport, comparison: RunComparison | None) -> list[_Section]:
     o, b = report.outcomes, report.options.bootstrap
+    produced = _Section("Produced by", report.provenance.lines())
     overview = _Section("Overview", [
         f"{o.observations} case runs ({o.cases} cases): {o.succeeded} succeeded, {o.failed} failed.",
         f"Case latency median {_optional(o.latency_median_s, ' s')}, p90 {_optional(o.latency_p90_s, ' s')}.",
         f"Intervals: {b.confidence:.0%} percentile bootstrap over cases, {b.n_resamples} resamples, seed {b.seed}.",
     ])
-    sections = [overview]
+    sections = [produced, overview]
     if report.findings or report.dialogue is None:
         findings = _Section("Metrics per finding", tables=[("", _finding_table(report.findings))])
         summary_rows = [[s.average, ", ".join(s.findings), *(format_metric(s.metrics[m]) for m in METRIC_NAMES)]
@@ -111,6 +112,9 @@ def _md(text: str) -> str:
 def render_markdown(report: StudyReport, comparison: RunComparison | None = None) -> str:
     """Markdown report; plots are linked by file name (keep them beside the .md file)."""
     lines = [f"# {_md(report.title)}", ""]
+    banner = report.provenance.banner()
+    if banner:  # before anything else: these numbers are not results
+        lines += [f"> **{_md(banner)}**", ""]
     for section in _sections(report, comparison):
         lines += [f"## {_md(section.title)}", ""]
         lines += [line for p in section.paragraphs for line in (_md(p), "")]
@@ -129,14 +133,19 @@ def render_markdown(report: StudyReport, comparison: RunComparison | None = None
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}
-th{background:#f2f2f2}figure{display:inline-block;margin:.5rem}figcaption{font-size:.9rem;color:#555}"""
+th{background:#f2f2f2}figure{display:inline-block;margin:.5rem}figcaption{font-size:.9rem;color:#555}
+.untrained{background:#b00020;color:#fff;padding:.75rem 1rem;font-size:1.1rem}"""
 
 
 def render_html(report: StudyReport, comparison: RunComparison | None = None) -> str:
     """One self-contained HTML page: inline CSS, plots as base64 data URIs, every text escaped."""
     e = html.escape
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(report.title)}</title>",
+    marked = "UNTRAINED: " if report.provenance.untrained else ""
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{marked}{e(report.title)}</title>",
              f"<style>{_STYLE}</style></head><body>", f"<h1>{e(report.title)}</h1>"]
+    banner = report.provenance.banner()
+    if banner:  # before anything else: these numbers are not results
+        parts.append(f'<p class="untrained" role="alert"><strong>{e(banner)}</strong></p>')
     for section in _sections(report, comparison):
         parts.append(f"<h2>{e(section.title)}</h2>")
         parts += [f"<p>{e(p)}</p>" for p in section.paragraphs]

@@ -23,6 +23,7 @@ from medagent.reports.metrics import (
     subgroup_tables,
 )
 from medagent.reports.operations import CaseOutcomes, TokenUsage, ToolUsage, case_outcomes, token_usage, tool_usage
+from medagent.reports.provenance import ReportProvenance, report_provenance
 from medagent.reports.schema import (
     PRED_PREFIX,
     PROB_PREFIX,
@@ -80,6 +81,7 @@ class StudyReport(BaseModel):
     dialogue: DialogueSummary | None = Field(default=None, description="dialogue-benchmark runs only")
     assessor_failures: int = 0
     plots: list[PlotFile] = Field(default_factory=list)
+    provenance: ReportProvenance = Field(default_factory=ReportProvenance, description="what produced the run")
 
 
 def _single_run(frame: pd.DataFrame, run_id: str | None, name: str) -> tuple[pd.DataFrame, str]:
@@ -112,6 +114,7 @@ def build_report(
     cases, run_id = _single_run(cases, run_id, "cases")
     if cases.empty:
         raise ReportInputError("the cases frame has no row for this run")
+    provenance = report_provenance(cases)
     if options.findings is not None:  # the other findings' truth and prediction columns are left out
         wanted = set(options.findings)
         cases = cases[[c for c in cases.columns if not str(c).startswith((TRUTH_PREFIX, PROB_PREFIX, PRED_PREFIX))
@@ -128,6 +131,7 @@ def build_report(
         subgroups=subgroup_tables(cases, layout, options.thresholds, options.bootstrap, options.small_group),
         tools=tool_usage(calls), tokens=token_usage(cases),
         dialogue=summarise_dialogues(cases, options.bootstrap), assessor_failures=int(failures.fillna(0).sum()),
+        provenance=provenance,
     )
 
 

@@ -5,18 +5,28 @@ Imported lazily by :class:`~medagent.store.study_store.StudyStore` so the store 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Final
 
 import pandas as pd
 
+from medagent.experts.untrained import weights_are_untrained
 from medagent.store.records import CaseRecord, StoredToolCall
 
 CASE_COLUMNS: Final = ("run_id", "case_id", "repeat", "status", "error_code", "prompt_tokens", "completion_tokens",
                        "latency_s")
 PROVENANCE_COLUMNS: Final = ("attempts", "seed", "model_id", "config_hash", "medagent_version", "git_sha",
                              "answer")
+# untrained: True when any expert of the case ran on random test-only weights (never read such rows as results)
+WEIGHTS_COLUMNS: Final = ("untrained", "expert_weights")
 TOOL_CALL_COLUMNS: Final = ("run_id", "case_id", "repeat", "position", "tool", "ok", "error_code", "duration_s")
+
+
+def _weights_columns(case: CaseRecord) -> dict[str, object]:
+    weights = case.expert_weights or {}
+    return {"untrained": bool(weights_are_untrained(weights)),
+            "expert_weights": json.dumps(weights, sort_keys=True) if weights else None}
 
 
 def cases_frame(cases: Sequence[CaseRecord]) -> pd.DataFrame:
@@ -25,8 +35,9 @@ def cases_frame(cases: Sequence[CaseRecord]) -> pd.DataFrame:
     base = pd.DataFrame(
         [{**{name: getattr(case, name) for name in CASE_COLUMNS if name != "error_code"},
           "error_code": case.error.code if case.error else None,
-          **{name: getattr(case, name) for name in PROVENANCE_COLUMNS}} for case in cases],
-        columns=[*CASE_COLUMNS, *PROVENANCE_COLUMNS])
+          **{name: getattr(case, name) for name in PROVENANCE_COLUMNS},
+          **_weights_columns(case)} for case in cases],
+        columns=[*CASE_COLUMNS, *PROVENANCE_COLUMNS, *WEIGHTS_COLUMNS])
     for name in ("prompt_tokens", "completion_tokens", "latency_s"):
         base[name] = pd.to_numeric(base[name], errors="coerce").astype(float)
     base["repeat"] = base["repeat"].astype("int64")

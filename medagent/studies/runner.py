@@ -19,6 +19,7 @@ from medagent.agents.planner import Planner
 from medagent.agents.pool import PlannerPool
 from medagent.config import Settings
 from medagent.errors import MedagentError, PreconditionFailed
+from medagent.experts.untrained import UNTRAINED_WEIGHTS
 from medagent.names import check_name
 from medagent.store import CaseError, CaseResult, StudyStore, ToolCallRecord
 from medagent.store.leases import DEFAULT_LEASE_TTL_S, new_owner
@@ -324,7 +325,9 @@ def _weights(outputs: list[Any]) -> dict[str, str | None]:
     for output in outputs:
         provenance = output.get("provenance") if isinstance(output, dict) else None
         if isinstance(provenance, dict) and provenance.get("expert"):
-            weights[str(provenance["expert"])] = provenance.get("weights_sha256")
+            # random test-only weights are recorded as such, so reports and exports can say so
+            weights[str(provenance["expert"])] = (UNTRAINED_WEIGHTS if provenance.get("untrained")
+                                                  else provenance.get("weights_sha256"))
     return weights
 
 

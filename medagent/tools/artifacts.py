@@ -145,6 +145,10 @@ class ArtifactStore:
 
     def put_png(self, png: bytes, kind: ArtifactKind, *, metadata: dict[str, Any] | None = None,
                 provenance: dict[str, Any] | None = None) -> Artifact:
+        if provenance and provenance.get("untrained"):  # every overlay of random test-only weights says so
+            from medagent.imaging.overlay import watermark_untrained
+
+            png = watermark_untrained(png)
         return self.put_bytes(png, kind, "image/png", ".png", metadata=metadata, provenance=provenance)
 
     def get(self, artifact_id: str) -> Artifact:

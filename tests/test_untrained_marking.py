@@ -1,0 +1,143 @@
+"""Results of untrained (test-only) weights are marked wherever a person looks: the report banner (md and
+html), the export column, the overlay watermark, the run's stored weights, the chat helper; and every report
+opens with what produced it."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medagent.config import Settings
+from medagent.experts.untrained import UNTRAINED_WEIGHTS, answer_is_untrained, untrained_experts
+from medagent.reports import BootstrapConfig, ReportOptions, build_report, render_html, render_markdown
+from medagent.tools.artifacts import ArtifactKind, ArtifactStore
+from tests.conftest import TEST_SECRET
+
+FAST = ReportOptions(bootstrap=BootstrapConfig(n_resamples=50, seed=1))
+SHA = "ab" * 32
+
+
+def _cases(weights: dict[str, str | None]) -> pd.DataFrame:
+    untrained = any(value == UNTRAINED_WEIGHTS for value in weights.values())
+    return pd.DataFrame({
+        "run_id": "r", "case_id": ["a", "b"], "repeat": 0, "status": "succeeded", "error_code": None,
+        "prompt_tokens": 1.0, "completion_tokens": 1.0, "latency_s": 1.0, "truth.Effusion": [1.0, 0.0],
+        "prob.Effusion": [0.8, 0.3], "model_id": "smollm2-135m", "config_hash": "c0ffee", "medagent_version": "0.1.0",
+        "git_sha": "1f3666c", "untrained": untrained, "expert_weights": json.dumps(weights),
+    })
+
+
+def test_a_report_of_untrained_results_opens_with_a_banner_in_markdown_and_html() -> None:
+    report = build_report(_cases({"cxr_classifier": UNTRAINED_WEIGHTS, "lung_localizer": None}), options=FAST)
+    assert report.provenance.untrained and report.provenance.untrained_experts == ["cxr_classifier"]
+    markdown = render_markdown(report)
+    head = markdown.split("## ", 1)[0]  # before the first section
+    assert "UNTRAINED" in head and "cxr_classifier" in head
+    page = render_html(report)
+    assert page.index('class="untrained"') < page.index("<h2>") and "<title>UNTRAINED" in page
+
+
+def test_a_report_of_trained_results_has_no_banner() -> None:
+    report = build_report(_cases({"cxr_classifier": SHA}), options=FAST)
+    assert not report.provenance.untrained
+    assert "UNTRAINED" not in render_markdown(report) and "UNTRAINED" not in render_html(report)
+
+
+@pytest.mark.parametrize("render", [render_markdown, render_html])
+def test_every_report_opens_with_what_produced_it(render) -> None:  # type: ignore[no-untyped-def]
+    text = render(build_report(_cases({"cxr_classifier": SHA, "lung_localizer": None}), options=FAST))
+    first_section = text.index("Produced by")
+    assert first_section < text.index("Overview")
+    for expected in ("medagent version: 0.1.0", "git SHA: 1f3666c", "config hash: c0ffee",
+                     "planner models: smollm2-135m", f"cxr_classifier: {SHA}", "lung_localizer: none"):
+        assert expected in text, expected
+
+
+def test_a_report_without_provenance_columns_still_renders_its_header() -> None:
+    frame = _cases({}).drop(columns=["model_id", "config_hash", "medagent_version", "git_sha", "untrained",
+                                     "expert_weights"])
+    markdown = render_markdown(build_report(frame, options=FAST))
+    assert "medagent version: -" in markdown and "UNTRAINED" not in markdown
+
+
+def _red_band(png: bytes) -> float:
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=int)
+    top = pixels[:8]
+    return float(np.mean((top[..., 0] > 150) & (top[..., 1] < 60) & (top[..., 2] < 80)))
+
+
+def test_overlays_of_untrained_results_are_watermarked(tmp_path: Path) -> None:
+    grey = Image.fromarray((np.tile(np.linspace(0, 255, 256), (256, 1))).astype(np.uint8))
+    buffer = io.BytesIO()
+    grey.save(buffer, format="PNG")
+    store = ArtifactStore(tmp_path / "artifacts")
+    plain = store.put_png(buffer.getvalue(), ArtifactKind.OVERLAY, provenance={"expert": "x", "untrained": False})
+    marked = store.put_png(buffer.getvalue(), ArtifactKind.OVERLAY, provenance={"expert": "x", "untrained": True})
+    assert plain.path.read_bytes() == buffer.getvalue() and _red_band(plain.path.read_bytes()) == 0.0
+    watermarked = marked.path.read_bytes()
+    assert _red_band(watermarked) > 0.6  # the band that says UNTRAINED spans the top
+    centre = np.asarray(Image.open(io.BytesIO(watermarked)).convert("RGB"), dtype=int)[96:160, 32:224]
+    assert np.mean(centre[..., 0] - centre[..., 1] > 60) > 0.01  # the red word across the middle
+
+
+def test_the_chat_helper_says_whether_an_answer_rests_on_untrained_experts() -> None:
+    call = {"tool": "classify_chest_xray", "ok": True,
+            "output": {"provenance": {"expert": "cxr_classifier", "untrained": True}}}
+    trained = {"tool": "locate_lungs", "ok": True, "output": {"provenance": {"expert": "lung_localizer"}}}
+    assert answer_is_untrained({"tool_calls": [trained, call]}) and not answer_is_untrained({"tool_calls": [trained]})
+    assert untrained_experts([call, trained, call]) == ["cxr_classifier"]
+
+
+def _medagent(args: list[str], home: Path) -> str:
+    import os
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "MEDAGENT_HOME": str(home), "MEDAGENT_DEID_SECRET": TEST_SECRET.decode(),
+                   "MEDAGENT_XRV_CACHE_DIR": str(home / "xrv"), "MEDAGENT_ALLOW_UNTRAINED_TEST_ONLY": "1",
+                   "COLUMNS": "250"}
+    result = subprocess.run([sys.executable, "-m", "medagent.cli", *args], capture_output=True, text=True,
+                            env=environment, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_a_study_on_untrained_weights_is_marked_in_summary_store_export_report_and_overlays(
+        tmp_path: Path, nih_images: list[Path]) -> None:
+    from medagent.store import StudyStore
+    from tests.study_files import write_manifest, write_study
+
+    home = tmp_path / "home"
+    write_manifest(tmp_path, [("cxr", nih_images[0], 1, "M")])
+    graph = ("  type: pipeline\n  steps:\n    - id: classify\n      tool: classify_chest_xray\n"
+             "    - id: anatomy\n      tool: segment_chest_anatomy\n"
+             "      arguments: {image_id: '{image}', structures: [Heart]}\n"
+             "    - id: lungs\n      tool: segment_lung_fields")
+    summary = _medagent(["run", str(write_study(tmp_path, graph)), "--run-id", "u"], home)
+    assert "UNTRAINED" in summary and "cxr_classifier" in summary  # the run summary
+    with StudyStore.open(None, home) as store:
+        [case] = store.cases("u")
+        assert case.status == "succeeded", case.error
+        assert case.expert_weights["cxr_classifier"] == UNTRAINED_WEIGHTS
+        assert case.expert_weights["lung_field_segmenter"] is None  # classical: no weights, not untrained
+        overlays = {call.tool: call.output["overlay_id"] for call in store.tool_calls("u")
+                    if call.ok and call.output.get("overlay_id")}
+    for fmt in ("csv", "parquet"):
+        _medagent(["export", "u", "--format", fmt, "--out", str(tmp_path / f"u.{fmt}")], home)
+        back = pd.read_csv(tmp_path / "u.csv") if fmt == "csv" else pd.read_parquet(tmp_path / "u.parquet")
+        assert bool(back.loc[0, "untrained"]) is True
+    _medagent(["report", "u", "--out", str(tmp_path / "report")], home)
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "UNTRAINED" in markdown.split("## ", 1)[0] and "Produced by" in markdown
+    artifacts = ArtifactStore(Settings(home=home).artifacts_dir)
+    # the random PSPNet's overlay is watermarked; the classical lung-field outline (no weights) is not
+    assert _red_band(artifacts.read_bytes(overlays["segment_chest_anatomy"])) > 0.6
+    assert _red_band(artifacts.read_bytes(overlays["segment_lung_fields"])) < 0.3
