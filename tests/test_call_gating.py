@@ -353,10 +353,11 @@ async def test_invalid_arguments_are_echoed_only_up_to_the_cap(settings: Setting
         answer = await session.ask("go")
         assert ran == [] and answer.text == "done"
         assistant = next(m for m in planner.requests[1].messages if m.get("tool_calls"))
-        for call in assistant["tool_calls"]:
-            assert echo < len(call["function"]["arguments"]) <= echo + 40
+        for call in assistant["tool_calls"]:  # cut, yet JSON: servers may parse earlier calls' arguments
+            assert echo < len(call["function"]["arguments"]) <= echo + 80
+            assert json.loads(call["function"]["arguments"])["characters"] > 5000
         for record in answer.tool_calls:
-            assert len(record["arguments"]) <= echo + 40 and record["error"]["code"] == "invalid_arguments"
+            assert len(record["arguments"]) <= echo + 80 and record["error"]["code"] == "invalid_arguments"
             assert "k" * 100 not in record["error"]["message"]
         assert all(len(m["content"]) < 600 for m in planner.requests[1].messages if m["role"] == "tool")
     finally:

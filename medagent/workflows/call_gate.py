@@ -4,6 +4,7 @@ bounded counts and sizes. The gate runs where the planner's turn enters the grap
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,14 @@ class LoopSettings(BaseModel):
 def shorten(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, saying how long it was."""
     return text if len(text) <= limit else f"{text[:limit]}...[{len(text)} characters, cut]"
+
+
+def _echo(arguments: str, limit: int) -> str:
+    """A refused call's arguments as kept: cut to ``limit`` characters yet still a JSON object, since some
+    servers parse the arguments of earlier calls when they render the conversation."""
+    if len(arguments) <= limit:
+        return arguments
+    return json.dumps({"cut": arguments[:limit], "characters": len(arguments)})
 
 
 def offered_tools(candidates: list[str], settings: LoopSettings) -> list[str]:
@@ -121,5 +130,5 @@ def gate_turn(turn: PlannerTurn, *, offered: list[str], registry: ToolRegistry, 
             continue
         gated.refusals.append(error.to_dict())
         function["name"] = shorten(function["name"], min(settings.max_echo_chars, settings.max_tool_name_chars))
-        function["arguments"] = shorten(function["arguments"], settings.max_echo_chars)
+        function["arguments"] = _echo(function["arguments"], settings.max_echo_chars)
     return gated
