@@ -405,3 +405,15 @@ async def test_the_chat_asks_once_per_guarded_call_and_runs_only_what_was_approv
     assert "done" in shown
     for name, ok in zip(("send_a", "send_b"), approved, strict=True):  # the evidence block says what was refused
         assert (f"{name}: approval_rejected" in shown) is not ok
+
+
+def test_a_study_names_its_tools_once_in_experts(tmp_path: Path) -> None:
+    from medagent.studies import load_study
+    from medagent.studies.source import StudyConfigError
+    from tests.study_files import write_study
+
+    graph = "  type: agent_loop\n  question: q\n  loop: {max_calls_per_turn: 2, allowed_tools: [read_dicom_header]}"
+    with pytest.raises(StudyConfigError, match="experts"):
+        load_study(write_study(tmp_path, graph))
+    config = load_study(write_study(tmp_path, "  type: agent_loop\n  question: q\n  loop: {max_calls_per_turn: 2}"))
+    assert config.graph.loop.max_calls_per_turn == 2  # type: ignore[union-attr]

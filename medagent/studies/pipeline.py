@@ -209,6 +209,13 @@ class PipelineGraph(_Strict):
 class LoopSpec(LoopSettings):
     model_config = ConfigDict(extra="forbid")
 
+    @field_validator("allowed_tools")
+    @classmethod
+    def _experts_name_the_tools(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:  # one list, checked against the known tools when the study loads
+            raise ValueError("a study names the tools it offers in its top-level 'experts:' list")
+        return value
+
 
 class AgentLoopGraph(_Strict):
     type: Literal["agent_loop"]
