@@ -25,6 +25,7 @@ class Behaviour:
     delay_s: float = 0.0  # slow: before answering; trickle: between words
     repeat: int = 1  # flood: chunks of ``text`` sent
     calls: list[tuple[str, str, str]] = field(default_factory=list)  # tools: (id, name, arguments) per call
+    split: int = 0  # tools: stream each call's arguments in pieces of this many characters (0: whole)
 
 
 def text(answer: str) -> Behaviour:
@@ -49,10 +50,12 @@ def flood(chunk: str, repeat: int) -> Behaviour:
     return Behaviour("flood", text=chunk, repeat=repeat)
 
 
-def tools(*calls: tuple[str, str, dict[str, Any] | str]) -> Behaviour:
-    """Several tool calls in one turn, each (id, name, arguments), ids exactly as given."""
-    return Behaviour("tools", calls=[(call_id, name, arguments if isinstance(arguments, str) else json.dumps(arguments))
-                                     for call_id, name, arguments in calls])
+def tools(*calls: tuple[str, str, dict[str, Any] | str], split: int = 0) -> Behaviour:
+    """Several tool calls in one turn, each (id, name, arguments), ids exactly as given; ``split``: arguments
+    streamed in pieces of that many characters, one delta each (as vLLM streams them)."""
+    return Behaviour("tools", split=split, calls=[
+        (call_id, name, arguments if isinstance(arguments, str) else json.dumps(arguments))
+        for call_id, name, arguments in calls])
 
 
 class _Server(ThreadingHTTPServer):
@@ -157,11 +160,16 @@ class FakeOpenAIServer:
                     self._paced(behaviour)
                     return
                 if behaviour.kind == "tools":
-                    deltas = [{"index": index, "id": call_id, "type": "function",
-                               "function": {"name": name, "arguments": arguments}}
-                              for index, (call_id, name, arguments) in enumerate(behaviour.calls)]
-                    parts = [self._chunk({"role": "assistant", "tool_calls": deltas}, None),
-                             self._chunk({}, "tool_calls"), b"data: [DONE]\n\n"]
+                    parts = []
+                    for index, (call_id, name, arguments) in enumerate(behaviour.calls):
+                        step = behaviour.split or max(len(arguments), 1)
+                        pieces = [arguments[start:start + step] for start in range(0, len(arguments), step)] or [""]
+                        first = {"index": index, "id": call_id, "type": "function",
+                                 "function": {"name": name, "arguments": pieces[0]}}
+                        parts.append(self._chunk({"role": "assistant", "tool_calls": [first]}, None))
+                        parts += [self._chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]},
+                                              None) for piece in pieces[1:]]
+                    parts += [self._chunk({}, "tool_calls"), b"data: [DONE]\n\n"]
                 elif behaviour.kind == "invalid_json":
                     parts = [b"data: {this is not json\n\n"]
                 elif behaviour.kind == "truncated":

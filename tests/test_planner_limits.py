@@ -121,3 +121,14 @@ def test_planner_limits_are_bounded() -> None:
                          ("max_tokens", 10**7), ("max_retries", 100)]:
         with pytest.raises(ValidationError):
             PlannerConfig.model_validate({field: value})
+
+
+@pytest.mark.asyncio
+async def test_a_tool_call_streamed_in_many_small_deltas_counts_its_text_not_its_framing() -> None:
+    """vLLM streams arguments a token at a time; each delta's JSON framing must not count against the cap."""
+    arguments = '{"image_id": "' + "a" * 1500 + '"}'
+    with FakeOpenAIServer([tools(("c1", "assess_image_quality", arguments), split=2)]) as server:
+        planner = _planner(server.url, max_answer_chars=2048, max_tokens=16)
+        turn = await planner.complete(USER)
+        assert turn.tool_calls[0].arguments == arguments
+        await planner.aclose()

@@ -160,7 +160,7 @@ class OpenAICompatiblePlanner:
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") or {}
                     text = delta.get("content")
-                    size += len(text or "") + sum(len(str(call)) for call in delta.get("tool_calls") or [])
+                    size += len(text or "") + sum(_call_chars(call) for call in delta.get("tool_calls") or [])
                     if size > limit:  # stop reading: a server that ignores max_tokens cannot fill memory
                         raise PlannerAnswerTooLarge(f"the planner's answer passed {limit} characters "
                                                     f"(max_tokens {self.config.max_tokens}); reading stopped",
@@ -203,6 +203,12 @@ class OpenAICompatiblePlanner:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _call_chars(delta: dict[str, Any]) -> int:
+    """Characters a streamed tool-call delta adds (id, name, arguments), not its JSON framing."""
+    function = delta.get("function") or {}
+    return sum(len(str(part or "")) for part in (delta.get("id"), function.get("name"), function.get("arguments")))
 
 
 def _short(text: str, limit: int = 200) -> str:
