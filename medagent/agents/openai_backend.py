@@ -102,6 +102,8 @@ class OpenAICompatiblePlanner:
         try:
             async with deadline:
                 return await self._complete(messages, tools, tool_choice, response_schema, on_token)
+        except PlannerAnswerTooLarge:  # cut off by us: nothing for the server's log to explain
+            raise
         except (PlannerProtocolError, PlannerUnavailable) as exc:
             reason = self._diagnose() if self._diagnose is not None else None
             if reason is None:
