@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from medagent.errors import CorruptFile, TruncatedFile, UnsupportedFormat
 from medagent.imaging.deid import Deidentifier
@@ -86,8 +87,8 @@ def convert_all(dataset: Dataset) -> None:
 def syntax_is(dataset: Dataset, flag: str) -> bool:
     """``is_deflated`` / ``is_compressed`` of the file's transfer syntax; False when it is missing or not one."""
     syntax = getattr(dataset, "file_meta", Dataset()).get("TransferSyntaxUID")
-    try:
-        return bool(syntax is not None and getattr(syntax, flag))
+    try:  # UID(...): a file may give the element another VR, so the value arrives as a plain string
+        return bool(syntax is not None and getattr(UID(str(syntax)), flag))
     except ValueError:  # a UID that is not a transfer syntax
         return False
 
@@ -95,7 +96,7 @@ def syntax_is(dataset: Dataset, flag: str) -> bool:
 def _syntax_name(dataset: Dataset) -> str:
     from pydicom.uid import UID_dictionary
 
-    syntax = getattr(dataset, "file_meta", Dataset()).get("TransferSyntaxUID")
+    syntax = str(getattr(dataset, "file_meta", Dataset()).get("TransferSyntaxUID"))
     # a registered name only: an unregistered UID is a value from the file
     return str(UID_dictionary[syntax][0]) if syntax in UID_dictionary else "(unregistered or missing)"
 

@@ -48,9 +48,11 @@ def load_nifti(path: Path, file_size: int, sha256: str, limits: ImageLimits, mod
 
     affine = image.affine
     try:
-        orientation = "".join(nib.aff2axcodes(affine)) if affine is not None else None
-    except ValueError:
-        orientation = None
+        codes = nib.aff2axcodes(affine) if affine is not None else ()
+    except (ValueError, TypeError, np.linalg.LinAlgError):
+        codes = ()
+    # a degenerate affine (zero or NaN columns) gives None for some axes: no orientation then
+    orientation = "".join(codes) if codes and all(isinstance(code, str) for code in codes) else None
     metadata = SafeMetadata(modality=modality, rows=shape[0], columns=shape[1] if len(shape) > 1 else None)
     return ImageRecord(
         pixels=voxels,
