@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 
+from medagent.cli.terminal import safe
 from medagent.errors import MedagentError
 
 console = Console()
@@ -55,7 +56,7 @@ async def _stream(events: Any) -> dict[str, Any] | None:
     streaming = False
     async for event in events:
         if event.kind == "token":
-            console.print(escape(event.data["text"]), end="", soft_wrap=True)
+            console.print(safe(event.data["text"]), end="", soft_wrap=True)
             streaming = True
         elif event.kind == "tool_finished":
             console.print(_tool_panel(event.data))
@@ -65,7 +66,7 @@ async def _stream(events: Any) -> dict[str, Any] | None:
             errors.print(f"[red]error[/] {event.data['code']}: {escape(event.data['message'])}", soft_wrap=True)
         elif event.kind == "answer":
             if not streaming and event.data.get("text"):
-                console.print(escape(event.data["text"]))
+                console.print(safe(event.data["text"]))
             console.print(f"\n[dim]planner {event.data.get('model')}[/]")
     return None
 
@@ -100,7 +101,7 @@ def ask(
         return
     for call in result["tool_calls"]:
         console.print(_tool_panel(call))
-    console.print(escape(result["text"] or ""))
+    console.print(safe(result["text"] or ""))  # no escape codes, no markup
     console.print(f"[dim]session {result['session_id']} · planner {result['model']}[/]")
 
 

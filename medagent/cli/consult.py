@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 
 from medagent.agents.planner import PlannerConfig
+from medagent.cli.terminal import safe
 from medagent.errors import ConfigurationError
 from medagent.simulators.cases import DialogueCase, PatientFacts
 
@@ -45,7 +45,7 @@ def _unknown_patient() -> DialogueCase:
 
 
 async def _terminal_ask(prompt: str) -> str:
-    console.print(escape(prompt))
+    console.print(safe(prompt))
     if sys.stdin.isatty():
         return await asyncio.to_thread(input, "> ")
     line = await asyncio.to_thread(sys.stdin.readline)
@@ -81,9 +81,9 @@ async def consult(*, case_id: str | None, human_patient: bool, cases_file: Path 
         outcome = await run_dialogue(case, doctor=doctor, patient=patient, measurement=measurement,
                                      label_set=label_set, settings=DialogueSettings(max_turns=max_turns))
     for turn in outcome.turns:
-        console.print(f"[bold]{turn.speaker}[/] ({turn.action}): {escape(turn.text)}")
-    console.print(f"[dim]ended: {outcome.stop_reason}; diagnosis: {escape(str(outcome.diagnosis_text))}[/]")
+        console.print(f"[bold]{safe(turn.speaker)}[/] ({safe(turn.action)}): {safe(turn.text)}")
+    console.print(f"[dim]ended: {safe(outcome.stop_reason)}; diagnosis: {safe(outcome.diagnosis_text)}[/]")
     if not human_patient:
         verdict = "correct" if outcome.diagnosis == (label_set.normalise(case.diagnosis) if label_set else None) \
             else "not correct"
-        console.print(f"case diagnosis: {escape(case.diagnosis)} ({verdict})")
+        console.print(f"case diagnosis: {safe(case.diagnosis)} ({verdict})")

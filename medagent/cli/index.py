@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from medagent.cli.terminal import safe
 from medagent.errors import MedagentError
 
 index_app = typer.Typer(help="Build and query retrieval indexes (text documents, images with reports).",
@@ -158,11 +159,11 @@ def query(
     for column in ("rank", "doc id", "score", "labels", "source", "text"):
         table.add_column(column, overflow="fold")
     for rank, hit in enumerate(result.hits, start=1):
-        table.add_row(str(rank), escape(hit.doc_id), f"{hit.score:.3f}", escape(", ".join(hit.labels)),
-                      escape(hit.source), escape((hit.snippet or "")[:160]))
+        table.add_row(str(rank), safe(hit.doc_id), f"{hit.score:.3f}", safe(", ".join(hit.labels)),
+                      safe(hit.source), safe((hit.snippet or "")[:160]))
     console.print(table)
     if result.neighbour_label_scores:
-        console.print("neighbour labels: " + escape(json.dumps(result.neighbour_label_scores)))
+        console.print("neighbour labels: " + safe(json.dumps(result.neighbour_label_scores)))
     if result.excluded_self:
         console.print("the query's own record was left out")
 

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from medagent import __version__
 from medagent.cli.index import index_app
+from medagent.cli.terminal import safe
 from medagent.cli.study import register as register_study_commands
 from medagent.errors import MedagentError
 
@@ -111,11 +112,11 @@ def experts_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
         if weights.get("weightless"):
             where = "none needed"
         elif weights["present"]:
-            where = f"[green]present[/] {weights['path']}"
+            where = f"[green]present[/] {safe(weights['path'])}"
         else:
-            where = f"[red]missing[/]: put {weights['expected_path']}"
+            where = f"[red]missing[/]: put {safe(weights['expected_path'])}"
         accepts = row["modalities"] if isinstance(row["modalities"], str) else ", ".join(row["modalities"])
-        table.add_row(row["name"], accepts, where, row["device"], row["summary"])
+        table.add_row(safe(row["name"]), safe(accepts), where, safe(row["device"]), safe(row["summary"]))
     console.print(table)
 
 
@@ -149,9 +150,10 @@ async def _inspect_one(toolbox: Any, path: Path, modality: str | None, out: Path
 
 def _print_report(source: str, report: dict[str, Any]) -> None:
     image = report["image"]
-    console.rule(f"[bold]{source}[/] -> {report['image_id']}")
-    console.print(f"{image['modality']} {image['format']} {'x'.join(map(str, image['shape']))}"
-                  f"  spacing {image['spacing_mm'] or 'unknown'} mm  orientation {image['orientation'] or 'unknown'}")
+    console.rule(f"[bold]{safe(source)}[/] -> {safe(report['image_id'])}")
+    shape = "x".join(map(str, image["shape"]))
+    console.print(safe(f"{image['modality']} {image['format']} {shape}  spacing {image['spacing_mm'] or 'unknown'} mm"
+                       f"  orientation {image['orientation'] or 'unknown'}"))
     if "deidentification" in report:
         deid = report["deidentification"]
         console.print(f"de-identified: {deid['attributes_changed']} attributes changed, "
@@ -160,22 +162,22 @@ def _print_report(source: str, report: dict[str, Any]) -> None:
         if "error" in result:
             error = result["error"]
             colour = "yellow" if error["family"] == "tool_failure" else "red"
-            console.print(f"[{colour}]{name}: {error['code']}[/] - {escape(error['message'])}")
+            console.print(f"[{colour}]{name}: {safe(error['code'])}[/] - {safe(error['message'])}")
         elif name == "assess_image_quality":
             flags = ", ".join(f["message"] for f in result["flags"]) or "no problems found"
-            console.print(f"[green]{name}[/]: {'usable' if result['usable'] else 'NOT usable'} - {flags}")
+            console.print(f"[green]{name}[/]: {'usable' if result['usable'] else 'NOT usable'} - {safe(flags)}")
         elif name == "read_dicom_header":
             meta = {k: v for k, v in result["metadata"].items() if v not in (None, "") and not k.endswith("uid")}
-            console.print(f"[green]{name}[/]: {meta}")
+            console.print(f"[green]{name}[/]: {safe(meta)}")  # DICOM values: data, not markup
         elif name == "locate_lungs":
             boxes = "; ".join(f"{l['side']} lung {l['box']['x0']},{l['box']['y0']}-{l['box']['x1']},{l['box']['y1']}"
                               f" ({l['method']})" for l in result["lungs"])
-            console.print(f"[green]{name}[/]: {boxes}" + (f"  overlay: {result['overlay_file']}"
+            console.print(f"[green]{name}[/]: {safe(boxes)}" + (f"  overlay: {safe(result['overlay_file'])}"
                                                          if result.get("overlay_file") else ""))
         elif name == "classify_chest_xray":
             top = ", ".join(f"{f['label']} {f['probability']:.2f}" for f in result["findings"][:5])
             marker = " [red](UNTRAINED test weights)[/]" if result["provenance"]["untrained"] else ""
-            console.print(f"[green]{name}[/]{marker}: {top}")
+            console.print(f"[green]{name}[/]{marker}: {safe(top)}")
 
 
 @app.command()
@@ -203,7 +205,7 @@ def inspect(
             except MedagentError as exc:
                 failed += 1
                 reports[label] = {"error": exc.to_dict()}
-                errors.print(f"[red]error[/] {escape(label)}: {exc.code}: {escape(exc.message)}", soft_wrap=True)
+                errors.print(f"[red]error[/] {safe(label)}: {exc.code}: {safe(exc.message)}", soft_wrap=True)
                 continue
             if not as_json:
                 _print_report(label, reports[label])

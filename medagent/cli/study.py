@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from medagent.errors import MedagentError
+from medagent.names import confined
 from medagent.files import private_dir, write_private
 
 console = Console()
@@ -63,7 +64,7 @@ def run(
                    TimeRemainingColumn()]
         # transient: a run that stops on an error leaves the error, not an empty bar, on the terminal
         with Progress(*columns, console=errors, transient=True) as progress:
-            task = progress.add_task(config.name, total=None, failed=0, rate="")
+            task = progress.add_task(escape(config.name), total=None, failed=0, rate="")
             started = asyncio.get_running_loop().time()
             try:
                 async for event in run_study(config, store=store, settings=settings, run_id=chosen,
@@ -125,6 +126,8 @@ def report(
 
     settings = Settings()
     try:
+        # the default folder is named by the run id: it must stay under MEDAGENT_HOME/reports
+        folder = out or confined(settings.home / "reports", run_id, "the report folder")
         with StudyStore.open(store_url, settings.home) as store:
             reports, frames = [], []
             for one in [run_id, *(compare or [])]:
@@ -137,14 +140,13 @@ def report(
     except MedagentError as exc:
         _fail(exc)
         return
-    folder = out or settings.home / "reports" / run_id
     private_dir(folder)
     write_plots(reports[0], frames[0][0], frames[0][1], folder)
     comparison = compare_runs(reports) if compare else None
     text = render_html(reports[0], comparison) if output_format == "html" else render_markdown(reports[0], comparison)
     target = folder / f"report.{output_format}"
     write_private(target, text)
-    console.print(f"report written to {target}")
+    console.print(f"report written to {escape(str(target))}", soft_wrap=True)
 
 
 def export(
@@ -164,10 +166,12 @@ def export(
             if store.get_run(run_id) is None:
                 raise UnknownRun(f"no run with id {run_id!r} in the study store", run_id=run_id)
             frame = store.cases_frame(run_id)
+        # the default file is named by the run id: it must stay in the working directory
+        path = out or confined(Path.cwd(), f"{run_id}.{output_format}", "the export file")
     except MedagentError as exc:
         _fail(exc)
         return
-    target = write_frame(frame, out or Path(f"{run_id}.{output_format}"), output_format)
+    target = write_frame(frame, path, output_format)
     console.print(json.dumps({"run_id": run_id, "rows": len(frame), "path": str(target)}))
 
 

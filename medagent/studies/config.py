@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from medagent.agents.planner import PlannerConfig
+from medagent.names import name_problem
 from medagent.studies.components import PLANNER_BACKENDS, TargetRef
 from medagent.studies.datasets import Case, DatasetSpec, iter_dataset
 from medagent.studies.pipeline import Graph, Probability, StepId
@@ -123,7 +124,7 @@ class MetricsSpec(_Strict):
 
 
 class StudyConfig(_Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=100, description="also names its runs: safe characters only")
     description: str = ""
     planners: Planners = Field(default_factory=lambda: {"planner": PlannerSpec()})
     arms: list[Arm] = Field(default_factory=list, description="configurations compared; none: one arm 'default'")
@@ -138,6 +139,14 @@ class StudyConfig(_Strict):
     metrics: MetricsSpec | None = None
 
     _source: LocatedDocument | None = PrivateAttr(default=None)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        problem = name_problem(value)  # the name starts every run id, a key and a folder name
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @property
     def source_file(self) -> Path | None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import types
@@ -18,7 +19,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ValidationError
 
-from medagent.studies.components import DEFAULT_ALLOWED_PREFIXES, PLANNER_BACKENDS, TargetRef, target_problem
+from medagent.errors import ConfigurationError
+from medagent.studies.components import DEFAULT_ALLOWED_PREFIXES, PLANNER_BACKENDS, TargetRef, resolve_target, \
+    target_problem
 from medagent.studies.config import BUILTIN_TOOL_NAMES, ExpertRef, PlannerSpec, StudyConfig
 from medagent.studies.datasets import BUILTIN_CASES
 from medagent.studies.dialogue_graph import DialogueGraph
@@ -69,14 +72,34 @@ def _known(names: Iterable[str]) -> str:
     return ", ".join(sorted(names))
 
 
+def _target_problems(ref: TargetRef, loc: Loc, prefixes: Sequence[str], allow_any: bool,
+                     extra_kwargs: Sequence[str] = ()) -> list[Problem]:
+    """Resolve ``ref`` now, as the run would: it must import, be a class or function defined in an allowed
+    module (not merely re-exported by one), and accept its ``kwargs`` (plus ``extra_kwargs`` the runner adds).
+    A file trusted with ``allow_any`` is not imported while it is validated."""
+    problem = target_problem(ref.target, allowed_prefixes=prefixes, allow_any=allow_any)
+    if problem is None and not allow_any:
+        try:
+            target = resolve_target(ref.target, allowed_prefixes=prefixes, allow_any=allow_any)
+        except ConfigurationError as exc:
+            problem = exc.message
+        else:
+            try:
+                inspect.signature(target).bind(**ref.kwargs, **dict.fromkeys(extra_kwargs))
+            except TypeError as exc:
+                return [Problem((*loc, "kwargs"), f"'{ref.target}' does not accept these kwargs: {exc}")]
+            except ValueError:  # no signature to check (a builtin): resolution already vetted it
+                pass
+    return [Problem((*loc, "_target_"), problem)] if problem else []
+
+
 def _planner_problems(planners: dict[str, PlannerSpec], loc: Loc, prefixes: Sequence[str],
                       allow_any: bool) -> list[Problem]:
     problems = []
     for role, spec in planners.items():
         if isinstance(spec.backend, TargetRef):
-            problem = target_problem(spec.backend.target, allowed_prefixes=prefixes, allow_any=allow_any)
-            if problem:
-                problems.append(Problem((*loc, role, "backend", "_target_"), problem))
+            problems += _target_problems(spec.backend, (*loc, role, "backend"), prefixes, allow_any,
+                                         extra_kwargs=("config",))
         elif spec.backend != "auto" and spec.backend not in PLANNER_BACKENDS:
             problems.append(Problem((*loc, role, "backend"), f"unknown planner backend '{spec.backend}' "
                                     f"(known: auto, {_known(PLANNER_BACKENDS)})"))
@@ -127,9 +150,7 @@ def reference_problems(config: StudyConfig, *, known_tools: Iterable[str] = BUIL
     known = set(known_tools)
     for index, ref in enumerate(config.experts):
         if isinstance(ref, ExpertRef):
-            problem = target_problem(ref.target, allowed_prefixes=allowed_prefixes, allow_any=allow_any_target)
-            if problem:
-                problems.append(Problem(("experts", index, "_target_"), problem))
+            problems += _target_problems(ref, ("experts", index), allowed_prefixes, allow_any_target)
             known.update(ref.tools)
         elif ref not in known:
             problems.append(Problem(("experts", index), f"unknown tool '{ref}' (known: {_known(known)})"))
