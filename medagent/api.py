@@ -108,7 +108,8 @@ class Agent:
         from medagent.agents.embedded import EmbeddedLlamaServer, embedded_planner_config
         from medagent.agents.lazy import StartingPlanner
 
-        self._embedded = EmbeddedLlamaServer(Path(planner_config.gguf_path) if planner_config.gguf_path else None)
+        self._embedded = EmbeddedLlamaServer(Path(planner_config.gguf_path) if planner_config.gguf_path else None,
+                                             log_dir=self.settings.home / "logs")
         self._stack.callback(self._embedded.stop)
         planner_config = embedded_planner_config(planner_config)
         embedded = self._embedded

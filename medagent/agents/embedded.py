@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import importlib.util
 import os
 import re
@@ -55,11 +56,20 @@ def _free_port() -> int:
 
 
 class EmbeddedLlamaServer:
-    """Starts ``python -m llama_cpp.server`` as a child process and stops it on ``stop()``."""
+    """Starts ``python -m llama_cpp.server`` and stops it on ``stop()``.
+
+    The server runs under :mod:`medagent.agents.server_guard`, which holds the read end of a pipe whose
+    write end only this process has: however this process ends (even SIGKILL), the guard sees end-of-file
+    and stops the server, so no unauthenticated model server outlives medagent on 127.0.0.1. Its log
+    lives in ``log_dir`` (default ``MEDAGENT_HOME/logs``, folder 0700, file 0600) and is removed after
+    a normal stop; a server that died on its own leaves its log for inspection.
+    """
 
     def __init__(self, model_path: Path | None = None, *, n_ctx: int = 4096, threads: int | None = None,
-                 served_name: str = SERVED_NAME, startup_timeout_s: float = 120.0) -> None:
+                 served_name: str = SERVED_NAME, startup_timeout_s: float = 120.0,
+                 log_dir: Path | None = None) -> None:
         self.model_path = Path(model_path) if model_path else None
+        self.log_dir = log_dir
         self.n_ctx = n_ctx
         self.threads = threads
         self.served_name = served_name
@@ -76,6 +86,9 @@ class EmbeddedLlamaServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def command(self) -> list[str]:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise MissingDependency("the embedded planner needs llama-cpp-python "
+                                    "(the 'local' extra; see scripts/install)")
         model = self.model_path or default_gguf()
         if not model.is_file():
             raise WeightsUnavailable(f"embedded planner: GGUF file {model} not found", expected_path=str(model))
@@ -92,15 +105,16 @@ class EmbeddedLlamaServer:
     async def start(self) -> str:
         if self._process is not None and self._process.poll() is None:
             return self.base_url
-        if importlib.util.find_spec("llama_cpp") is None:
-            raise MissingDependency("the embedded planner needs llama-cpp-python (the 'local' extra; see scripts/install)")
         self.port = _free_port()
+        command = self.command()
         # a file, not a pipe: llama.cpp logs a lot and a full pipe would stall the server
-        log_handle, log_name = tempfile.mkstemp(prefix="medagent-llama-", suffix=".log")
+        log_handle, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log", dir=_log_dir(self.log_dir))
         self.log_path, self._log_read = Path(log_name), 0
+        guard = [sys.executable, "-m", "medagent.agents.server_guard", "--remove-log", log_name, "--", *command]
         with os.fdopen(log_handle, "wb") as log:
+            # stdin=PIPE: the write end stays here (close-on-exec), its closing is the guard's signal to stop
             self._process = subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
-                self.command(), stdout=log, stderr=subprocess.STDOUT,
+                guard, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
             )
         atexit.register(self.stop)  # the process exits without closing the agent: do not orphan the server
@@ -144,15 +158,30 @@ class EmbeddedLlamaServer:
         atexit.unregister(self.stop)
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
-            return
-        process.terminate()
+            if process is not None and process.stdin is not None:
+                process.stdin.close()  # the pipe to a guard that is gone
+            return  # the server died on its own: its log (owner-only) stays, it says why
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()  # end-of-file: the guard stops the server, removes its log and exits
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            process.kill()
+            process.kill()  # the server has PR_SET_PDEATHSIG: it goes with its guard
             process.wait(timeout=10)
         if self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
+
+
+def _log_dir(log_dir: Path | None) -> Path:
+    """Where server logs go: owner-only, under MEDAGENT_HOME unless told otherwise."""
+    if log_dir is None:
+        from medagent.config import Settings
+
+        log_dir = Settings().home / "logs"
+    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(log_dir, 0o700)
+    return log_dir
 
 
 def embedded_planner_config(config: PlannerConfig) -> PlannerConfig:
