@@ -196,12 +196,17 @@ def test_sigkill_of_medagent_stops_the_real_embedded_server(tmp_path: Path) -> N
         assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).status_code == 200
         [server] = _pids_with("llama_cpp.server", f"--port {port}", "--model")
         logs = home / "logs"
-        assert stat.S_IMODE(logs.stat().st_mode) == 0o700
-        assert all(stat.S_IMODE(log.stat().st_mode) == 0o600 for log in logs.iterdir())
+        modes = {log.name: stat.S_IMODE(log.stat().st_mode) for log in logs.iterdir()} if logs.is_dir() else {}
+        new_in_tmp = _tmp_logs() - before
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
-        assert _wait(lambda: not _answers(port), 5), "the embedded server still answers after medagent was killed"
-        assert _wait(lambda: not _alive(server), 10), "the embedded server process outlived medagent"
-        assert _tmp_logs() - before == set()  # no server log in /tmp
+        try:
+            assert _wait(lambda: not _answers(port), 5), "the embedded server still answers after medagent was killed"
+            assert _wait(lambda: not _alive(server), 10), "the embedded server process outlived medagent"
+        finally:
+            if _alive(server):  # do not leave an orphan behind when the assertion fails
+                os.kill(server, signal.SIGKILL)
+        assert new_in_tmp == set()  # no server log in /tmp ...
+        assert stat.S_IMODE(logs.stat().st_mode) == 0o700 and list(modes.values()) == [0o600]  # ... but here
     finally:
         _end(process)
