@@ -51,7 +51,11 @@ class DialogueCaseRunner:
         hints: list[ExpertHint] = []
         calls: list[ToolCallRecord] = []
         context = self.toolbox.context(image_ids)
+        summaries = self.toolbox.image_summaries(image_ids)
+        card = self.toolbox.registry.get(self.graph.expert).card if self.graph.expert in self.toolbox.registry else None
         for image_id in image_ids:
+            if card is not None and not card.accepts_summary(summaries[image_id]):
+                continue  # the expert does not read this kind of image (a CT for a chest X-ray classifier)
             arguments = {"image_id": image_id}
             started = time.perf_counter()
             try:

@@ -250,10 +250,20 @@ def config_hash(config: StudyConfig) -> str:
 
 def with_dataset(config: StudyConfig, path: Path) -> StudyConfig:
     """``config`` reading its cases from ``path`` (e.g. ``medagent run --dataset``); the dataset's type,
-    columns and format stay as the study file declares them. The config hash changes with the path."""
-    if config.dataset is None:
-        raise StudyConfigError("this workflow has no dataset to replace", field="dataset")
+    columns and format stay as the study file declares them, except that a folder of images may stand in
+    for an image study's manifest (cases without labels) or give a workflow without a dataset (chat.yaml)
+    its images. The config hash changes with the path."""
     if not path.exists():
         raise StudyConfigError("--dataset: the path does not exist", field="dataset.path")
-    dataset = config.dataset.model_copy(update={"path": str(path.resolve())})
+    images_folder = path.is_dir() and not isinstance(config.graph, DialogueGraph)
+    if config.dataset is None and not images_folder:
+        raise StudyConfigError("this workflow has no dataset to replace (give it a folder of images)", field="dataset")
+    if images_folder and (config.dataset is None or config.dataset.type == "manifest"):
+        from medagent.studies.datasets import DatasetSpec
+
+        kept = config.dataset.model_dump(include={"modality", "max_cases"}) if config.dataset is not None else {}
+        dataset = DatasetSpec(type="folder", path=str(path.resolve()), **kept)
+    else:
+        assert config.dataset is not None
+        dataset = config.dataset.model_copy(update={"path": str(path.resolve())})
     return config.model_copy(update={"dataset": dataset})

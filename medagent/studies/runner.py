@@ -30,6 +30,7 @@ from medagent.studies.dialogue_runner import DialogueCaseRunner, resolve_label_s
 from medagent.studies.loading import config_hash
 from medagent.studies.pipeline import AgentLoopGraph, probability_of
 from medagent.studies.pipeline_graph import PipelineRunner
+from medagent.studies.preflight import check_planner_endpoints
 from medagent.studies.scheduling import StartupGate
 from medagent.tools.builtin import Toolbox
 
@@ -146,8 +147,9 @@ class StudyRunner:
         dumped = self.config.model_dump(mode="json", by_alias=True)
         if run_id is not None:
             check_name(run_id, "the run id")
-        # everything that can be refused (ids, the dataset) is checked before the run's row exists
+        # everything that can be refused (ids, the dataset, served planners) is checked before the run's row exists
         items = self.work(limit)
+        await check_planner_endpoints(self.config)
         owner = new_owner()
         if resume or retry_failed:
             assert run_id is not None, "resuming needs the run id"

@@ -1,0 +1,138 @@
+"""Every shipped workflow runs as written on a fresh install, as its header comment documents: the chest
+X-ray workflows on the shared NIH chest X-rays (``--dataset``), the comparison refuses to start while an
+endpoint it names is down, the dialogue benchmark calls its expert only on images that suit it."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medagent.config import Settings
+from medagent.errors import PlannerUnavailable
+from medagent.store import StudyStore
+from medagent.studies import load_study, with_dataset
+from medagent.studies.runner import run_study
+from tests.conftest import NIH_DIR, REPO_ROOT, TEST_SECRET
+
+WORKFLOWS = REPO_ROOT / "workflows"
+FINISHED = re.compile(r"run (\S+) finished")
+
+
+def _medagent(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "MEDAGENT_HOME": str(home), "MEDAGENT_DEID_SECRET": TEST_SECRET.decode(),
+                   "MEDAGENT_XRV_CACHE_DIR": str(home / "xrv"), "MEDAGENT_ALLOW_UNTRAINED_TEST_ONLY": "1",
+                   "COLUMNS": "250"}
+    return subprocess.run([sys.executable, "-m", "medagent.cli", *args], capture_output=True, text=True,
+                          env=environment, timeout=600, stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_each_workflow_header_documents_how_to_run_it() -> None:
+    for path in WORKFLOWS.glob("*.yaml"):
+        header = path.read_text().split("\nname:", 1)[0]
+        assert f"medagent run workflows/{path.name}" in header, path.name
+    for name in ("cxr-triage.yaml", "chat.yaml"):
+        assert "--dataset ../shared/data/torchxrayvision-nih" in (WORKFLOWS / name).read_text(), name
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_cxr_triage_runs_as_written_on_the_shared_chest_xrays(tmp_path: Path, nih_images: list[Path]) -> None:
+    """No --modality anywhere: the PNG radiographs are recognised as DX, so every step can run."""
+    result = _medagent(["run", "workflows/cxr-triage.yaml", "--dataset", str(NIH_DIR), "--run-id", "triage"],
+                       tmp_path / "home")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert FINISHED.search(result.stdout) and "0 failed" in result.stdout, result.stdout
+    with StudyStore.open(None, tmp_path / "home") as store:
+        cases = store.cases("triage")
+        assert len(cases) == len(nih_images) and {case.status for case in cases} == {"succeeded"}
+        tools = {call.tool for call in store.tool_calls("triage") if call.ok}
+    assert {"assess_image_quality", "classify_chest_xray"} <= tools
+    assert "UNTRAINED" in result.stdout  # the test-only weights are said to be untrained
+    report = _medagent(["report", "triage", "--out", str(tmp_path / "report")], tmp_path / "home")
+    assert report.returncode == 0, report.stderr[-3000:]
+
+
+@pytest.mark.llama
+@pytest.mark.slow
+def test_chat_workflow_runs_as_written_on_a_shared_chest_xray(tmp_path: Path, nih_images: list[Path]) -> None:
+    """The embedded planner (structured tool calls) over one shared chest X-ray: it calls an expert."""
+    result = _medagent(["run", "workflows/chat.yaml", "--dataset", str(NIH_DIR), "--limit", "1", "--run-id", "chat"],
+                       tmp_path / "home")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with StudyStore.open(None, tmp_path / "home") as store:
+        [case] = store.cases("chat")
+        assert case.status == "succeeded", case.error
+        assert store.tool_calls("chat"), "the planner called no expert"
+
+
+@pytest.mark.asyncio
+async def test_planner_comparison_refuses_to_start_while_an_endpoint_is_down(tmp_path: Path, settings: Settings,
+                                                                            nih_images: list[Path]) -> None:
+    dead = f"http://user:secret@127.0.0.1:{_free_port()}/v1"  # nothing listens there
+    text = (WORKFLOWS / "planner-comparison.yaml").read_text().replace("http://127.0.0.1:8000/v1", dead)
+    study = tmp_path / "planner-comparison.yaml"
+    study.write_text(text)
+    config = with_dataset(load_study(study), NIH_DIR)
+    with StudyStore.open(None, settings.home) as store:
+        with pytest.raises(PlannerUnavailable) as raised:
+            _ = [event async for event in run_study(config, store=store, settings=settings, run_id="cmp")]
+        assert store.get_run("cmp") is None  # refused before the run (or any case) existed
+    message = raised.value.message
+    assert "arm 'vllm'" in message and "127.0.0.1" in message and "no case ran" in message
+    assert "secret" not in message  # credentials never reach the message
+
+
+def test_planner_comparison_names_the_unreachable_endpoint_on_the_command_line(tmp_path: Path) -> None:
+    """As written (vLLM expected on 127.0.0.1:8000): with no server there, one typed error, no run."""
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 8000)) == 0:
+            pytest.fail("something listens on 127.0.0.1:8000; this test needs the port free")
+    result = _medagent(["run", "workflows/planner-comparison.yaml", "--dataset", str(NIH_DIR), "--run-id", "cmp"],
+                       tmp_path / "home")
+    assert result.returncode != 0
+    assert "planner_unavailable" in result.stderr and "127.0.0.1:8000" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    with StudyStore.open(None, tmp_path / "home") as store:
+        assert store.get_run("cmp") is None
+
+
+@pytest.mark.torch
+@pytest.mark.asyncio
+async def test_dialogue_bench_calls_its_expert_only_on_images_that_suit_it(tmp_path: Path, nih_images: list[Path],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The built-in cases carry CT, MR and NIfTI images: the chest X-ray classifier that gives the doctor its
+    hints is not called on them (it used to fail on every one with precondition_failed); a chest X-ray gets
+    its hints."""
+    from medagent.simulators.builtin import builtin_label_set
+    from medagent.studies.dialogue_graph import DialogueGraph
+    from medagent.studies.dialogue_runner import DialogueCaseRunner
+    from medagent.tools.builtin import Toolbox
+
+    monkeypatch.setenv("MEDAGENT_DEID_SECRET", TEST_SECRET.decode())
+    config = load_study(WORKFLOWS / "dialogue-bench.yaml")
+    graph = config.graph
+    assert isinstance(graph, DialogueGraph) and graph.strategy == "dialogue_with_experts"
+    assert graph.expert == "classify_chest_xray"
+    settings = Settings(home=tmp_path / "home", xrv_cache_dir=tmp_path / "xrv", allow_untrained_test_only=True)
+    toolbox = Toolbox(settings)
+    runner = DialogueCaseRunner(graph, toolbox, builtin_label_set(), None)
+    cases = config.cases()
+    assert cases and all(case.images for case in cases)
+    for case in cases:
+        hints, calls = await runner._hints([toolbox.attach(path).id for path in case.images])
+        assert hints == [] and calls == [], case.case_id
+    hints, calls = await runner._hints([toolbox.attach(nih_images[0]).id])
+    assert [call.ok for call in calls] == [True] and len(hints) == graph.top_k
+    toolbox.close()
