@@ -256,3 +256,18 @@ def test_dicom_text_with_escape_codes_is_printed_inert_by_inspect(tmp_path: Path
     dataset.save_as(path)
     result = _medagent(["inspect", str(path)], tmp_path / "home")
     assert "Traceback" not in result.stderr and ESC not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("ref", "field", "words"), [
+    ("{_target_: medagent.tools.builtin.os.system, tools: [mine]}", "experts[0]._target_", "module attribute"),
+    ("{_target_: medagent.tools.grounding_tools.grounding_tools, tools: [mine], kwargs: {shell: ls}}",
+     "experts[0].kwargs", "does not accept these kwargs"),
+])
+def test_an_expert_target_that_cannot_run_is_refused_at_validation(
+        study_folder: Path, ref: str, field: str, words: str) -> None:
+    study = write_study(study_folder, agent_loop("Is it usable?"), planner=SCRIPTED % ("", ""),
+                        extra=f"experts:\n  - {ref}\n")
+    with pytest.raises(StudyConfigError) as caught:
+        load_study(study)
+    assert caught.value.field == field and words in str(caught.value)
+    assert caught.value.line == next(i for i, line in enumerate(study.read_text().splitlines(), 1) if "- {" in line)

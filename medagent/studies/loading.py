@@ -73,10 +73,11 @@ def _known(names: Iterable[str]) -> str:
 
 
 def _target_problems(ref: TargetRef, loc: Loc, prefixes: Sequence[str], allow_any: bool,
-                     extra_kwargs: Sequence[str] = ()) -> list[Problem]:
+                     extra_kwargs: Sequence[str] | None = None) -> list[Problem]:
     """Resolve ``ref`` now, as the run would: it must import, be a class or function defined in an allowed
-    module (not merely re-exported by one), and accept its ``kwargs`` (plus ``extra_kwargs`` the runner adds).
-    A file trusted with ``allow_any`` is not imported while it is validated."""
+    module (not merely re-exported by one), and accept its ``kwargs``: exactly, with ``extra_kwargs`` (what
+    the runner adds) when the call is known; otherwise no unknown keyword. A file trusted with ``allow_any``
+    is not imported while it is validated."""
     problem = target_problem(ref.target, allowed_prefixes=prefixes, allow_any=allow_any)
     if problem is None and not allow_any:
         try:
@@ -85,7 +86,11 @@ def _target_problems(ref: TargetRef, loc: Loc, prefixes: Sequence[str], allow_an
             problem = exc.message
         else:
             try:
-                inspect.signature(target).bind(**ref.kwargs, **dict.fromkeys(extra_kwargs))
+                signature = inspect.signature(target)
+                if extra_kwargs is None:
+                    signature.bind_partial(**ref.kwargs)
+                else:
+                    signature.bind(**ref.kwargs, **dict.fromkeys(extra_kwargs))
             except TypeError as exc:
                 return [Problem((*loc, "kwargs"), f"'{ref.target}' does not accept these kwargs: {exc}")]
             except ValueError:  # no signature to check (a builtin): resolution already vetted it
