@@ -294,3 +294,27 @@ def test_json_case_file_is_read_by_the_bounded_reader(tmp_path: Path) -> None:
     path.write_text(json.dumps({"cases": []}).replace("[]", "[" * 200 + "]" * 200))
     with pytest.raises(CaseFileError, match="nested deeper than 64"):
         load_cases(path)
+
+
+def test_a_limited_run_reads_only_the_rows_it_runs(tmp_path: Path) -> None:
+    """``medagent run --limit N`` takes the first N cases: a bad row further down is never read."""
+    import itertools
+
+    manifest = big_manifest(tmp_path, 3)
+    manifest.write_text(manifest.read_text() + "case-bad,missing.png,1\n")
+    config = load_study(manifest_study(tmp_path, manifest))
+    assert [case.case_id for case in itertools.islice(config.iter_cases(), 3)] == [
+        "case-0000000", "case-0000001", "case-0000002"]
+    with pytest.raises(StudyConfigError, match="row 4"):
+        config.cases()
+
+
+def test_no_yaml_is_parsed_outside_the_bounded_reader() -> None:
+    """A new YAML reader must go through medagent.yaml_io (no aliases, caps): PyYAML's own loaders are not called."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "medagent"
+    direct = re.compile(r"yaml\.(safe_load|load|full_load|unsafe_load|compose|SafeLoader|Loader|FullLoader)\b")
+    offenders = [str(path.relative_to(root)) for path in root.rglob("*.py")
+                 if path.name != "yaml_io.py" and direct.search(path.read_text(encoding="utf-8"))]
+    assert offenders == []
