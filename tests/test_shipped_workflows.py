@@ -18,6 +18,7 @@ from medagent.errors import PlannerUnavailable
 from medagent.store import StudyStore
 from medagent.studies import load_study, with_dataset
 from medagent.studies.runner import run_study
+from medagent.studies.source import StudyConfigError
 from tests.conftest import NIH_DIR, REPO_ROOT, TEST_SECRET
 
 WORKFLOWS = REPO_ROOT / "workflows"
@@ -44,6 +45,17 @@ def test_each_workflow_header_documents_how_to_run_it() -> None:
         assert f"medagent run workflows/{path.name}" in header, path.name
     for name in ("cxr-triage.yaml", "chat.yaml"):
         assert "--dataset ../shared/data/torchxrayvision-nih" in (WORKFLOWS / name).read_text(), name
+
+
+def test_a_folder_of_images_stands_in_for_a_manifest_or_a_missing_dataset(tmp_path: Path) -> None:
+    triage = with_dataset(load_study(WORKFLOWS / "cxr-triage.yaml"), NIH_DIR)
+    assert triage.dataset is not None and triage.dataset.type == "folder" and len(triage.cases()) == 2
+    chat = with_dataset(load_study(WORKFLOWS / "chat.yaml"), NIH_DIR)
+    assert chat.dataset is not None and chat.dataset.type == "folder" and chat.dataset.modality is None
+    single = tmp_path / "one.csv"
+    single.write_text("path\n")
+    with pytest.raises(StudyConfigError, match="no dataset to replace"):
+        with_dataset(load_study(WORKFLOWS / "chat.yaml"), single)
 
 
 @pytest.mark.torch
