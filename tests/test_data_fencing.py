@@ -78,8 +78,8 @@ def test_data_is_capped_per_string_per_object_and_in_all() -> None:
     data = json.loads(content.splitlines()[2])
     assert len(data["text"]) < 700 and len(data["summary"]) < 700 and len(data["many"]) <= 33
     assert len(fence_data("Big", ["y" * 500] * 10_000)) < 17_000
-    huge = fence_tool_result("t", {"rows": ["y" * 500] * 10_000}, summary="Found 10000 rows.")
-    huge = json.loads(huge.splitlines()[2])
+    shown = fence_tool_result("t", {"rows": ["y" * 500] * 10_000}, summary="Found 10000 rows.")
+    huge = json.loads(shown.splitlines()[2])
     assert huge["summary"] == "Found 10000 rows." and "truncated" in huge and "rows" not in huge
 
 
