@@ -64,3 +64,40 @@ def test_repl_attaches_lists_tools_answers_and_quits(tmp_path: Path, nih_images:
                 time.sleep(0.2)
         finally:
             subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_repl_attach_with_modality_refuses_unknown_commands_and_prints_the_evidence(
+        tmp_path: Path, nih_images: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDAGENT_HOME", str(tmp_path))
+    monkeypatch.setenv("MEDAGENT_DEID_SECRET", TEST_SECRET.decode())
+    spaced = tmp_path / "chest film.png"
+    spaced.write_bytes(nih_images[0].read_bytes())
+    image_id = Toolbox().attach(spaced, modality="DX").id
+    behaviours = [tool("locate_lungs", {"image_id": image_id}), text("Here is what I found.")]
+    session = f"medagent-{uuid.uuid4().hex[:8]}"
+    with FakeOpenAIServer(behaviours, model="remote-planner") as server:
+        command = " ".join(shlex.quote(part) for part in [
+            "env", f"MEDAGENT_HOME={tmp_path}", f"MEDAGENT_DEID_SECRET={TEST_SECRET.decode()}",
+            f"MEDAGENT_XRV_CACHE_DIR={tmp_path / 'xrv'}", sys.executable, "-m", "medagent.cli", "chat",
+            "--endpoint", server.url,
+        ])
+        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "80", command], check=True,
+                       env={**os.environ, "TERM": "xterm"})
+        try:
+            _wait_for(session, "you>")
+            subprocess.run(["tmux", "send-keys", "-t", session, f'/attach "{spaced}" --modality DX', "Enter"],
+                           check=True)
+            _wait_for(session, f"attached {image_id}: DX")
+            subprocess.run(["tmux", "send-keys", "-t", session, "/lungs", "Enter"], check=True)
+            _wait_for(session, "unknown command /lungs")
+            subprocess.run(["tmux", "send-keys", "-t", session, "Where are the lungs?", "Enter"], check=True)
+            _wait_for(session, "Here is what I found.")
+            deadline = time.monotonic() + 30
+            while "planner remote-planner" not in (evidence := _screen(session).split("Here is what I found.")[-1]):
+                assert time.monotonic() < deadline, evidence
+                time.sleep(0.3)
+            assert "evidence" in evidence and "locate_lungs: Lungs found" in evidence
+            assert "overlay: " + str(tmp_path) in evidence.replace("\n", "")
+            assert len(server.chat_requests()) == 2  # the unknown command never reached the planner
+        finally:
+            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

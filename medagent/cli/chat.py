@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,15 +12,17 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.panel import Panel
 
-from medagent.cli.terminal import safe
+from medagent.cli.chat_render import Screen, clean, plain, tools_lines
 from medagent.errors import MedagentError
 
 console = Console()
 errors = Console(stderr=True)
 
 DEMO_QUESTION = "Is this image of usable quality, and what does its DICOM header say about the acquisition?"
+COMMANDS = "/attach FILE [--modality X], /tools, /history, /quit"
+CONNECT_HINT = ("connect a served model with --endpoint URL --model NAME "
+                "(medagent planner serve MODEL prints the server command)")
 
 EndpointOption = Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (vLLM etc.); default: embedded")]
 ModelOption = Annotated[str | None, typer.Option(help="Model id as served at the endpoint.")]
@@ -35,50 +38,22 @@ def _agent(endpoint: str | None, model: str | None) -> Any:
     return Agent(AgentConfig(planner=PlannerConfig(endpoint=endpoint, model=model)))
 
 
-def _tool_panel(data: dict[str, Any]) -> Panel:
-    lines = [f"arguments: {escape(str(data.get('arguments')))}", f"time: {data.get('duration_s', 0):.2f} s"]
-    if data.get("ok"):
-        output = data["output"]
-        summary = {k: v for k, v in output.items() if k not in ("provenance", "measures")}
-        lines.append(escape(json.dumps(summary)[:400]))
-        if output.get("overlay_id"):
-            lines.append(f"overlay artifact: {output['overlay_id']}")
-        if output.get("provenance", {}).get("untrained"):
-            lines.append("[red]UNTRAINED test weights[/]")
-    else:
-        error = data.get("error", {})
-        lines.append(f"[yellow]{error.get('code')}[/]: {escape(str(error.get('message')))}")
-    return Panel("\n".join(lines), title=f"tool {data['tool']}", expand=False)
-
-
-async def _stream(events: Any) -> dict[str, Any] | None:
-    """Render events; return a pending approval request, if any."""
-    streaming = False
-    async for event in events:
-        if event.kind == "token":
-            console.print(safe(event.data["text"]), end="", soft_wrap=True)
-            streaming = True
-        elif event.kind == "tool_finished":
-            console.print(_tool_panel(event.data))
-        elif event.kind == "approval_requested":
-            return event.data
-        elif event.kind == "error":
-            errors.print(f"[red]error[/] {event.data['code']}: {escape(event.data['message'])}", soft_wrap=True)
-        elif event.kind == "answer":
-            if not streaming and event.data.get("text"):
-                console.print(safe(event.data["text"]))
-            console.print(f"\n[dim]planner {event.data.get('model')}[/]")
-    return None
-
-
 async def _ask(question: str, images: list[Path], modality: str | None, endpoint: str | None, model: str | None,
-               session_id: str | None) -> dict[str, Any]:
+               session_id: str | None, as_json: bool) -> None:
     async with _agent(endpoint, model) as agent:
         session = agent.session(session_id)
         for image in images:
             await session.attach(image, modality)
         answer = await session.ask(question)
-        return answer.model_dump(mode="json") | {"provenance": answer.provenance}
+        if as_json:
+            result = answer.model_dump(mode="json") | {"provenance": answer.provenance}
+            sys.stdout.write(json.dumps(result, indent=2) + "\n")
+            return
+        screen = Screen(agent, console, errors)
+        for call in answer.tool_calls:
+            screen.panel(call)
+        screen.answer(answer.text, answer.tool_calls, answer.model, streamed=False)
+        console.print(f"[dim]session {session.id}[/]")
 
 
 def ask(
@@ -92,17 +67,84 @@ def ask(
 ) -> None:
     """Ask one question about the attached images and print the answer."""
     try:
-        result = asyncio.run(_ask(question, image or [], modality, endpoint, model, session))
+        asyncio.run(_ask(question, image or [], modality, endpoint, model, session, as_json))
     except MedagentError as exc:
-        errors.print(f"[red]error[/] {exc.code}: {escape(exc.message)}", soft_wrap=True)
+        errors.print(f"[red]error[/] {exc.code}: {clean(exc.message)}", soft_wrap=True)
         raise typer.Exit(code=2) from None
-    if as_json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
+def parse_attach(arguments: str) -> tuple[Path, str | None]:
+    """``FILE [--modality X]`` (quotes for paths with spaces); ValueError with the usage otherwise."""
+    usage = "usage: /attach FILE [--modality X]"
+    try:
+        words = shlex.split(arguments)
+    except ValueError:
+        raise ValueError(f"unbalanced quotes; {usage}") from None
+    files: list[str] = []
+    modality: str | None = None
+    while words:
+        word = words.pop(0)
+        if word == "--modality":
+            if not words:
+                raise ValueError(f"--modality needs a value (e.g. DX, CT); {usage}")
+            modality = words.pop(0)
+        elif word.startswith("--modality="):
+            modality = word.removeprefix("--modality=")
+        elif word.startswith("--"):
+            raise ValueError(f"unknown option {clean(word, 40)}; {usage}")
+        else:
+            files.append(word)
+    if len(files) != 1:
+        raise ValueError(f"name one file; {usage}")
+    return Path(files[0]), modality
+
+
+def _planner_banner(agent: Any, planner_name: str | None) -> str:
+    config = agent.config.planner
+    if config.endpoint is None and config.gguf_path is None:
+        from medagent.agents.embedded import SERVED_NAME
+
+        return (f"[yellow]planner: {SERVED_NAME}, the small embedded demo model: it shows the machinery, its "
+                f"answers are not a clinical reading; {escape(CONNECT_HINT)}[/]")
+    return f"planner {clean(planner_name or config.gguf_path, 120)}"
+
+
+async def _list_images(session: Any, agent: Any) -> None:
+    """A resumed session: the images it already holds, so the user knows what the planner can see."""
+    known = (await session.state()).get("image_ids", [])
+    if not known:
         return
-    for call in result["tool_calls"]:
-        console.print(_tool_panel(call))
-    console.print(safe(result["text"] or ""))  # no escape codes, no markup
-    console.print(f"[dim]session {result['session_id']} · planner {result['model']}[/]")
+    console.print(f"session {session.id} resumed with {len(known)} image(s):")
+    for image_id in known:
+        try:
+            summary = agent.toolbox.image_summaries([image_id])[image_id]
+        except MedagentError:
+            console.print(f"  {clean(image_id, 80)}: [red]no longer in the artifact store[/]")
+            continue
+        shape = "x".join(str(extent) for extent in summary.get("shape", []))
+        console.print(f"  {clean(image_id, 80)}: {clean(summary.get('modality'), 20)} "
+                      f"{clean(summary.get('format', ''), 20)} {shape}")
+
+
+async def _attach_command(session: Any, arguments: str, default_modality: str | None) -> None:
+    try:
+        path, modality = parse_attach(arguments)
+    except ValueError as exc:
+        errors.print(f"[red]error[/] {escape(str(exc))}", soft_wrap=True)
+        return
+    try:
+        artifact = await session.attach(path, modality or default_modality)
+    except MedagentError as exc:
+        errors.print(f"[red]error[/] {exc.code}: {clean(exc.message)}", soft_wrap=True)
+        return
+    console.print(f"attached {artifact.id}: {clean(artifact.metadata['summary']['modality'], 20)}")
+
+
+async def _tools_command(agent: Any, session: Any) -> None:
+    toolbox = agent.toolbox
+    offered = set(toolbox.offered_tools(toolbox.image_summaries(await session.image_ids())))
+    for line in tools_lines(toolbox.registry.tools(), offered):
+        console.print(line, soft_wrap=True)
 
 
 async def _chat(images: list[Path], modality: str | None, endpoint: str | None, model: str | None,
@@ -110,19 +152,23 @@ async def _chat(images: list[Path], modality: str | None, endpoint: str | None, 
     interactive = sys.stdin.isatty()
     async with _agent(endpoint, model) as agent:
         session = agent.session(session_id)
+        if session_id is not None:
+            await _list_images(session, agent)
         if demo:
             import pydicom.examples
 
             images = [*images, Path(pydicom.examples.get_path("ct"))]
         for image in images:
             artifact = await session.attach(image, modality)
-            console.print(f"attached {artifact.id}: {artifact.metadata['summary']['modality']}")
+            console.print(f"attached {artifact.id}: {clean(artifact.metadata['summary']['modality'], 20)}")
         # a remote planner is checked now; the embedded one is still starting and is named with its first answer
-        planner_name = await agent.planner.served_model() if agent.config.planner.endpoint else "embedded (starting)"
-        console.print(f"[dim]session {session.id} · planner {planner_name} · /attach FILE, /tools, /history, /quit[/]")
+        planner_name = await agent.planner.served_model() if agent.config.planner.endpoint else None
+        console.print(_planner_banner(agent, planner_name), soft_wrap=True)
+        console.print(f"[dim]session {session.id} · {escape(COMMANDS)}[/]")
+        screen = Screen(agent, console, errors)
         if demo and not interactive:
             console.print(f"[bold]you[/]: {DEMO_QUESTION}")
-            await _turn(session, DEMO_QUESTION)
+            await _turn(screen, session, DEMO_QUESTION)
             return
         while True:
             try:
@@ -134,29 +180,29 @@ async def _chat(images: list[Path], modality: str | None, endpoint: str | None, 
             line = line.strip()
             if not line:
                 continue
-            if line in ("/quit", "/exit"):
+            command, _, arguments = line.partition(" ")
+            if command in ("/quit", "/exit"):
                 break
-            if line.startswith("/attach "):
-                try:
-                    artifact = await session.attach(Path(line.removeprefix("/attach ").strip()), modality)
-                    console.print(f"attached {artifact.id}")
-                except MedagentError as exc:
-                    errors.print(f"[red]error[/] {exc.code}: {escape(exc.message)}", soft_wrap=True)
-            elif line == "/tools":
-                for tool in agent.toolbox.registry.tools():
-                    console.print(f"[bold]{tool.name}[/]: {escape(tool.description)}")
-            elif line == "/history":
+            if command == "/attach":
+                await _attach_command(session, arguments, modality)
+            elif command == "/tools":
+                await _tools_command(agent, session)
+            elif command == "/history":
                 for message in await session.history():
-                    console.print(f"[dim]{message['role']}[/]: {escape(str(message.get('content'))[:300])}")
+                    console.print(f"[dim]{clean(message['role'], 20)}[/]: {clean(message.get('content'))}")
+            elif command.startswith("/"):
+                errors.print(f"[red]error[/] unknown command {clean(command, 40)}; commands: {escape(COMMANDS)}",
+                             soft_wrap=True)
             else:
-                await _turn(session, line)
+                await _turn(screen, session, line)
 
 
-async def _turn(session: Any, question: str) -> None:
-    pending = await _stream(session.events(question))
+async def _turn(screen: Screen, session: Any, question: str) -> None:
+    pending = await screen.stream(session.events(question))
     while pending is not None:
-        decision = await asyncio.to_thread(input, f"approve {pending['tool']} {pending['arguments']}? [y/N] ")
-        pending = await _stream(session.resume(decision.strip().lower() in ("y", "yes")))
+        prompt = f"approve {plain(pending['tool'], 64)} {plain(pending['arguments'])}? [y/N] "
+        decision = await asyncio.to_thread(input, prompt)
+        pending = await screen.stream(session.resume(decision.strip().lower() in ("y", "yes")))
 
 
 def chat(
@@ -192,5 +238,5 @@ def chat(
             return
         asyncio.run(_chat(image or [], modality, endpoint, model, session, demo))
     except MedagentError as exc:
-        errors.print(f"[red]error[/] {exc.code}: {escape(exc.message)}", soft_wrap=True)
+        errors.print(f"[red]error[/] {exc.code}: {clean(exc.message)}", soft_wrap=True)
         raise typer.Exit(code=2) from None
