@@ -167,7 +167,9 @@ def export(
                 raise UnknownRun(f"no run with id {run_id!r} in the study store", run_id=run_id)
             frame = store.cases_frame(run_id)
         # the default file is named by the run id: it must stay in the working directory
-        path = out or confined(Path.cwd(), f"{run_id}.{output_format}", "the export file")
+        path = out or Path(f"{run_id}.{output_format}")
+        if out is None:
+            confined(Path.cwd(), path, "the export file")
     except MedagentError as exc:
         _fail(exc)
         return
