@@ -53,8 +53,12 @@ def resolve_image_reference(reference: str, base: Path) -> Path:
         if resource is None or not resource.is_file():
             raise ValueError(f"not a {scheme} test data file")
         return resource
-    image = (base / reference).resolve()
-    if not image.is_file():
+    try:
+        image = (base / reference).resolve()
+        found = image.is_file()
+    except OSError:  # a name longer than the file system allows, a loop of links
+        found = False
+    if not found:
         raise ValueError("image file not found (relative paths start at the case file's folder)")
     return image
 

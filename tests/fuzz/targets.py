@@ -82,7 +82,36 @@ def _image_targets() -> list[Target]:
 
     return [Target("image_raster", _raster_seeds(), _file_runner(".png", loader.load)),
             Target("image_dicom", _dicom_seeds(), _file_runner(".dcm", loader.load)),
-            Target("image_nifti", nifti, load_nifti, mutate=_mutate_nifti)]
+            Target("image_nifti", nifti, load_nifti, mutate=_mutate_nifti),
+            _series_target(loader)]
+
+
+def _series_target(loader: object) -> Target:
+    """Three CT slices 2.5 mm apart; the middle one is mutated, the folder loaded as one series."""
+    import pydicom
+    import pydicom.examples
+    from pydicom.uid import generate_uid
+
+    folder = WORK / "series"
+    folder.mkdir()
+    uid = generate_uid()
+    slices = []
+    for k in range(3):
+        dataset = pydicom.dcmread(pydicom.examples.get_path("ct"))
+        dataset.ImagePositionPatient = [0.0, 0.0, 2.5 * k]
+        dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        dataset.SeriesInstanceUID, dataset.InstanceNumber = uid, k + 1
+        buffer = io.BytesIO()
+        dataset.save_as(buffer)
+        slices.append(buffer.getvalue())
+    (folder / "a.dcm").write_bytes(slices[0])
+    (folder / "c.dcm").write_bytes(slices[2])
+
+    def run(data: bytes) -> object:
+        (folder / "b.dcm").write_bytes(data)
+        return loader.load(folder)  # type: ignore[attr-defined]
+
+    return Target("image_series", [slices[1]], run)
 
 
 def _manifest_seed() -> bytes:
