@@ -59,6 +59,19 @@ def test_every_report_opens_with_what_produced_it(render) -> None:  # type: igno
         assert expected in text, expected
 
 
+def test_a_comparison_with_an_untrained_run_carries_the_banner() -> None:
+    from medagent.reports import compare_runs
+
+    trained = build_report(_cases({"cxr_classifier": SHA}), options=FAST)
+    frame = _cases({"cxr_classifier": UNTRAINED_WEIGHTS}).assign(run_id="random")
+    untrained = build_report(frame, options=FAST)
+    comparison = compare_runs([trained, untrained])
+    assert comparison.untrained_runs == ["random"]
+    for text in (render_markdown(trained, comparison), render_html(trained, comparison)):
+        assert "UNTRAINED" in text and "Compared runs with untrained results: random" in text
+    assert "UNTRAINED" not in render_markdown(trained, compare_runs([trained]))
+
+
 def test_a_report_without_provenance_columns_still_renders_its_header() -> None:
     frame = _cases({}).drop(columns=["model_id", "config_hash", "medagent_version", "git_sha", "untrained",
                                      "expert_weights"])

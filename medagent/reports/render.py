@@ -12,6 +12,7 @@ import base64
 import html
 from dataclasses import dataclass, field
 
+from medagent.experts.untrained import NOTICE
 from medagent.reports.metrics import METRIC_NAMES, FindingMetrics, MetricValue
 from medagent.reports.report import RunComparison, StudyReport
 
@@ -109,10 +110,20 @@ def _md(text: str) -> str:
     return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
 
 
+def _banner(report: StudyReport, comparison: RunComparison | None) -> str | None:
+    """The untrained warning of the report, or of any run it is compared with."""
+    banner = report.provenance.banner()
+    others = [run for run in (comparison.untrained_runs if comparison else []) if run != report.run_id]
+    if others:
+        compared = f"Compared runs with untrained results: {', '.join(others)}."
+        banner = f"{banner} {compared}" if banner else f"{NOTICE}. {compared}"
+    return banner
+
+
 def render_markdown(report: StudyReport, comparison: RunComparison | None = None) -> str:
     """Markdown report; plots are linked by file name (keep them beside the .md file)."""
     lines = [f"# {_md(report.title)}", ""]
-    banner = report.provenance.banner()
+    banner = _banner(report, comparison)
     if banner:  # before anything else: these numbers are not results
         lines += [f"> **{_md(banner)}**", ""]
     for section in _sections(report, comparison):
@@ -140,10 +151,11 @@ th{background:#f2f2f2}figure{display:inline-block;margin:.5rem}figcaption{font-s
 def render_html(report: StudyReport, comparison: RunComparison | None = None) -> str:
     """One self-contained HTML page: inline CSS, plots as base64 data URIs, every text escaped."""
     e = html.escape
-    marked = "UNTRAINED: " if report.provenance.untrained else ""
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{marked}{e(report.title)}</title>",
+    banner = _banner(report, comparison)
+    marked = "UNTRAINED: " if banner else ""
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{marked}{e(report.title)}</title>",
              f"<style>{_STYLE}</style></head><body>", f"<h1>{e(report.title)}</h1>"]
-    banner = report.provenance.banner()
     if banner:  # before anything else: these numbers are not results
         parts.append(f'<p class="untrained" role="alert"><strong>{e(banner)}</strong></p>')
     for section in _sections(report, comparison):

@@ -146,6 +146,7 @@ class ComparisonRow(BaseModel):
 class RunComparison(BaseModel):
     run_ids: list[str]
     rows: list[ComparisonRow]
+    untrained_runs: list[str] = Field(default_factory=list, description="runs with untrained (test-only) results")
 
     def to_frame(self) -> pd.DataFrame:
         """Flat table: finding, threshold, metric, then ``<run>``, ``<run>.ci_low``, ``<run>.ci_high`` per run."""
@@ -184,4 +185,5 @@ def compare_runs(reports: Sequence[StudyReport]) -> RunComparison:
         for run in run_ids:
             row.values.setdefault(run, None)
     ordered = sorted(rows.values(), key=lambda r: r.finding == MACRO_ROW)  # stable: macro rows last
-    return RunComparison(run_ids=run_ids, rows=ordered)
+    untrained = [report.run_id for report in reports if report.provenance.untrained]
+    return RunComparison(run_ids=run_ids, rows=ordered, untrained_runs=untrained)
