@@ -74,7 +74,8 @@ def _corpus() -> list[Path]:
 
 def _replayed(path: Path) -> object:
     name = f"{path.parent.name}/{path.name}"
-    marks = [pytest.mark.xfail(strict=True, reason="a known open bug (KNOWN_OPEN)")] if name in KNOWN_OPEN_INPUTS else []
+    known = name in KNOWN_OPEN_INPUTS
+    marks = [pytest.mark.xfail(strict=True, reason="a known open bug (KNOWN_OPEN)")] if known else []
     return pytest.param(path, id=name, marks=marks)
 
 
