@@ -180,7 +180,7 @@ class Screen:
 
     def answer(self, text: str | None, records: list[dict[str, Any]], model: str | None, *, streamed: bool) -> None:
         if not streamed and text:
-            self.console.print(clean(text, 20_000))
+            self.console.print(safe(text))  # paragraphs kept; no escape codes, no markup
         if records:
             self.console.print("\n[bold]evidence[/] [dim](typed tool results, as the experts returned them)[/]")
             for line in evidence_lines(records, self.locate, self.summarise):
