@@ -185,7 +185,11 @@ class OpenAICompatiblePlanner:
         except openai.APIConnectionError as exc:
             raise PlannerProtocolError(f"planner stream broke off ({type(exc).__name__})") from exc
         except openai.APIError as exc:  # an error event in the stream: the server's own message
-            raise PlannerProtocolError(f"planner server ended the stream with an error: {_short(exc.message)}") from exc
+            body = exc.body if isinstance(exc.body, dict) else {}
+            # vLLM refuses a schema it cannot compile this way, after the stream began: a 4xx is a refusal
+            refused = str(body.get("code", "")).startswith("4") or "BadRequest" in str(body.get("type", ""))
+            raise (PlannerRejected if refused else PlannerProtocolError)(
+                f"planner server ended the stream with an error: {_short(exc.message)}") from exc
         except (json.JSONDecodeError, ValueError) as exc:
             raise PlannerProtocolError("planner stream carried invalid JSON") from exc
         except Exception as exc:  # httpx read errors while streaming
