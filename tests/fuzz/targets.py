@@ -11,6 +11,7 @@ import gzip
 import importlib.resources
 import io
 import json
+import os
 import random
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from PIL import Image
 from tests.fuzz.engine import Stats, Target, fuzz, mutate_bytes
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("MEDAGENT_SHARED_DATA", REPO.parent / "shared" / "data"))  # as tests/conftest.py
 WORK = Path(tempfile.mkdtemp(prefix="medagent-fuzz-"))
 
 
