@@ -26,6 +26,7 @@ import httpx
 
 from medagent.agents.planner import PlannerConfig
 from medagent.errors import MissingDependency, PlannerUnavailable, WeightsUnavailable
+from medagent.files import private_dir
 
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SERVED_NAME = "smollm2-135m-instruct"
@@ -179,8 +180,8 @@ def _log_dir(log_dir: Path | None) -> Path:
         from medagent.config import Settings
 
         log_dir = Settings().home / "logs"
-    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(log_dir, 0o700)
+    private_dir(log_dir)
+    os.chmod(log_dir, 0o700)  # an existing folder too: the server's log is not for other users
     return log_dir
 
 

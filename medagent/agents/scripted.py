@@ -118,8 +118,7 @@ def tool_sequence_planner(tools: list[str], *, answer_prefix: str = "Findings fr
 
 def _log_path(call_log: str) -> Path:
     from medagent.config import Settings
+    from medagent.files import private_dir, touch_private
     from medagent.names import confined
 
-    logs = Settings().home / "logs"
-    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return confined(logs, call_log, "call_log")
+    return touch_private(confined(private_dir(Settings().home / "logs"), call_log, "call_log"))
