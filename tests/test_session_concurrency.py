@@ -179,3 +179,27 @@ def test_two_concurrent_cli_resumes_of_one_run(tmp_path: Path, nih_images: list[
     assert len(calls) == 6 and set(calls.values()) == {1}  # every image planned once, across both processes
     with StudyStore.open(None, home) as store:
         assert all(case.attempts == 1 for case in store.cases("r")) and len(store.cases("r")) == 6
+
+
+@pytest.mark.asyncio
+async def test_a_runner_that_loses_its_lease_stops_instead_of_computing_on(
+        settings: Settings, nih_images: list[Path], tmp_path: Path) -> None:
+    """Another runner took the run over (e.g. this one stalled past its lease): this one stops, typed."""
+    import sqlite3
+
+    images = variants(nih_images[0], tmp_path, 6)
+    write_manifest(tmp_path, [(f"case-{i}", path, 1, "M") for i, path in enumerate(images)])
+    config = load_study(write_study(tmp_path, agent_loop("Is this image usable?"), concurrency=1,
+                                    planner=SCRIPTED % ("", ", latency_s: 0.2")))
+    with StudyStore.open(None, settings.home) as store:
+        runner = StudyRunner(config, store, settings, lease_ttl_s=0.4)  # refreshed every 0.1 s
+        seen: list[str] = []
+        with pytest.raises(RunInProgress):
+            async for event in runner.run("r"):
+                seen.append(event.kind)
+                if event.kind == "case" and seen.count("case") == 1:
+                    with sqlite3.connect(settings.home / "studies.sqlite") as connection:
+                        connection.execute("UPDATE study_run_leases SET owner = 'other-host:1:x' WHERE run_id = 'r'")
+                    connection.close()
+        assert seen.count("case") < 6 and "finished" not in seen
+        assert store.get_run("r").status == "running"  # type: ignore[union-attr]  # the other runner's to finish
