@@ -1,10 +1,10 @@
 """Deterministic keyword baselines for every consultation role: for exact tests of the protocol and
 for studies that check orchestration at scale (``medagent run`` with no model server).
 
-They read only what the role's real prompt gives them: the patient answers from its own fact lines,
-the measurement agent from the findings it is shown, the doctor picks the label of a closed label set
-that shares most words with the conversation (else "none"), and the assessor scores what it can count
-in the transcript. Usable from study YAML::
+They read only what the role's real prompt gives them (case data as fenced JSON): the patient answers
+from its own facts, the measurement agent from the findings it is shown, the doctor picks the label of
+a closed label set that shares most words with the conversation (else "none"), and the assessor scores
+what it can count in the transcript. Usable from study YAML::
 
     planners:
       patient: {backend: {_target_: medagent.simulators.scripted.scripted_role, kwargs: {role: patient}}}
@@ -40,20 +40,29 @@ def _best_line(lines: list[str], query: str) -> str | None:
     return best[2] if best[0] > 0 else None
 
 
+def _fenced(request: PlannerRequest) -> list[Any]:
+    """The fenced JSON data of the request's user turns (case facts, findings, a transcript), in order."""
+    found = []
+    for message in request.messages:
+        if message["role"] == "user":
+            found += [json.loads(part.split("\n```", 1)[0]) for part in str(message["content"]).split("```json\n")[1:]]
+    return found
+
+
 def _patient(request: PlannerRequest) -> str:
     system, last = str(request.messages[0]["content"]), str(request.messages[-1]["content"])
-    if "Your information:" not in system:  # the opening prompt holds the main complaint only
-        return system.split("Main complaint:", 1)[1].splitlines()[0].strip()
+    facts: dict[str, str] = next((data for data in _fenced(request) if isinstance(data, dict)), {})
+    if "starting a consultation" in system:  # the opening's facts hold the main complaint only
+        return facts.get("Main complaint", "I don't feel well.")
     if STOP_SIGNAL in last:
         return f"Thank you, doctor. Goodbye. {STOP_SIGNAL}"
-    facts = system.split("Your information:", 1)[-1].splitlines()
-    line = _best_line([fact for fact in facts if ":" in fact], last.removeprefix("Doctor:"))
+    line = _best_line([f"{title}: {value}" for title, value in facts.items()], last.removeprefix("Doctor:"))
     return line.split(":", 1)[1].strip() if line else "I don't know."
 
 
 def _measurement(request: PlannerRequest) -> str:
-    findings = str(request.messages[0]["content"]).split("Findings:", 1)[-1].strip().splitlines()
-    line = _best_line(findings, str(request.messages[-1]["content"]).removeprefix("Request:"))
+    findings = next((data for data in _fenced(request) if isinstance(data, list)), [])
+    line = _best_line([str(f) for f in findings], str(request.messages[-1]["content"]).split("Request:", 1)[-1])
     return f"RESULTS: {line.strip()}" if line else NORMAL_READINGS
 
 
@@ -68,8 +77,10 @@ def _doctor(request: PlannerRequest, questions: tuple[str, ...], tests: tuple[st
         return json.dumps({"action": "request_test", "text": tests[spoken - len(questions)]})
     diagnose = next(option for option in options if option["properties"]["action"]["enum"] == ["diagnose"])
     choices = [str(c) for c in diagnose["properties"]["text"].get("enum", []) if c != "none"]
-    heard = " ".join(str(m["content"]) for m in request.messages if m["role"] in ("user", "system"))
-    heard = heard.split("Expert models' top predictions", 1)[-1] if "Expert models'" in heard else heard
+    brief = next((data for data in _fenced(request) if isinstance(data, dict)), {})
+    hints = brief.get("expert_top_predictions", [])
+    heard = (" ".join(str(hint.get("label", "")) for hint in hints) if hints
+             else " ".join(str(m["content"]) for m in request.messages if m["role"] in ("user", "system")))
     label = _best_line(choices, heard) or "none"
     return json.dumps({"action": "diagnose", "text": label,
                        "explanation": f"Keyword baseline after {spoken} turns; rest and review."})
@@ -78,9 +89,10 @@ def _doctor(request: PlannerRequest, questions: tuple[str, ...], tests: tuple[st
 def _assessor(request: PlannerRequest, malformed: int) -> str:
     if request.call_index < malformed:
         return '{"history": "yes"}'  # not the rubric: the assessor's re-ask path
-    transcript = str(request.messages[1]["content"])
-    asked = transcript.count("\nDoctor: ")
-    tests = transcript.count("Doctor (requests test):")
+    lines = [str(line) for data in _fenced(request) if isinstance(data, list) for line in data]
+    transcript = "\n".join(lines)
+    asked = sum(1 for line in lines if line.startswith("Doctor: "))
+    tests = sum(1 for line in lines if line.startswith("Doctor (requests test):"))
     diagnosed = "Doctor (diagnosis):" in transcript and "Doctor (diagnosis): none" not in transcript
     scores: dict[str, Any] = {
         "history": int(asked >= 1), "current_symptoms": int(asked >= 2), "explains_conclusion": int(diagnosed),
