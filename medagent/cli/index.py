@@ -25,7 +25,7 @@ Kind = Literal["text", "image"]
 
 
 def _fail(exc: MedagentError) -> typer.Exit:
-    errors.print(f"[red]error[/] {exc.code}: {escape(exc.message)}", soft_wrap=True)
+    errors.print(f"[red]error[/] {exc.code}: {safe(exc.message)}", soft_wrap=True)
     return typer.Exit(code=2)
 
 

@@ -13,9 +13,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from medagent.cli.terminal import safe
 from medagent.errors import MedagentError
-from medagent.names import confined
 from medagent.files import private_dir, write_private
+from medagent.names import confined
 
 console = Console()
 errors = Console(stderr=True)
@@ -24,7 +25,7 @@ StoreOption = Annotated[str | None, typer.Option("--store", help="SQL URL (defau
 
 
 def _fail(exc: MedagentError) -> None:
-    errors.print(f"[red]error[/] {escape(f'[{exc.code}]')} {escape(exc.message)}")
+    errors.print(f"[red]error[/] {escape(f'[{exc.code}]')} {safe(exc.message)}")
     raise typer.Exit(2)
 
 
@@ -206,7 +207,7 @@ def runs(
     for column in ("run", "study", "status", "succeeded", "failed", "started"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(escape(str(row[key] if row[key] is not None else "")) for key in
+        table.add_row(*(safe(row[key] if row[key] is not None else "") for key in
                         ("run_id", "study", "status", "succeeded", "failed", "started")))
     console.print(table)
 
