@@ -11,7 +11,7 @@ import pytest
 
 from medagent.agents.doctor import DoctorAgent, DoctorReplyInvalid, doctor_schema
 from medagent.agents.scripted import PlannerRequest, ScriptedPlanner
-from medagent.errors import PlannerTimeout
+from medagent.errors import ConfigurationError, PlannerTimeout
 from medagent.simulators.assessor import AssessmentFailed, RubricScores, assess, rubric_schema
 from medagent.simulators.cases import DialogueCase, ExaminerFacts, PatientFacts
 from medagent.simulators.dialogue import (
@@ -211,7 +211,9 @@ def test_the_doctor_schema_binds_the_diagnosis_to_the_closed_label_set() -> None
     converse, diagnose = schema["anyOf"]
     assert converse["properties"]["action"]["enum"] == ["ask", "request_test"]
     assert diagnose["properties"]["text"]["enum"] == [*LABELS.names, "none"]
-    assert converse["properties"]["text"]["description"] == "at most 120 characters"  # every grammar compiles it
+    assert converse["properties"]["text"]["maxLength"] == 120
+    with pytest.raises(ConfigurationError):  # a bound llama.cpp's grammar parser would refuse
+        DoctorAgent(_steps(ASK), max_text_chars=2000)
     with pytest.raises(ValueError, match="longer than 120"):
         DoctorAgent(_steps(ASK), max_text_chars=120).parse(json.dumps({"action": "ask", "text": "?" * 121}),
                                                            final=False)

@@ -202,6 +202,18 @@ async def test_a_refusal_reaches_the_caller_typed_with_the_servers_words_bounded
 
 # -- the real servers -----------------------------------------------------------------------------------
 
+def _role_schemas() -> list[dict[str, Any]]:
+    """The doctor's step (open and closed label sets, its longest text bound) and the assessor's rubric."""
+    from medagent.agents.doctor import MAX_TEXT_CHARS_LIMIT, doctor_schema
+    from medagent.simulators.assessor import rubric_schema
+    from medagent.simulators.labels import Label, LabelSet
+
+    closed = LabelSet(name="t", labels=[Label(name="Pneumonia"), Label(name="Pleural effusion")])
+    return [doctor_schema(label_set, final=final, max_text_chars=MAX_TEXT_CHARS_LIMIT)
+            for label_set in (closed, closed.model_copy(update={"closed": False})) for final in (False, True)
+            ] + [rubric_schema()]
+
+
 async def _every_schema_compiles(url: str, config: PlannerConfig, entries: list[dict[str, Any]]) -> None:
     """Each entry alone and all together, as native tools (auto, and named so the server must build its
     grammar) and as the structured step schema; every request must complete."""
@@ -210,6 +222,8 @@ async def _every_schema_compiles(url: str, config: PlannerConfig, entries: list[
     planner = OpenAICompatiblePlanner(config, endpoint=url)
     model = await planner.served_model()
     try:
+        for schema in _role_schemas():  # the dialogue roles' constrained replies too
+            assert (await planner.complete(MESSAGES, response_schema=schema)).finish_reason in ("stop", "length")
         async with httpx.AsyncClient(timeout=config.read_timeout_s) as client:
             for group in [[entry] for entry in entries] + [entries]:
                 names = [entry["function"]["name"] for entry in group]

@@ -17,9 +17,14 @@ from pydantic import BaseModel, ValidationError
 
 from medagent.agents.planner import Message, Planner
 from medagent.agents.prompts import fence_data, one_line
-from medagent.errors import PlannerMisbehaved
+from medagent.errors import ConfigurationError, PlannerMisbehaved
 from medagent.simulators.dialogue import DoctorBrief, ExpertHint, Reply, Strategy, Turn
 from medagent.simulators.labels import NONE_LABEL, LabelSet, canonical_text
+
+
+#: The longest ``maxLength`` a doctor step may carry: llama.cpp's grammar parser refuses the nested
+#: repetition its json-schema converter builds for bounds of about 1,500 and more.
+MAX_TEXT_CHARS_LIMIT = 1000
 
 
 class DoctorReplyInvalid(PlannerMisbehaved):
@@ -43,8 +48,8 @@ def diagnosis_choices(label_set: LabelSet | None) -> list[str] | None:
 def doctor_schema(label_set: LabelSet | None, *, final: bool, max_text_chars: int | None = None) -> dict[str, Any]:
     """The JSON schema of one doctor step; on a final turn, a diagnosis only."""
     text: dict[str, Any] = {"type": "string", "minLength": 1}
-    if max_text_chars is not None:  # in words, not maxLength: llama.cpp cannot build a grammar for long ones
-        text["description"] = f"at most {max_text_chars} characters"
+    if max_text_chars is not None:
+        text["maxLength"] = max_text_chars
     choices = diagnosis_choices(label_set)
     diagnosis = {"type": "string", "enum": choices} if choices is not None else text
     diagnose = {
@@ -76,6 +81,9 @@ class DoctorAgent:
     def __init__(self, planner: Planner, *, label_set: LabelSet | None = None, strategy: Strategy = "dialogue",
                  hints: Sequence[ExpertHint] = (), image_summaries: dict[str, dict[str, Any]] | None = None,
                  objective: str = "", max_reasks: int = 2, max_text_chars: int | None = None) -> None:
+        if max_text_chars is not None and not 1 <= max_text_chars <= MAX_TEXT_CHARS_LIMIT:
+            raise ConfigurationError(f"max_text_chars must be between 1 and {MAX_TEXT_CHARS_LIMIT} (a longer bound "
+                                     "is a grammar llama.cpp cannot parse)", max_text_chars=max_text_chars)
         self.planner = planner
         self.max_reasks = max_reasks
         self.max_text_chars = max_text_chars
