@@ -53,7 +53,7 @@ def _bounds_text(node: dict[str, Any]) -> str:
     if node.get("uniqueItems"):
         words.append("no repeats")
     if "default" in node:
-        words.append(f"default {json.dumps(node['default'])}")
+        words.append(f"default {json.dumps(node['default'], default=str)}")
     return ", ".join(words)
 
 
