@@ -236,16 +236,19 @@ class Session:
 
     async def _collect(self, events: AsyncIterator[Event]) -> Answer:
         calls: list[dict[str, Any]] = []
-        async for event in events:
-            if event.kind == "tool_finished":
-                calls.append(event.data)
-            elif event.kind == "error":
-                assert self._error is not None
-                raise self._error
-            elif event.kind == "approval_requested":
-                return Answer(session_id=self.id, text=None, model=None, tool_calls=calls, pending_approval=event.data)
-            elif event.kind == "answer":
-                return Answer(session_id=self.id, text=event.data["text"], model=event.data["model"],
-                              tool_calls=event.data["tool_calls"])
+        # closed on the way out: a run left suspended would hold the session's lock until garbage collection
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                if event.kind == "tool_finished":
+                    calls.append(event.data)
+                elif event.kind == "error":
+                    assert self._error is not None
+                    raise self._error
+                elif event.kind == "approval_requested":
+                    return Answer(session_id=self.id, text=None, model=None, tool_calls=calls,
+                                  pending_approval=event.data)
+                elif event.kind == "answer":
+                    return Answer(session_id=self.id, text=event.data["text"], model=event.data["model"],
+                                  tool_calls=event.data["tool_calls"])
         raise RuntimeError("the agent loop ended without an answer")
 

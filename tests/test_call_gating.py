@@ -417,3 +417,35 @@ def test_a_study_names_its_tools_once_in_experts(tmp_path: Path) -> None:
         load_study(write_study(tmp_path, graph))
     config = load_study(write_study(tmp_path, "  type: agent_loop\n  question: q\n  loop: {max_calls_per_turn: 2}"))
     assert config.graph.loop.max_calls_per_turn == 2  # type: ignore[union-attr]
+
+
+@pytest.mark.asyncio
+async def test_a_question_that_ended_in_an_error_leaves_the_next_its_whole_budget(settings: Settings,
+                                                                                 nih_images: list[Path]) -> None:
+    ran: list[str] = []
+
+    def script(request: PlannerRequest) -> object:
+        last_user = max(index for index, m in enumerate(request.messages) if m["role"] == "user")
+        question = request.messages[last_user]["content"]
+        turns = sum(1 for m in request.messages[last_user:] if m.get("tool_calls"))
+        image = _image_id(request)
+        if question == "first" and turns == 0:
+            return [tool_call("t", {"image_id": image, "tag": f"a{i}"}, f"a{i}") for i in range(3)]
+        if question == "first":  # then far too many calls: the question ends in PlannerMisbehaved
+            return [tool_call("t", {"image_id": image, "tag": f"b{i}"}, f"b{i}") for i in range(50)]
+        if turns == 0:
+            return [tool_call("t", {"image_id": image, "tag": f"c{i}"}, f"c{i}") for i in range(3)]
+        return "done"
+
+    agent = await _agent(settings, ScriptedPlanner(script), [_spy("t", ran)], max_calls_per_question=4,
+                         max_steps=3)
+    try:
+        session = agent.session()
+        await session.attach(nih_images[0], "DX")
+        with pytest.raises(PlannerMisbehaved):
+            await session.ask("first")
+        ran.clear()
+        answer = await session.ask("second")
+        assert answer.text == "done" and ran == ["t:c0", "t:c1", "t:c2"]
+    finally:
+        await agent.aclose()

@@ -91,7 +91,9 @@ class AgentLoop:
     # -- planner ---------------------------------------------------------------------------
 
     async def planner_node(self, state: AgentState) -> dict[str, Any]:
-        steps = state.get("steps", 0) + 1
+        # a new question starts every count afresh, also after a question that ended in an error
+        fresh = (state.get("messages") or [{}])[-1].get("role") == "user"
+        steps = 1 if fresh else state.get("steps", 0) + 1
         image_ids = state.get("image_ids", [])
         context = self.toolbox.context(image_ids)
         summaries = self.toolbox.image_summaries(image_ids)
@@ -118,10 +120,10 @@ class AgentLoop:
                     "steps": 0, "invalid_calls": 0, "question_calls": 0}
         if steps >= self.settings.max_steps:
             raise PlannerMisbehaved(f"the planner still called tools after {steps} steps (the limit)", steps=steps)
-        asked = state.get("question_calls", 0)
+        asked = 0 if fresh else state.get("question_calls", 0)
         gated = gate_turn(turn, offered=offered, registry=self.toolbox.registry, context=context,
                           settings=self.settings, step=steps, calls_so_far=asked)
-        invalid_calls = state.get("invalid_calls", 0) + gated.refused
+        invalid_calls = (0 if fresh else state.get("invalid_calls", 0)) + gated.refused
         self._check_invalid(invalid_calls)  # before any call of a doomed turn runs or asks for approval
         return {"messages": [gated.message], "steps": steps, "model": turn.model, "offered": offered,
                 "refusals": gated.refusals, "invalid_calls": invalid_calls, "question_calls": asked + gated.admitted}
