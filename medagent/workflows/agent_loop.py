@@ -139,7 +139,7 @@ class AgentLoop:
         try:
             call = json.loads(turn.content)["call"]
             name, arguments = call["name"], call["arguments"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deep
             # answer with the text: the tools node is not reached, the caller sees what the model said
             return turn
         return PlannerTurn(

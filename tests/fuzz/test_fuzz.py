@@ -27,11 +27,8 @@ SEED = int(os.environ.get("MEDAGENT_FUZZ_SEED", "0"))
 ADDRESS_SPACE = 6 * 2**30  # the worker's memory limit: a blow-up is a MemoryError finding, not a dead machine
 # Found bugs not fixed yet, by (target, exception, file): reported without failing the fuzz run; their corpus
 # inputs are strict xfails, so the fix turns them into failures until the entry here is removed.
-KNOWN_OPEN = {
-    ("reply_structured_step", "RecursionError", "agent_loop.py"):
-        "AgentLoop._structured_turn catches JSONDecodeError but not the RecursionError of a deeply nested reply",
-}
-KNOWN_OPEN_INPUTS = {"reply_structured_step/68b25c49263cc81c"}
+KNOWN_OPEN: dict[tuple[str, str, str], str] = {}
+KNOWN_OPEN_INPUTS: set[str] = set()
 
 
 def _limit_memory() -> None:
