@@ -6,6 +6,7 @@ import asyncio
 import importlib.resources
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -110,4 +111,18 @@ def postgres_url() -> Iterator[str]:
     if not postgres_server.available():
         pytest.skip("PostgreSQL server binaries are not installed")
     with postgres_server.postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def vllm_url() -> Iterator[str]:
+    """One real vLLM CPU server for the whole session: each start compiles for minutes on 2 cores."""
+    from tests.vllm_server import vllm_server
+
+    if os.environ.get("MEDAGENT_SKIP_VLLM") == "1":
+        pytest.skip("switched off explicitly: MEDAGENT_SKIP_VLLM=1 turns the vLLM integration tests off")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with vllm_server(port) as url:
         yield url

@@ -6,8 +6,6 @@ yields a typed error carrying the server's own words."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from enum import Enum
@@ -296,18 +294,6 @@ def structured_step_schema_raw(arguments: dict[str, Any]) -> dict[str, Any]:
         "type": "object", "required": ["name", "arguments"], "additionalProperties": False,
         "properties": {"name": {"type": "string", "enum": ["search_reports"]}, "arguments": arguments}}}}
 
-
-@pytest.fixture(scope="module")
-def vllm_url() -> Iterator[str]:
-    from tests.vllm_server import vllm_server
-
-    if os.environ.get("MEDAGENT_SKIP_VLLM") == "1":
-        pytest.skip("switched off explicitly: MEDAGENT_SKIP_VLLM=1 turns the vLLM integration tests off")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with vllm_server(port) as url:
-        yield url
 
 
 def _vllm_config() -> PlannerConfig:

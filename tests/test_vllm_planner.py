@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,21 +11,11 @@ from medagent.agents.planner import PlannerConfig
 from medagent.api import Agent, AgentConfig
 from medagent.config import Settings
 from medagent.errors import ModelNotServed
-from tests.vllm_server import SERVED_NAME, TEST_TIMEOUT_S, vllm_server
+from tests.vllm_server import SERVED_NAME, TEST_TIMEOUT_S
 
-# the module fixture starts the server inside the first test's time limit: give that limit room for it
+# the session fixture (conftest) starts the server inside the first test's time limit: give that limit room for it
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(TEST_TIMEOUT_S)]
 
-
-@pytest.fixture(scope="module")
-def vllm_url() -> Iterator[str]:
-    if os.environ.get("MEDAGENT_SKIP_VLLM") == "1":
-        pytest.skip("switched off explicitly: MEDAGENT_SKIP_VLLM=1 turns the vLLM integration tests off")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with vllm_server(port) as url:
-        yield url
 
 
 def _config(url: str, **options: object) -> PlannerConfig:
