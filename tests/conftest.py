@@ -114,6 +114,22 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """None (the default SQLite file under the home) or a fresh PostgreSQL database per test."""
+    if request.param == "sqlite":
+        return None
+    import uuid
+
+    import psycopg
+
+    server: str = request.getfixturevalue("postgres_url")
+    name = f"store_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return server.rsplit("/", 1)[0] + "/" + name
+
+
 @pytest.fixture(scope="session")
 def vllm_url() -> Iterator[str]:
     """One real vLLM CPU server for the whole session: each start compiles for minutes on 2 cores."""

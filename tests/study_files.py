@@ -73,14 +73,15 @@ def variants(source: Path, folder: Path, count: int, prefix: str = "cxr") -> lis
     return paths
 
 
-def recorded_cases(home: Path, run_id: str) -> int:
-    """Terminal records of ``run_id`` in the SQLite store under ``home`` (0 while a child creates it)."""
+def recorded_cases(home: Path, run_id: str, store_url: str | None = None) -> int:
+    """Terminal records of ``run_id`` in the store (the SQLite file under ``home`` unless ``store_url``;
+    0 while a child creates it)."""
     from medagent.store import StudyStore
 
-    if not (home / "studies.sqlite").exists():
+    if store_url is None and not (home / "studies.sqlite").exists():
         return 0
     try:
-        with StudyStore.open(None, home) as store:
+        with StudyStore.open(store_url, home) as store:
             return len(store.recorded_keys(run_id)) if store.get_run(run_id) else 0
     except Exception:  # the database is being created by the child process
         return 0

@@ -100,7 +100,7 @@ async def test_agentclinic_cases_run_as_a_study_with_transcripts_scores_and_a_re
 
 
 @pytest.mark.asyncio
-async def test_variants_hints_and_assessor_failures_arerecorded_cases(
+async def test_variants_hints_and_assessor_failures_are_recorded(
         tmp_path: Path, settings: Settings, nih_images: list[Path]) -> None:
     case_file = tmp_path / "cases.yaml"
     case_file.write_text(f"""label_set: medagent-builtin

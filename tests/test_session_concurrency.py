@@ -84,17 +84,9 @@ async def test_an_unsafe_session_id_is_refused(settings: Settings, tmp_path: Pat
 # -- run leases ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> StudyStore:
-    url = None
-    if request.param == "postgres":
-        import psycopg
-
-        server: str = request.getfixturevalue("postgres_url")
-        name = f"lease_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(server, autocommit=True) as connection:
-            connection.execute(f"CREATE DATABASE {name}")
-        url = server.rsplit("/", 1)[0] + "/" + name
+@pytest.fixture
+def store(request: pytest.FixtureRequest, store_url: str | None, tmp_path: Path) -> StudyStore:
+    url = store_url
     opened = StudyStore.open(url, tmp_path / "home")
     request.addfinalizer(opened.close)
     return opened

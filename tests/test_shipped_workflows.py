@@ -148,3 +148,22 @@ async def test_dialogue_bench_calls_its_expert_only_on_images_that_suit_it(tmp_p
     hints, calls = await runner._hints([toolbox.attach(nih_images[0]).id])
     assert [call.ok for call in calls] == [True] and len(hints) == graph.top_k
     toolbox.close()
+
+
+@pytest.mark.llama
+@pytest.mark.slow
+def test_dialogue_bench_runs_as_written_on_the_embedded_planner(tmp_path: Path) -> None:
+    """Every role on the embedded SmolLM2 over the built-in cases: a whole consultation, assessed and reported."""
+    home = tmp_path / "home"
+    result = _medagent(["run", "workflows/dialogue-bench.yaml", "--limit", "1", "--run-id", "bench"], home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert FINISHED.search(result.stdout) and "0 failed" in result.stdout, result.stdout
+    with StudyStore.open(None, home) as store:
+        [case] = store.cases("bench")
+        assert case.status == "succeeded", case.error
+        roles = [message["role"] for message in store.messages("bench", case.case_id, 0)]
+        assert case.result is not None and case.result["assessment"]["scores"], case.result
+    assert roles[0] == "patient" and "doctor" in roles  # the patient opens, the doctor answers
+    report = _medagent(["report", "bench", "--out", str(tmp_path / "report")], home)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "Diagnostic dialogues" in (tmp_path / "report" / "report.md").read_text()

@@ -75,7 +75,8 @@ async def test_agent_loop_study_resumes_without_rerunning_finished_cases(
 
 @pytest.mark.slow
 async def test_sigkill_at_several_points_then_resume_gives_one_record_per_case(
-        tmp_path: Path, nih_images: list[Path]) -> None:
+        tmp_path: Path, nih_images: list[Path], store_url: str | None) -> None:
+    """On the default SQLite file and on a real PostgreSQL server (``--store``)."""
     images = variants(nih_images[0], tmp_path, 50)
     write_manifest(tmp_path, [(f"case-{i:02d}", path, i % 2, "MF"[i % 2]) for i, path in enumerate(images)])
     log = tmp_path / "home" / "logs" / "planner-calls.log"  # call_log names a file under MEDAGENT_HOME/logs
@@ -83,18 +84,19 @@ async def test_sigkill_at_several_points_then_resume_gives_one_record_per_case(
     study = write_study(tmp_path, "  type: agent_loop\n  question: Is this image usable?", planner=planner,
                    concurrency=4)
     environment = {**os.environ, "MEDAGENT_HOME": str(tmp_path / "home"), "MEDAGENT_DEID_SECRET": TEST_SECRET.decode()}
-    command = [sys.executable, "-m", "medagent.cli", "run", str(study)]
+    command = [sys.executable, "-m", "medagent.cli", "run", str(study),
+               *(["--store", store_url] if store_url else [])]
     completed_before: dict[str, int] = {}  # image id of a finished case -> planner calls seen for it
     for attempt, kill_after in enumerate((5, 20, 35)):  # kill once this many cases are recorded
         extra = ["--run-id", "killed"] if attempt == 0 else ["--resume", "killed"]
         process = subprocess.Popen([*command, *extra], env=environment, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and recorded_cases(tmp_path / "home", "killed") < kill_after:
+        while time.monotonic() < deadline and recorded_cases(tmp_path / "home", "killed", store_url) < kill_after:
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        with StudyStore.open(None, tmp_path / "home") as store:
+        with StudyStore.open(store_url, tmp_path / "home") as store:
             for case in store.cases("killed"):
                 image_id = store.tool_calls("killed", case.case_id, 0)[0].arguments["image_id"]
                 completed_before.setdefault(image_id, _calls(log, image_id))
@@ -102,7 +104,7 @@ async def test_sigkill_at_several_points_then_resume_gives_one_record_per_case(
     finish = subprocess.run([*command, "--resume", "killed"], env=environment, capture_output=True, text=True,
                             timeout=600)
     assert finish.returncode == 0, finish.stderr[-2000:]
-    with StudyStore.open(None, tmp_path / "home") as store:
+    with StudyStore.open(store_url, tmp_path / "home") as store:
         cases = store.cases("killed")
         keys = [(case.case_id, case.repeat) for case in cases]
         assert len(keys) == len(set(keys)) == 50
@@ -113,7 +115,7 @@ async def test_sigkill_at_several_points_then_resume_gives_one_record_per_case(
     # an uninterrupted run of the same study gives the same results
     fresh = {**environment, "MEDAGENT_HOME": str(tmp_path / "fresh")}
     subprocess.run([*command, "--run-id", "whole"], env=fresh, capture_output=True, timeout=600, check=True)
-    with StudyStore.open(None, tmp_path / "fresh") as store:
+    with StudyStore.open(store_url, tmp_path / "fresh") as store:
         assert {case.case_id: case.answer for case in store.cases("whole")} == answers
 
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,20 +33,6 @@ from medagent.store import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HASH_A, HASH_B = "a" * 64, "b" * 64
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    """None (the default SQLite file under the home) or a fresh PostgreSQL database per test."""
-    if request.param == "sqlite":
-        return None
-    import psycopg
-
-    server: str = request.getfixturevalue("postgres_url")
-    name = f"store_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    return server.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture
