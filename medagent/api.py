@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from medagent.agents.planner import Message, Planner, PlannerConfig
 from medagent.config import Settings
-from medagent.errors import MedagentError
+from medagent.errors import ConfigurationError, MedagentError
 from medagent.names import check_name
 from medagent.tools.artifacts import Artifact
 from medagent.tools.builtin import Toolbox
@@ -30,6 +30,12 @@ from medagent.workflows.agent_loop import AgentLoop, LoopSettings
 from medagent.workflows.checkpoint import open_checkpointer
 
 EventKind = Literal["token", "tool_started", "tool_finished", "approval_requested", "answer", "error"]
+
+
+class NoApprovalPending(ConfigurationError):
+    """``approve`` on a session with no call waiting for a human's decision."""
+
+    code = "no_approval_pending"
 
 
 class AgentConfig(BaseModel):
@@ -184,11 +190,17 @@ class Session:
             yield event
 
     async def resume(self, approved: bool) -> AsyncIterator[Event]:
-        """Answer a pending approval request and continue."""
+        """Answer a pending approval request and continue; an error event when none is pending (a decision
+        must never reach a guarded call that no one was shown, such as one of a run that died before asking)."""
         from langgraph.types import Command
 
-        async for event in self._run(Command(resume={"approved": approved})):
-            yield event
+        async with self.agent.session_lock(self.id):
+            if not (await self.agent._graph.aget_state(self._config)).interrupts:
+                self._error = NoApprovalPending("this session has no tool call waiting for approval")
+                yield Event(kind="error", data=self._error.to_dict())
+                return
+            async for event in self._run_locked(Command(resume={"approved": approved})):
+                yield event
 
     async def unfinished(self) -> bool:
         """True when a run of this session stopped midway (the process died): ``proceed()`` completes it."""

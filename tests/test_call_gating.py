@@ -155,6 +155,45 @@ async def test_unsafe_or_missing_ids_are_renamed_and_answered_consistently(setti
         await agent.aclose()
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("state", ["died_before_the_tools_ran", "answered", "new"])
+async def test_an_approval_with_no_call_waiting_for_it_runs_nothing(settings: Settings, nih_images: list[Path],
+                                                                   state: str) -> None:
+    """approve() answers a shown request only: a run that died after the planner's step (its guarded call
+    never shown to anyone), a finished question or a new session has none, and nothing runs."""
+    from medagent.api import NoApprovalPending
+
+    ran: list[str] = []
+    planner = _calls_then_answer([("free", {"tag": "free"}, "c0")])
+    agent = await _agent(settings, planner, [_spy("free", ran), _spy("guarded", ran, approval=True)])
+    try:
+        session = agent.session()
+        image = (await session.attach(nih_images[0], "DX")).id
+        if state == "answered":
+            assert (await session.ask("go")).text == "done"
+        elif state == "died_before_the_tools_ran":  # the checkpoint a process killed between the two nodes leaves
+            graph, config = agent._graph, session._config
+            await graph.aupdate_state(config, {"messages": [{"role": "user", "content": "go"}],
+                                               "image_ids": [image]}, as_node="__start__")
+            call = tool_call("guarded", {"image_id": image, "tag": "unseen"}, "c1").model_dump()
+            step = {"role": "assistant", "content": "", "tool_calls": [
+                {"id": call["id"], "type": "function",
+                 "function": {"name": call["name"], "arguments": call["arguments"]}}]}
+            await graph.aupdate_state(config, {"messages": [step], "steps": 1, "refusals": [None],
+                                               "offered": ["free", "guarded"]}, as_node="planner")
+            assert await session.unfinished()
+        ran.clear()
+        with pytest.raises(NoApprovalPending) as caught:
+            await session.approve(True)
+        assert caught.value.family == "configuration" and ran == []
+        if state == "died_before_the_tools_ran":  # the run still completes the ordinary way: the human is asked
+            paused = await session.finish()
+            assert paused.pending_approval is not None and paused.pending_approval["tool"] == "guarded"
+            assert ran == []
+    finally:
+        await agent.aclose()
+
+
 # -- tools not offered never run -------------------------------------------------------------------------------
 
 
