@@ -154,3 +154,48 @@ def test_a_study_on_untrained_weights_is_marked_in_summary_store_export_report_a
     # the random PSPNet's overlay is watermarked; the classical lung-field outline (no weights) is not
     assert _red_band(artifacts.read_bytes(overlays["segment_chest_anatomy"])) > 0.6
     assert _red_band(artifacts.read_bytes(overlays["segment_lung_fields"])) < 0.3
+
+
+@pytest.mark.torch
+@pytest.mark.asyncio
+async def test_a_dialogue_study_whose_expert_ran_untrained_is_marked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nih_images: list[Path]) -> None:
+    from medagent.store import StudyStore
+    from medagent.studies import load_study
+    from medagent.studies.runner import run_study
+
+    monkeypatch.setenv("MEDAGENT_DEID_SECRET", TEST_SECRET.decode())
+    settings = Settings(home=tmp_path / "home", xrv_cache_dir=tmp_path / "xrv", allow_untrained_test_only=True)
+    (tmp_path / "cases.yaml").write_text(f"""label_set: medagent-builtin
+cases:
+  - case_id: cxr-1
+    patient: {{primary_symptom: "I have been short of breath for a week.", history: "Ankles swollen."}}
+    images: [{nih_images[0]}]
+    diagnosis: pleural effusion
+""")
+    role = "{backend: {_target_: medagent.simulators.scripted.scripted_role, kwargs: {role: %s}}}"
+    roles = "".join(f"  {name}: {role % name}\n" for name in ("planner", "patient", "measurement", "assessor"))
+    (tmp_path / "study.yaml").write_text(f"""name: dialogue-untrained
+planners:
+{roles}experts: [classify_chest_xray]
+graph:
+  type: dialogue
+  strategy: dialogue_with_experts
+  label_set: medagent-builtin
+  max_turns: 4
+dataset:
+  type: cases
+  path: cases.yaml
+  modality: DX
+""")
+    config = load_study(tmp_path / "study.yaml")
+    with StudyStore.open(None, settings.home) as store:
+        events = [event async for event in run_study(config, store=store, settings=settings, run_id="dlg")]
+        assert events[-1].done == 1 and events[-1].failed == 0
+        [case] = store.cases("dlg")
+        assert [call.tool for call in store.tool_calls("dlg")] == ["classify_chest_xray"]
+        assert case.expert_weights == {"cxr_classifier": UNTRAINED_WEIGHTS}  # the hints' expert ran untrained
+        frame = store.cases_frame("dlg")
+    assert bool(frame.loc[0, "untrained"]) is True
+    report = build_report(frame, run_id="dlg", options=FAST)
+    assert "UNTRAINED" in render_markdown(report).split("## ", 1)[0]

@@ -48,6 +48,18 @@ def answer_is_untrained(answer: Any) -> bool:
     return bool(untrained_experts(provenance or []) or untrained_experts(calls or []))
 
 
+def expert_weights(outputs: Iterable[Any]) -> dict[str, str | None]:
+    """What a stored case records from its experts' results: expert name -> weights sha256, or
+    :data:`UNTRAINED_WEIGHTS` for random test-only weights, so reports and exports can say so."""
+    weights: dict[str, str | None] = {}
+    for output in outputs:
+        provenance = output.get("provenance") if isinstance(output, Mapping) else None
+        if isinstance(provenance, Mapping) and provenance.get("expert"):
+            weights[str(provenance["expert"])] = (UNTRAINED_WEIGHTS if provenance.get("untrained")
+                                                  else provenance.get("weights_sha256"))
+    return weights
+
+
 def weights_are_untrained(expert_weights: Mapping[str, Any] | None) -> list[str]:
     """The experts a stored case's ``expert_weights`` marks untrained."""
     return [name for name, value in (expert_weights or {}).items() if value == UNTRAINED_WEIGHTS]

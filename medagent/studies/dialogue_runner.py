@@ -9,6 +9,7 @@ from typing import Any
 
 from medagent.agents.planner import Planner
 from medagent.errors import MedagentError
+from medagent.experts.untrained import expert_weights
 from medagent.simulators.cases import DialogueCase
 from medagent.simulators.labels import LabelSet
 from medagent.store import CaseError, CaseResult, ToolCallRecord
@@ -123,5 +124,5 @@ class DialogueCaseRunner:
                      "index": turn.index,
                      "elapsed_s": round(turn.elapsed_s, 3), "model": turn.model} for turn in outcome.turns]
         return CaseResult(status="succeeded", answer=outcome.diagnosis_text, result=result, columns=columns,
-                          seed=seed, model_id=outcome.models.get("doctor"),
-                          latency_s=time.perf_counter() - started), messages, calls
+                          seed=seed, model_id=outcome.models.get("doctor"), latency_s=time.perf_counter() - started,
+                          expert_weights=expert_weights(call.output for call in calls if call.ok)), messages, calls

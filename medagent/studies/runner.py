@@ -19,7 +19,7 @@ from medagent.agents.planner import Planner
 from medagent.agents.pool import PlannerPool
 from medagent.config import Settings
 from medagent.errors import MedagentError, PreconditionFailed
-from medagent.experts.untrained import UNTRAINED_WEIGHTS
+from medagent.experts.untrained import expert_weights
 from medagent.names import check_name
 from medagent.store import CaseError, CaseResult, StudyStore, ToolCallRecord
 from medagent.store.leases import DEFAULT_LEASE_TTL_S, new_owner
@@ -240,7 +240,7 @@ class StudyRunner:
             (CaseError(code="step_failed", family="tool_failure", message="a required step failed")
              if status == "failed" else None),
             columns=_columns(item.case, outputs), seed=seed, latency_s=time.perf_counter() - started,
-            expert_weights=_weights(outputs),
+            expert_weights=expert_weights(outputs),
         ), [], calls
 
     async def _agent_case(self, run_id: str, item: _WorkItem, seed: int, started: float) -> tuple[CaseResult, list[dict[str, Any]], list[ToolCallRecord]]:
@@ -268,7 +268,7 @@ class StudyRunner:
         outputs = [call.output for call in calls if call.ok]
         return CaseResult(status="succeeded", answer=answer.text, columns=_columns(item.case, outputs), seed=seed,
                           model_id=answer.model, latency_s=time.perf_counter() - started,
-                          expert_weights=_weights(outputs)), await session.history(), calls
+                          expert_weights=expert_weights(outputs)), await session.history(), calls
 
     def _loop_settings(self) -> Any:
         """The study's loop limits; its ``experts:`` list, when given, is the only tools offered and run."""
@@ -320,17 +320,6 @@ def _json_arguments(arguments: Any) -> dict[str, Any]:
     except (TypeError, ValueError):
         return {"raw": str(arguments)}
     return parsed if isinstance(parsed, dict) else {"value": parsed}
-
-
-def _weights(outputs: list[Any]) -> dict[str, str | None]:
-    weights: dict[str, str | None] = {}
-    for output in outputs:
-        provenance = output.get("provenance") if isinstance(output, dict) else None
-        if isinstance(provenance, dict) and provenance.get("expert"):
-            # random test-only weights are recorded as such, so reports and exports can say so
-            weights[str(provenance["expert"])] = (UNTRAINED_WEIGHTS if provenance.get("untrained")
-                                                  else provenance.get("weights_sha256"))
-    return weights
 
 
 async def run_study(config: StudyConfig, *, store: StudyStore | None = None, settings: Settings | None = None,
