@@ -155,6 +155,56 @@ def test_agentclinic_lines_are_bounded(tmp_path: Path, content: bytes, found: st
     assert caught.value.line == 1 and found in caught.value.message
 
 
+# -- 3MDBench tables: line length, encoding, nesting, embedded bytes, image names ---------------------------
+
+
+_3MD = b'{"general_complaint": "A rash", "complaints": "Itchy.", "diagnosis": "hives", "image": '
+
+
+@pytest.mark.parametrize(("name", "content", "found"), [
+    ("cases.jsonl", _3MD + b'"' + b"x" * (2 * 2**20) + b'"}\n', "longer than"),
+    ("cases.jsonl", _3MD + b'"\xff\xfe.png"}\n', "not UTF-8"),
+    ("cases.jsonl", _3MD + b"[" * 50_000 + b"]" * 50_000 + b"}\n", "nested too deeply"),
+    ("cases.jsonl", _3MD + b'{"bytes": 1000000000000}}\n', "embedded image"),  # bytes(n) would allocate n bytes
+    ("cases.jsonl", _3MD + b'{"bytes": "Doe^Jane"}}\n', "embedded image"),
+    ("cases.jsonl", _3MD + b'"' + b"n" * 5000 + b'.png"}\n', "not found"),  # longer than a file name may be
+    ("cases.jsonl", _3MD + b'"a\\u0000.png"}\n', "not found"),  # a NUL byte in the name
+    ("cases.csv", b"general_complaint,complaints,diagnosis,image\n\xff,Itchy,hives,a.png\n", "not UTF-8"),
+    ("cases.csv", b"general_complaint,complaints,diagnosis,image\nA rash,Itchy,hives," + b"n" * 5000 + b"\n",
+     "not found"),
+    ("cases.csv", b"general_complaint,complaints,diagnosis,image\nA rash,Itchy,hives," + b"x" * (2 * 2**20) + b"\n",
+     "longer than"),
+], ids=["long-line", "not-utf8", "deep-json", "huge-byte-count", "text-as-bytes", "long-name", "nul-name",
+        "csv-not-utf8", "csv-long-name", "csv-long-line"])
+def test_3mdbench_tables_are_bounded_and_refused_typed(tmp_path: Path, name: str, content: bytes,
+                                                       found: str) -> None:
+    from medagent.simulators.loaders import load_3mdbench
+
+    (tmp_path / name).write_bytes(content)
+    error = fast_and_small(lambda: load_3mdbench(tmp_path, image_cache=tmp_path / "cache"), CaseFileError)
+    assert found in error.message and "Doe" not in error.message and str(tmp_path) not in error.message
+    assert error.details.get("line") in (1, 2)  # the line (decoding reads ahead: a bad byte may name line 1)
+
+
+def test_3mdbench_parquet_is_read_in_batches_with_typed_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from medagent.simulators.loaders import load_3mdbench
+
+    rows = [{"general_complaint": "A rash", "complaints": "Itchy.", "diagnosis": "hives", "image": "a.png"}] * 3
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    monkeypatch.setattr(pq, "read_table", lambda *a, **k: pytest.fail("the whole table was read at once"))
+    with pytest.raises(CaseFileError) as missing:  # the first row's image is not there: refused at row 1
+        load_3mdbench(tmp_path / "t.parquet")
+    assert missing.value.details.get("row") == 1 and "not found" in missing.value.message
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes((tmp_path / "t.parquet").read_bytes()[:-40] + b"\0" * 32 + b"PAR1")
+    with pytest.raises(CaseFileError) as unreadable:
+        load_3mdbench(broken)
+    assert "Parquet" in unreadable.value.message
+
+
 # -- numbers that size work --------------------------------------------------------------------------------
 
 

@@ -44,9 +44,10 @@ MAX_CASES = 100_000
 
 
 def bounded_lines(stream: TextIO, path: Path, *, max_chars: int = MAX_LINE_CHARS,
-                  max_lines: int = MAX_CASES) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of each non-blank line; a line longer than ``max_chars``, more than
-    ``max_lines`` non-blank lines, or bytes that are not UTF-8 are refused with a located error."""
+                  max_lines: int = MAX_CASES, keep_blank: bool = False) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of each non-blank line (every line with ``keep_blank``, e.g. for CSV,
+    whose quoted fields may hold blank lines); a line longer than ``max_chars``, more than ``max_lines``
+    non-blank lines, or bytes that are not UTF-8 are refused with a located error."""
     number, records = 0, 0
     while True:
         try:
@@ -59,6 +60,8 @@ def bounded_lines(stream: TextIO, path: Path, *, max_chars: int = MAX_LINE_CHARS
         if len(raw) > max_chars:
             raise CaseFileError.at(path, "(line)", f"longer than {max_chars} characters", line=number)
         if not raw.strip():
+            if keep_blank:
+                yield number, raw
             continue
         records += 1
         if records > max_lines:

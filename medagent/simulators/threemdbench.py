@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from medagent.errors import ConfigurationError, MissingDependency
 from medagent.imaging.deid import Deidentifier, load_or_create_secret
-from medagent.simulators.case_files import CaseFileError, open_case_file
+from medagent.simulators.case_files import MAX_CASES, CaseFileError, bounded_lines, open_case_file
 from medagent.simulators.case_images import EmbeddedImageError, located, write_case_image
 from medagent.simulators.cases import TEMPERAMENTS, DialogueCase, PatientFacts, Temperament
 from medagent.studies.source import format_field
@@ -24,37 +24,50 @@ _FOLDER_TABLES = ("cases.jsonl", "cases.csv", "metadata.jsonl")
 # -- 3MDBench --------------------------------------------------------------------------------
 
 
+def _parquet_rows(path: Path) -> Iterator[tuple[dict[str, Any], int | None, int]]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise MissingDependency("reading Parquet case files needs pyarrow: pip install 'medagent[reports]'") from exc
+    row = 0
+    try:
+        parquet = pq.ParquetFile(path)
+        with parquet:  # a few rows at a time: each may embed an image
+            for batch in parquet.iter_batches(batch_size=16):
+                for record in batch.to_pylist():
+                    row += 1
+                    if row > MAX_CASES:
+                        raise CaseFileError.at(path, "(row)", f"more than {MAX_CASES} cases in one file", row=row)
+                    yield record, None, row
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise CaseFileError(f"{path.name}: not a readable Parquet file ({type(exc).__name__})",
+                            file=path.name) from None
+
+
 def _table_rows(path: Path) -> Iterator[tuple[dict[str, Any], int | None, int]]:
-    """(record, line, 1-based row) of a JSONL, CSV or Parquet table."""
+    """(record, line, 1-based row) of a JSONL, CSV or Parquet table, read a line (or a few rows) at a time
+    under the case-file bounds (:func:`bounded_lines`)."""
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:
-            raise MissingDependency(
-                "reading Parquet case files needs pyarrow: pip install 'medagent[reports]'") from exc
-        try:
-            records = pq.read_table(path).to_pylist()
-        except (OSError, ValueError) as exc:
-            raise CaseFileError(f"{path.name}: not a readable Parquet file", file=path.name) from exc
-        for row, record in enumerate(records, start=1):
-            yield record, None, row
+        yield from _parquet_rows(path)
     elif suffix == ".csv":
         with open_case_file(path) as stream:
-            reader = csv.DictReader(stream)
-            for row, record in enumerate(reader, start=1):
-                yield record, reader.line_num, row
+            reader = csv.DictReader(raw for _, raw in bounded_lines(stream, path, keep_blank=True))
+            try:
+                for row, record in enumerate(reader, start=1):
+                    yield record, reader.line_num, row
+            except csv.Error as exc:  # an over-long field, a NUL byte
+                raise CaseFileError.at(path, "(line)", f"not valid CSV ({exc})", line=reader.line_num) from None
     else:
         with open_case_file(path) as stream:
-            row = 0
-            for line, raw in enumerate(stream, start=1):
-                if not raw.strip():
-                    continue
-                row += 1
+            for row, (line, raw) in enumerate(bounded_lines(stream, path), start=1):
                 try:
                     record = json.loads(raw)
                 except json.JSONDecodeError as exc:
                     raise CaseFileError.at(path, "(line)", f"not valid JSON: {exc.msg}", line=line) from None
+                except RecursionError:  # nesting deeper than the interpreter allows: no case is built that deep
+                    raise CaseFileError.at(path, "(line)", "nested too deeply", line=line) from None
                 if not isinstance(record, dict):
                     raise CaseFileError.at(path, "(line)", "must be a JSON object", line=line)
                 yield record, line, row
@@ -78,15 +91,22 @@ def _3mdbench_image(value: Any, base: Path, write: Callable[[bytes], Path] | Non
         if write is None:
             raise ConfigurationError("3MDBench Parquet files embed their images: pass image_cache, a folder to "
                                      "write them to")
+        data = value["bytes"]
+        if not isinstance(data, bytes | bytearray):  # bytes(n) of a number from a JSON table would allocate n bytes
+            raise CaseFileError.at(field="image", problem="embedded image bytes must be binary data", **where)
         try:
-            return write(bytes(value["bytes"]))
+            return write(bytes(data))
         except EmbeddedImageError as error:
             raise located(error, **where) from None
     name = value.get("path") if isinstance(value, dict) else value
     if not isinstance(name, str) or not name.strip():
         raise CaseFileError.at(field="image", problem="required field is missing", **where)
-    image = (base / name).resolve()
-    if not image.is_file():
+    try:
+        image = (base / name).resolve()
+        found = image.is_file()
+    except (OSError, ValueError):  # a name longer than the file system allows, a NUL byte, a loop of links
+        found = False
+    if not found:
         raise CaseFileError.at(field="image", problem="image file not found (relative to the case file's folder)",
                                **where)
     return image
