@@ -316,6 +316,19 @@ def test_folder_datasets_are_capped_too(tmp_path: Path) -> None:
     assert caught.value.field == "dataset.max_cases" and caught.value.line == 5
 
 
+@pytest.mark.parametrize("kind", ["manifest", "folder", "cases"])
+@pytest.mark.parametrize("path", ['"a\\0b.csv"', "n" * 5000 + ".csv", "d/" * 3000 + "x.csv"],
+                         ids=["nul", "long-name", "long-path"])
+def test_an_unusable_dataset_path_is_a_located_study_error(tmp_path: Path, kind: str, path: str) -> None:
+    graph = GRAPH if kind != "cases" else "graph:\n  type: dialogue\n"
+    study = tmp_path / "study.yaml"
+    study.write_text("name: f\n" + graph + f"dataset: {{type: {kind}, path: {path}}}\n")
+    with pytest.raises(StudyConfigError) as caught:
+        load_study(study).cases()
+    assert caught.value.field == "dataset.path" and caught.value.line is not None
+    assert "nnnnn" not in caught.value.message and "d/d/" not in caught.value.message
+
+
 def test_max_cases_leaves_the_config_hash_unchanged(tmp_path: Path) -> None:
     from medagent.studies import config_hash
 

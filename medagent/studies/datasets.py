@@ -123,8 +123,8 @@ def load_dataset(spec: DatasetSpec, base_dir: Path) -> list[Case]:
 def iter_dataset(spec: DatasetSpec, base_dir: Path) -> Iterator[Case]:
     """The cases of ``spec`` one by one: a manifest is read row by row, at most ``spec.max_cases`` of them."""
     if spec.type == "manifest":
-        root = (base_dir / spec.path).resolve()
-        if root.exists() and root.name.lower().endswith(MANIFEST_SUFFIXES):
+        root = _existing_root(spec, base_dir)
+        if root.name.lower().endswith(MANIFEST_SUFFIXES):
             from medagent.studies.manifests import manifest_cases
 
             yield from manifest_cases(root, spec.columns, spec.max_cases)
@@ -135,15 +135,24 @@ def iter_dataset(spec: DatasetSpec, base_dir: Path) -> Iterator[Case]:
     yield from cases
 
 
+def _existing_root(spec: DatasetSpec, base_dir: Path) -> Path:
+    try:
+        root = (base_dir / spec.path).resolve()
+        found = root.exists()
+    except (OSError, ValueError):  # a NUL byte, a name or path longer than the file system allows
+        found = False
+    if not found:
+        raise StudyConfigError(f"dataset.path: the {spec.type} does not exist (relative paths start at the study "
+                               "file's folder)", field="dataset.path")
+    return root
+
+
 def _eager_dataset(spec: DatasetSpec, base_dir: Path) -> list[Case]:
     if spec.type == "cases" and spec.path == BUILTIN_CASES:
         from medagent.simulators.builtin import builtin_cases
 
         return [_study_case(case) for case in builtin_cases()]
-    root = (base_dir / spec.path).resolve()
-    if not root.exists():
-        raise StudyConfigError(f"dataset.path: the {spec.type} does not exist (relative paths start at the study "
-                               "file's folder)", field="dataset.path")
+    root = _existing_root(spec, base_dir)
     if spec.type == "cases":
         return _dialogue_cases(root, spec)
     if spec.type == "folder":
