@@ -258,6 +258,26 @@ def test_dicom_text_with_escape_codes_is_printed_inert_by_inspect(tmp_path: Path
     assert "Traceback" not in result.stderr and ESC not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(("variable", "value"), [("MEDAGENT_MODEL_CACHE_MB", "k3y-\x1b[31m-not-a-number"),
+                                                 ("MEDAGENT_SEND_BURNED_IN_IMAGES", "k3y-[/]-maybe")])
+@pytest.mark.parametrize("command", [["experts", "list"], ["runs"], ["ask", "hello", "--endpoint", "http://127.0.0.1:9"]])
+def test_a_bad_setting_in_the_environment_is_a_typed_error_that_does_not_echo_it(
+        tmp_path: Path, variable: str, value: str, command: list[str]) -> None:
+    environment = {**os.environ, "MEDAGENT_HOME": str(tmp_path / "home"), "MEDAGENT_DEID_SECRET": TEST_SECRET.decode(),
+                   variable: value}
+    result = subprocess.run([*MEDAGENT, *command], capture_output=True, text=True, env=environment, timeout=300,
+                            stdin=subprocess.DEVNULL)
+    line = _error_line(result)
+    assert result.returncode == 2 and "configuration" in line and variable in line
+    assert "k3y" not in result.stdout + result.stderr and ESC not in result.stderr
+
+
+def test_planner_serve_prints_a_model_name_with_markup_literally(tmp_path: Path) -> None:
+    result = _medagent(["planner", "serve", "org/odd[/]model[bold]"], tmp_path / "home")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "org/odd[/]model[bold]" in result.stdout
+
+
 @pytest.mark.parametrize(("ref", "field", "words"), [
     ("{_target_: medagent.tools.builtin.os.system, tools: [mine]}", "experts[0]._target_", "module attribute"),
     ("{_target_: medagent.tools.grounding_tools.grounding_tools, tools: [mine], kwargs: {shell: ls}}",

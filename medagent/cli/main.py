@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -18,19 +19,33 @@ from medagent import __version__
 from medagent.cli.index import index_app
 from medagent.cli.terminal import safe
 from medagent.cli.study import register as register_study_commands
-from medagent.errors import MedagentError
+from medagent.errors import ConfigurationError, MedagentError
+
+
+def _settings_error(exc: ValidationError) -> ConfigurationError:
+    """A bad ``MEDAGENT_*`` variable, named with what is wrong; its value is not shown (it may be a secret)."""
+    problem = exc.errors(include_url=False, include_input=False)[0]
+    where = problem["loc"][0] if problem["loc"] else "settings"
+    return ConfigurationError(f"environment variable MEDAGENT_{str(where).upper()}: {problem['msg']}")
+
 
 class _TypedErrorsApp(typer.Typer):
-    """A typed error that escapes a command (a bad secret, an unreadable configuration) ends it with its code and
-    message on stderr and exit status 2, never a traceback (which could show values and paths)."""
+    """A typed error that escapes a command (a bad secret, an unreadable configuration, a bad ``MEDAGENT_*``
+    variable) ends it with its code and message on stderr and exit status 2, never a traceback (which could
+    show values and paths)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().__call__(*args, **kwargs)
-        except MedagentError as exc:
-            Console(stderr=True).print(f"[red]error[/] {escape(f'[{exc.code}]')} {escape(exc.message)}",
+        except (MedagentError, ValidationError) as exc:
+            if isinstance(exc, ValidationError):
+                if exc.title != "Settings":
+                    raise
+                exc = _settings_error(exc)
+            Console(stderr=True).print(f"[red]error[/] {escape(f'[{exc.code}]')} {safe(exc.message)}",
                                        soft_wrap=True)
             sys.exit(2)
+
 
 
 app = _TypedErrorsApp(help="medagent: a planner model reasoning over medical images with expert models.",
@@ -237,7 +252,7 @@ def planner_serve(
     command = serve_command(model, served_name=served_name, port=port, python=sys.executable if run else "python")
     recipe = recipe_for(model)
     if not run:
-        console.print(shlex.join(command), soft_wrap=True)
+        console.print(escape(shlex.join(command)), soft_wrap=True)
         if recipe is not None:
             console.print(f"[dim]{recipe.family}: use PlannerConfig(tool_calling={recipe.tool_calling!r}, "
                           f"supports_images={recipe.supports_images}). {escape(recipe.notes)}[/]", soft_wrap=True)
