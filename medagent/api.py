@@ -98,11 +98,15 @@ class Agent:
     async def start(self) -> Agent:
         if self._graph is not None:
             return self
-        if self._planner is None:
-            self._planner = await self._start_planner()
-        checkpoint_url = self.config.checkpoint_url or str(self.settings.home / "sessions.sqlite")
-        checkpointer = await self._stack.enter_async_context(open_checkpointer(checkpoint_url))
-        self._graph = AgentLoop(self._planner, self.toolbox, self.config.loop).compile(checkpointer)
+        try:
+            if self._planner is None:
+                self._planner = await self._start_planner()
+            checkpoint_url = self.config.checkpoint_url or str(self.settings.home / "sessions.sqlite")
+            checkpointer = await self._stack.enter_async_context(open_checkpointer(checkpoint_url))
+            self._graph = AgentLoop(self._planner, self.toolbox, self.config.loop).compile(checkpointer)
+        except BaseException:  # `async with` runs no __aexit__ after a failed start: stop what already began
+            await self.aclose()
+            raise
         return self
 
     async def _start_planner(self) -> Planner:
