@@ -147,6 +147,17 @@ def test_an_unsafe_run_id_is_refused_and_leaves_no_run(study_folder: Path, tmp_p
         assert store.runs() == []
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("run_id", ["r" * 128, "short"])
+async def test_every_valid_run_id_runs_agent_cases(study_folder: Path, settings: Settings, run_id: str) -> None:
+    """A run id of any valid length (up to 128 characters) gives each case a valid session id."""
+    study = write_study(study_folder, agent_loop("Is it usable?"), planner=SCRIPTED % ("assess_image_quality", ""))
+    with StudyStore.open(None, settings.home) as store:
+        _ = [event async for event in run_study(load_study(study), store=store, settings=settings, run_id=run_id)]
+        cases = store.cases(run_id)
+    assert len(cases) == 2 and all(case.status == "succeeded" for case in cases), [c.error for c in cases]
+
+
 def test_report_and_export_of_a_stored_unsafe_run_id_stay_inside(study_folder: Path, tmp_path: Path) -> None:
     """A store written before ids were checked (or by hand) holds a run named like a path."""
     home = tmp_path / "home"

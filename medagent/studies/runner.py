@@ -256,8 +256,8 @@ class StudyRunner:
                               settings=self.settings, toolbox=self.toolbox,
                               planner=await _build_planner(spec, self.planners))
                 self._agents[(item.arm, seed)] = await agent.start()
-        case_key = hashlib.sha256(f"{item.key}\0{item.repeat}".encode()).hexdigest()[:16]
-        session = agent.session(f"{run_id}.{case_key}")  # case keys are data: hashed into a safe session id
+        # case keys are data and run ids take up to the whole name length: both hashed into a safe session id
+        session = agent.session(hashlib.sha256(f"{run_id}\0{item.key}\0{item.repeat}".encode()).hexdigest()[:32])
         for path in item.case.images:  # content-addressed: the artifacts already stored are reused
             await session.attach(path, self._modality)
         answer = await session.ask(self.config.graph.question)
