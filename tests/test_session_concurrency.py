@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
@@ -195,3 +196,33 @@ async def test_a_runner_that_loses_its_lease_stops_instead_of_computing_on(
                     connection.close()
         assert seen.count("case") < 6 and "finished" not in seen
         assert store.get_run("r").status == "running"  # type: ignore[union-attr]  # the other runner's to finish
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("stop", ["consumer-stops", "lease-lost"])
+async def test_a_runner_that_stops_leaves_no_case_computing_behind(
+        settings: Settings, nih_images: list[Path], tmp_path: Path, stop: str) -> None:
+    """Once a runner stops (its caller stops reading, or its lease is taken over) and has released the run, none
+    of its cases goes on computing or writing: a runner resuming the run is the only one working on it."""
+    import sqlite3
+
+    images = variants(nih_images[0], tmp_path, 8)
+    write_manifest(tmp_path, [(f"case-{i}", path, 1, "M") for i, path in enumerate(images)])
+    config = load_study(write_study(tmp_path, agent_loop("Is this image usable?"), concurrency=2,
+                                    planner=SCRIPTED % ("", ", latency_s: 0.2")))
+    with StudyStore.open(None, settings.home) as store:
+        runner = StudyRunner(config, store, settings, lease_ttl_s=0.4)
+        with pytest.raises(RunInProgress) if stop == "lease-lost" else contextlib.nullcontext():
+            async for event in runner.run("r"):
+                if event.kind != "case":
+                    continue
+                if stop == "consumer-stops":
+                    break
+                with sqlite3.connect(settings.home / "studies.sqlite") as connection:
+                    connection.execute("UPDATE study_run_leases SET owner = 'other-host:1:x' WHERE run_id = 'r'")
+                connection.close()
+        await asyncio.sleep(0)
+        written = len(store.cases("r"))
+        await asyncio.sleep(1.5)  # several cases' time: an orphaned case would have been written by now
+        assert len(store.cases("r")) == written, "a case went on after its runner stopped"
+        assert written < 8

@@ -188,24 +188,37 @@ class StudyRunner:
 
         startup = StartupGate()
 
+        writes: list[asyncio.Future[Any]] = []
+
         async def one(item: _WorkItem) -> tuple[_WorkItem, str]:
             async with limiter:
                 async with startup.admit():
                     result, messages, calls = await self._execute(run_id, item)
-                write = await asyncio.to_thread(self.store.record_case, run_id, item.key, item.repeat, result,
-                                                messages, calls, retry=retry_failed)
-                return item, write.record.status
+            write = asyncio.ensure_future(asyncio.to_thread(self.store.record_case, run_id, item.key, item.repeat,
+                                                            result, messages, calls, retry=retry_failed))
+            writes.append(write)
+            return item, (await asyncio.shield(write)).record.status  # a write under way is never cut
 
+        tasks = [asyncio.ensure_future(one(item)) for item in todo]
+        # a lost lease (another runner took the run over) stops every case of this runner at once
+        keeper.add_done_callback(lambda _: [task.cancel() for task in tasks])
         try:
-            for next_done in asyncio.as_completed([one(item) for item in todo]):
-                item, status = await next_done
-                if keeper.done():  # the lease was lost: another runner owns the run now
-                    keeper.result()
+            for next_done in asyncio.as_completed(tasks):
+                try:
+                    item, status = await next_done
+                finally:
+                    if keeper.done() and not keeper.cancelled():
+                        keeper.result()  # RunInProgress: the lease was lost
                 progress = progress.model_copy(update={
                     "kind": "case", "done": progress.done + 1, "failed": progress.failed + (status == "failed"),
                     "case_id": item.key, "repeat": item.repeat, "status": status})
                 yield progress
         finally:
+            # stopped early (the caller stopped reading, the lease was lost, an error): no case computes on
+            # after this runner has let the run go, and no write is left half done
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, *writes, return_exceptions=True)
             await self.aclose()
         await asyncio.to_thread(self.store.finish_run, run_id)
         yield progress.model_copy(update={"kind": "finished", "case_id": None, "repeat": None, "status": None})
