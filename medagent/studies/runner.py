@@ -191,9 +191,8 @@ class StudyRunner:
         writes: list[asyncio.Future[Any]] = []
 
         async def one(item: _WorkItem) -> tuple[_WorkItem, str]:
-            async with limiter:
-                async with startup.admit():
-                    result, messages, calls = await self._execute(run_id, item)
+            async with limiter, startup.admit():
+                result, messages, calls = await self._execute(run_id, item)
             write = asyncio.ensure_future(asyncio.to_thread(self.store.record_case, run_id, item.key, item.repeat,
                                                             result, messages, calls, retry=retry_failed))
             writes.append(write)
