@@ -17,9 +17,26 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from medagent.errors import ConfigurationError
+
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+class OutputNotWritable(ConfigurationError):
+    """A file or folder medagent must write cannot be created there (a file where a folder should be, no
+    permission, a full disk); the message names the reason, never the path."""
+
+    code = "output_not_writable"
+
+
+@contextlib.contextmanager
+def _writing() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise OutputNotWritable(f"cannot write there: {exc.strerror or type(exc).__name__}") from exc
 
 
 def private_dir(path: Path | str) -> Path:
@@ -37,7 +54,9 @@ def private_dir(path: Path | str) -> Path:
             os.mkdir(folder, PRIVATE_DIR_MODE)
         except FileExistsError:
             if not folder.is_dir():
-                raise
+                raise OutputNotWritable("cannot write there: a file stands where a folder should be") from None
+        except OSError as exc:
+            raise OutputNotWritable(f"cannot write there: {exc.strerror or type(exc).__name__}") from exc
     return path
 
 
@@ -50,12 +69,14 @@ def replacing(target: Path | str) -> Iterator[Path]:
     """
     target = Path(target)
     private_dir(target.parent)
-    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    with _writing():
+        handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     os.close(handle)
     temporary = Path(name)
     try:
         yield temporary
-        os.replace(temporary, target)
+        with _writing():
+            os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -65,7 +86,7 @@ def write_private(target: Path | str, data: bytes | str) -> Path:
     """Replace ``target`` atomically with ``data`` (UTF-8 if text); 0600, parents 0700."""
     target = Path(target)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    with replacing(target) as temporary, open(temporary, "wb") as stream:
+    with replacing(target) as temporary, _writing(), open(temporary, "wb") as stream:
         stream.write(payload)
         stream.flush()
         os.fsync(stream.fileno())
@@ -80,7 +101,8 @@ def create_private(target: Path | str, data: bytes) -> bool:
     """
     target = Path(target)
     private_dir(target.parent)
-    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    with _writing():
+        handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -100,7 +122,7 @@ def touch_private(target: Path | str) -> Path:
     existing file's mode and gives its journal and WAL files the same one)."""
     target = Path(target)
     private_dir(target.parent)
-    with contextlib.suppress(FileExistsError):
+    with _writing(), contextlib.suppress(FileExistsError):
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, PRIVATE_FILE_MODE))
     return target
 
@@ -109,5 +131,5 @@ def group_or_world_accessible(mode: int) -> bool:
     return bool(stat.S_IMODE(mode) & 0o077)
 
 
-__all__ = ["PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE", "create_private", "group_or_world_accessible", "private_dir",
+__all__ = ["PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE", "OutputNotWritable", "create_private", "group_or_world_accessible", "private_dir",
            "replacing", "touch_private", "write_private"]

@@ -158,6 +158,37 @@ async def test_every_valid_run_id_runs_agent_cases(study_folder: Path, settings:
     assert len(cases) == 2 and all(case.status == "succeeded" for case in cases), [c.error for c in cases]
 
 
+def test_files_that_cannot_be_written_are_a_typed_error_naming_no_path(tmp_path: Path) -> None:
+    from medagent.errors import MedagentError
+    from medagent.files import create_private, private_dir, touch_private, write_private
+
+    a_file, a_folder = tmp_path / "a-file", tmp_path / "a-folder"
+    a_file.write_text("x")
+    a_folder.mkdir()
+    for attempt in (lambda: private_dir(a_file), lambda: private_dir(a_file / "below"),
+                    lambda: write_private(a_folder, b"x"), lambda: write_private(a_file / "below", b"x"),
+                    lambda: create_private(a_file / "below", b"x"), lambda: touch_private(a_file / "below")):
+        with pytest.raises(MedagentError) as caught:
+            attempt()
+        assert caught.value.code == "output_not_writable" and str(tmp_path) not in caught.value.message
+
+
+@pytest.mark.asyncio
+async def test_an_out_path_that_cannot_be_written_ends_the_command_typed(study_folder: Path, tmp_path: Path,
+                                                                         nih_images: list[Path]) -> None:
+    home = tmp_path / "home"
+    settings = Settings(home=home, xrv_cache_dir=tmp_path / "xrv")
+    study = write_study(study_folder, agent_loop("Is it usable?"), planner=SCRIPTED % ("assess_image_quality", ""))
+    with StudyStore.open(None, home) as store:
+        _ = [event async for event in run_study(load_study(study), store=store, settings=settings, run_id="r1")]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for command in (["export", "r1", "--out", str(tmp_path)],
+                    ["inspect", str(nih_images[0]), "--modality", "DX", "--out", str(a_file)]):
+        line = _error_line(await asyncio.to_thread(_medagent, command, home))
+        assert "output_not_writable" in line and str(tmp_path) not in line, line
+
+
 def test_report_and_export_of_a_stored_unsafe_run_id_stay_inside(study_folder: Path, tmp_path: Path) -> None:
     """A store written before ids were checked (or by hand) holds a run named like a path."""
     home = tmp_path / "home"

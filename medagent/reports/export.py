@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal, get_args
 
 import pandas as pd
 
 from medagent.errors import ConfigurationError, MissingDependency
-from medagent.files import private_dir
+from medagent.files import replacing
 
 ExportFormat = Literal["csv", "parquet"]
 
@@ -25,10 +23,7 @@ def export(frame: pd.DataFrame, path: Path | str, format: ExportFormat = "csv") 
     if format not in get_args(ExportFormat):
         raise ConfigurationError(f"unknown export format {format!r}; use one of {', '.join(get_args(ExportFormat))}")
     path = Path(path)
-    private_dir(path.parent)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
+    with replacing(path) as temporary:
         if format == "csv":
             frame.to_csv(temporary, index=False, encoding="utf-8")
         else:
@@ -37,8 +32,4 @@ def export(frame: pd.DataFrame, path: Path | str, format: ExportFormat = "csv") 
             except ImportError as exc:
                 raise MissingDependency("Parquet export needs pyarrow: install medagent[reports]") from exc
             frame.to_parquet(temporary, index=False, engine="pyarrow")
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
     return path
