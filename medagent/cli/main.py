@@ -17,8 +17,8 @@ from rich.table import Table
 
 from medagent import __version__
 from medagent.cli.index import index_app
-from medagent.cli.terminal import safe
 from medagent.cli.study import register as register_study_commands
+from medagent.cli.terminal import safe
 from medagent.errors import ConfigurationError, MedagentError
 
 

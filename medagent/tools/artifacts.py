@@ -17,9 +17,7 @@ import datetime as dt
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from medagent.errors import UnknownArtifact
-from medagent.files import private_dir
+from medagent.files import private_dir, write_private
 from medagent.imaging.record import DeidReport, ImageRecord, Modality, SafeMetadata
 
 
@@ -68,18 +66,6 @@ class Artifact(BaseModel):
 _VALID_ID = re.compile(r"[a-z]{2,8}-[0-9a-f]{6,64}")
 
 
-def _atomic_write(target: Path, data: bytes) -> None:
-    private_dir(target.parent)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")  # 0600 from the start
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _identity(sha256: str, metadata: dict[str, Any] | None) -> str:
     if not metadata:
         return sha256
@@ -115,7 +101,7 @@ class ArtifactStore:
         sha256 = hashlib.sha256(data).hexdigest()
         object_path = self.root / "objects" / sha256[:2] / f"{sha256}{suffix}"
         if not object_path.exists():
-            _atomic_write(object_path, data)
+            write_private(object_path, data)
         artifact = Artifact(
             id=f"{_ID_PREFIX[kind]}-{_identity(sha256, metadata)[:12]}",
             kind=kind,
@@ -127,7 +113,7 @@ class ArtifactStore:
             metadata=metadata or {},
             provenance=provenance or {},
         )
-        _atomic_write(self._index_path(artifact.id), artifact.model_dump_json(indent=1).encode())
+        write_private(self._index_path(artifact.id), artifact.model_dump_json(indent=1).encode())
         return artifact
 
     def put_image(self, record: ImageRecord) -> Artifact:

@@ -37,7 +37,7 @@ async def open_checkpointer(url: str) -> AsyncIterator[Any]:
             saver = await _open(stack, url)
         except MedagentError:
             raise
-        except Exception as exc:  # the driver's own error may quote the URL, password included: not chained
+        except Exception as exc:  # noqa: BLE001 - drivers raise many types; theirs may quote the URL and password
             if isinstance(exc, ValueError) or type(exc).__name__ == "ProgrammingError":  # psycopg: a bad URL
                 raise CheckpointUrlInvalid("the checkpoint URL is not a valid database URL") from None
             raise CheckpointUnavailable(f"the checkpoint database cannot be opened ({type(exc).__name__})") from None
