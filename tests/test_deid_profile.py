@@ -278,3 +278,20 @@ def test_sequences_nested_beyond_the_depth_limit_are_removed() -> None:
     current.CodeMeaning = "LEAK-deep"
     Deidentifier(TEST_SECRET).deidentify(dataset)
     assert "LEAK-deep" not in str(dataset)
+
+
+def test_the_file_preamble_is_zeroed_in_memory_and_in_the_case_image_cache(pydicom_ct: Path, tmp_path: Path) -> None:
+    """The 128-byte preamble before ``DICM`` is free for applications to fill (a TIFF header, a name, an MRN):
+    it is cleared like any attribute, so a de-identified file written back carries none of it."""
+    from medagent.simulators.case_images import write_case_image
+
+    dataset = pydicom.dcmread(pydicom_ct)
+    dataset.preamble = b"Doe^Jane MRN-123456".ljust(128, b"\0")
+    out = io.BytesIO()
+    dataset.save_as(out)
+    assert b"Doe^Jane" in out.getvalue()  # planted
+    report = Deidentifier(TEST_SECRET).deidentify(dataset)
+    assert dataset.preamble == b"\0" * 128 and ("(preamble)", "emptied") in {(a.keyword, a.action)
+                                                                           for a in report.actions}
+    written = write_case_image(out.getvalue(), tmp_path / "cache", Deidentifier(TEST_SECRET)).read_bytes()
+    assert b"Doe^Jane" not in written and b"MRN-123456" not in written and written[128:132] == b"DICM"

@@ -12,7 +12,7 @@ options:
 Every other listed attribute is removed (X actions) or emptied (Z, D); listed sequences are removed
 or emptied, except X/Z/U* ones (referenced images), which are walked. Outside the table: person names
 are emptied, private tags and elements of unknown VR removed, and kept text (manufacturer, model, body
-part...) loses control characters and line breaks and is length-capped. Every UID outside the
+part...) loses control characters and line breaks and is length-capped. A file's 128-byte preamble is zeroed. Every UID outside the
 DICOM-defined root ``1.2.840.10008`` becomes a ``2.25.`` UID from a keyed hash, so one input UID maps
 to one output UID under one secret. An element whose value cannot be read is removed. The report lists
 tag keywords and actions, never values.
@@ -124,6 +124,9 @@ class Deidentifier:
 
         self._visit(dataset, walk, depth=0)
         self._file_meta(dataset, walk)
+        if any(getattr(dataset, "preamble", None) or b""):  # free for applications: a name or an MRN may sit there
+            dataset.preamble = b"\0" * 128
+            walk.done.add(("(preamble)", "emptied"))
         if "PatientName" in dataset:
             dataset.PatientName = PATIENT_NAME_REPLACEMENT
             walk.done.add(("PatientName", "replaced"))
