@@ -58,7 +58,7 @@ async def test_history_and_pending_approval_survive_a_restart(checkpoint_url: st
     ("postgresql://user:s3cr3t-pw@127.0.0.1:{port}/sessions", "checkpoint_unavailable"),  # nothing listens there
     ("postgresql://user:s3cr3t-pw@[::1/sessions", "checkpoint_url_invalid"),
     ("{folder}", "checkpoint_unavailable"),  # a folder, not a database file
-    ("{folder}/not-a-folder.txt/sessions.sqlite", "checkpoint_unavailable"),
+    ("{folder}/not-a-folder.txt/sessions.sqlite", "output_not_writable"),  # its folder cannot be made
 ])
 async def test_a_checkpoint_database_that_cannot_be_opened_is_a_typed_error_without_the_password(
         settings: Settings, tmp_path: Path, unused_tcp_port: int, where: str, code: str) -> None:
