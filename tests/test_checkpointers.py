@@ -97,4 +97,11 @@ async def test_an_agent_that_fails_to_start_stops_the_planner_server_it_began(
             pass
     await asyncio.sleep(0)
     assert events[-1:] == ["stopped"]  # whether or not the server had begun loading
+    agent = Agent(AgentConfig(checkpoint_url=str(tmp_path)), settings=settings)
+    try:
+        with pytest.raises(MedagentError, match="checkpoint"):
+            await agent.start()
+    finally:
+        await agent.aclose()  # closing again (a caller's finally) is harmless
+        await agent.aclose()
     assert all(task.done() for task in asyncio.all_tasks() if task is not asyncio.current_task())

@@ -41,5 +41,5 @@ class StartingPlanner:
             except (asyncio.CancelledError, Exception):
                 return
             return
-        if self._task.exception() is None:
+        if not self._task.cancelled() and self._task.exception() is None:  # closed before: cancelled, nothing to close
             await self._task.result().aclose()
