@@ -146,7 +146,8 @@ def test_personas_use_the_bounded_reader(monkeypatch: pytest.MonkeyPatch) -> Non
     (b'{"OSCE_Examination": ' + b"[" * 50_000 + b"]" * 50_000 + b"}\n", "nested too deeply"),
     (b'{"OSCE_Examination": {"Patient_Actor": {"History": ' + b"[" * 990 + b'"h"' + b"]" * 990
      + b'}, "Correct_Diagnosis": "d"}}\n', ""),
-], ids=["long-line", "not-utf8", "deep-json", "deep-text"])
+    (b'{"OSCE_Examination": ' + b"7" * 5000 + b"}\n", "not valid JSON"),  # past Python's int digit limit
+], ids=["long-line", "not-utf8", "deep-json", "deep-text", "long-number"])
 def test_agentclinic_lines_are_bounded(tmp_path: Path, content: bytes, found: str) -> None:
     path = tmp_path / "cases.jsonl"
     path.write_bytes(content)
@@ -165,6 +166,7 @@ _3MD = b'{"general_complaint": "A rash", "complaints": "Itchy.", "diagnosis": "h
     ("cases.jsonl", _3MD + b'"' + b"x" * (2 * 2**20) + b'"}\n', "longer than"),
     ("cases.jsonl", _3MD + b'"\xff\xfe.png"}\n', "not UTF-8"),
     ("cases.jsonl", _3MD + b"[" * 50_000 + b"]" * 50_000 + b"}\n", "nested too deeply"),
+    ("cases.jsonl", _3MD + b"7" * 5000 + b"}\n", "not valid JSON"),  # past Python's int digit limit
     ("cases.jsonl", _3MD + b'{"bytes": 1000000000000}}\n', "embedded image"),  # bytes(n) would allocate n bytes
     ("cases.jsonl", _3MD + b'{"bytes": "Doe^Jane"}}\n', "embedded image"),
     ("cases.jsonl", _3MD + b'"' + b"n" * 5000 + b'.png"}\n', "not found"),  # longer than a file name may be
@@ -174,7 +176,7 @@ _3MD = b'{"general_complaint": "A rash", "complaints": "Itchy.", "diagnosis": "h
      "not found"),
     ("cases.csv", b"general_complaint,complaints,diagnosis,image\nA rash,Itchy,hives," + b"x" * (2 * 2**20) + b"\n",
      "longer than"),
-], ids=["long-line", "not-utf8", "deep-json", "huge-byte-count", "text-as-bytes", "long-name", "nul-name",
+], ids=["long-line", "not-utf8", "deep-json", "long-number", "huge-byte-count", "text-as-bytes", "long-name", "nul-name",
         "csv-not-utf8", "csv-long-name", "csv-long-line"])
 def test_3mdbench_tables_are_bounded_and_refused_typed(tmp_path: Path, name: str, content: bytes,
                                                        found: str) -> None:

@@ -235,6 +235,16 @@ async def test_a_malformed_assessment_is_re_asked_then_raises_assessment_failed(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("reply", ['{"history": ' + "7" * 5000 + "}", "[" * 100_000 + "]" * 100_000],
+                         ids=["number-past-the-digit-limit", "nested-too-deeply"])
+async def test_an_assessment_json_cannot_parse_is_re_asked_not_raised(reply: str) -> None:
+    assessor = ScriptedPlanner(lambda r: reply if r.call_index == 0 else json.dumps(SCORES), model="judge")
+    outcome = await _run(_steps(DIAGNOSE), _replies("Double vision.", "Thanks [END]"))
+    assessment = await assess(assessor, CASE, outcome)
+    assert assessment.attempts == 2 and assessment.scores == RubricScores.model_validate(SCORES)
+
+
+@pytest.mark.asyncio
 async def test_a_valid_assessment_parses_after_a_re_ask() -> None:
     assessor = ScriptedPlanner(lambda r: "{" if r.call_index == 0 else json.dumps(SCORES), model="judge")
     outcome = await _run(_steps(ASK, DIAGNOSE), _replies("Double vision.", "Yes.", "Thanks [END]"))

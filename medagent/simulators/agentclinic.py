@@ -124,5 +124,7 @@ def load_agentclinic(path: Path) -> list[DialogueCase]:
                                        line=line) from None
             except RecursionError:  # nesting deeper than the interpreter allows: no case is built that deep
                 raise CaseFileError.at(path, "(line)", "nested too deeply", line=line) from None
+            except ValueError:  # a number past Python's digit limit for int conversion
+                raise CaseFileError.at(path, "(line)", "not valid JSON: a number too long", line=line) from None
     return cases
 

@@ -97,10 +97,13 @@ def _problems(error: ValidationError) -> str:
 
 def _json_or_none(content: str) -> Any:
     """The reply parsed (strict=False: a raw line break inside a string is kept, not fatal); None when nested
-    deeper than the interpreter allows, which no rubric is (its validation then asks again)."""
+    deeper than the interpreter allows or holding a number past Python's digit limit, which no rubric is (its
+    validation then asks again)."""
     try:
         return json.loads(content, strict=False)
-    except RecursionError:
+    except json.JSONDecodeError:
+        raise
+    except (RecursionError, ValueError):
         return None
 
 

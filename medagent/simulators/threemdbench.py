@@ -68,6 +68,8 @@ def _table_rows(path: Path) -> Iterator[tuple[dict[str, Any], int | None, int]]:
                     raise CaseFileError.at(path, "(line)", f"not valid JSON: {exc.msg}", line=line) from None
                 except RecursionError:  # nesting deeper than the interpreter allows: no case is built that deep
                     raise CaseFileError.at(path, "(line)", "nested too deeply", line=line) from None
+                except ValueError:  # a number past Python's digit limit for int conversion
+                    raise CaseFileError.at(path, "(line)", "not valid JSON: a number too long", line=line) from None
                 if not isinstance(record, dict):
                     raise CaseFileError.at(path, "(line)", "must be a JSON object", line=line)
                 yield record, line, row
