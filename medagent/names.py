@@ -46,11 +46,3 @@ def confined(root: Path, relative: str | Path, what: str) -> Path:
     if not target.is_relative_to(base) or target == base:
         raise PathOutsideHome(f"{what} resolves outside its folder", what=what)
     return target
-
-
-def inside(root: Path, path: Path, what: str) -> Path:
-    """``path`` resolved, refused unless it is ``root`` itself or lies inside it."""
-    base, target = root.resolve(), path.resolve()
-    if not target.is_relative_to(base):
-        raise PathOutsideHome(f"{what} resolves outside its folder", what=what)
-    return target
