@@ -383,3 +383,23 @@ def test_no_yaml_is_parsed_outside_the_bounded_reader() -> None:
     offenders = [str(path.relative_to(root)) for path in root.rglob("*.py")
                  if path.name != "yaml_io.py" and direct.search(path.read_text(encoding="utf-8"))]
     assert offenders == []
+
+
+# -- text corpora for the index ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("notes/a.txt", b"Doe^Jane \xff\xfe not UTF-8"),
+    ("corpus.jsonl", b'{"id": "a", "text": "t"}\n{"id": "b", "text": "\xff"}\n'),
+    ("corpus.jsonl", b'{"id": "a", "text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"),
+    ("corpus.jsonl", b'{"id": "a", "text": ' + b"7" * 5000 + b"}\n"),
+], ids=["txt-not-utf8", "jsonl-not-utf8", "jsonl-deep", "jsonl-long-number"])
+def test_unreadable_text_corpora_are_typed_errors(tmp_path: Path, name: str, content: bytes) -> None:
+    from medagent.retrieval.corpus import read_text_corpus
+
+    target = tmp_path / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(content)
+    with pytest.raises(ConfigurationError) as caught:
+        read_text_corpus(tmp_path / "notes" if name.startswith("notes") else target)
+    assert "Doe" not in caught.value.message and str(tmp_path) not in caught.value.message

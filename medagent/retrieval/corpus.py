@@ -40,6 +40,13 @@ class TextLine(BaseModel):
         return split_labels(value)  # type: ignore[arg-type]
 
 
+def _utf8_text(file: Path, name: str) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{name} in the text corpus is not UTF-8 text", reason="bad_corpus") from None
+
+
 def read_text_corpus(path: Path, *, source: str | None = None, license: str = "unspecified") -> list[Document]:
     """Documents from a folder of .txt/.md files (id = relative path without suffix) or a JSONL file.
 
@@ -50,7 +57,7 @@ def read_text_corpus(path: Path, *, source: str | None = None, license: str = "u
     documents: list[Document] = []
     if path.is_dir():
         for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES):
-            text = file.read_text(encoding="utf-8").strip()
+            text = _utf8_text(file, file.relative_to(path).as_posix()).strip()
             if not text:
                 continue
             relative = file.relative_to(path).as_posix()
@@ -58,11 +65,14 @@ def read_text_corpus(path: Path, *, source: str | None = None, license: str = "u
                                       license=license, text=text,
                                       source_sha256=hashlib.sha256(text.encode()).hexdigest()))
     elif path.is_file() and path.suffix.lower() in (".jsonl", ".ndjson"):
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(_utf8_text(path, path.name).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 item = TextLine.model_validate(json.loads(line))
+            except RecursionError:
+                raise ConfigurationError(f"line {number} of the JSONL corpus is nested too deeply",
+                                         line=number) from None
             except (ValueError, ValidationError) as exc:
                 raise ConfigurationError(f"line {number} of the JSONL corpus is not a valid document: "
                                          f"{str(exc).splitlines()[0]}", line=number) from None
