@@ -403,3 +403,14 @@ def test_unreadable_text_corpora_are_typed_errors(tmp_path: Path, name: str, con
     with pytest.raises(ConfigurationError) as caught:
         read_text_corpus(tmp_path / "notes" if name.startswith("notes") else target)
     assert "Doe" not in caught.value.message and str(tmp_path) not in caught.value.message
+
+
+@pytest.mark.parametrize("where", ["header", "row"])
+def test_a_manifest_line_is_read_under_a_cap_not_whole(tmp_path: Path, where: str) -> None:
+    """A 40 MB line without a line break (a header, or a row) is refused after the cap, not read into memory."""
+    manifest = tmp_path / "manifest.csv"
+    huge = b"x" * (40 * 2**20)
+    manifest.write_bytes(huge + b"\n" if where == "header" else b"case_id,path,Cardiomegaly\nc1," + huge + b",1\n")
+    study = manifest_study(tmp_path, manifest)
+    error = fast_and_small(lambda: load_study(study).cases(), StudyConfigError)
+    assert "cannot read the manifest" in error.message and "xxxx" not in error.message

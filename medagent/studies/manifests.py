@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from medagent.simulators.case_files import MAX_LINE_CHARS
 from medagent.studies.datasets import Case, ColumnMapping, _path_hash
 from medagent.studies.source import StudyConfigError
 
@@ -25,13 +26,24 @@ class _Unreadable(Exception):
 _Rows = tuple[list[str], Iterator[dict[Any, Any]], Callable[[], None]]  # header, lazy rows, close
 
 
+def _capped_lines(handle: TextIO) -> Iterator[str]:
+    """The file's lines, each read under the cap: a line without a break is never read whole."""
+    while line := handle.readline(MAX_LINE_CHARS + 1):
+        if len(line) > MAX_LINE_CHARS:
+            raise _Unreadable(f"a line longer than {MAX_LINE_CHARS} characters")
+        yield line
+
+
 def _csv_rows(path: Path) -> _Rows:
     import csv
 
     handle = path.open(newline="", encoding="utf-8-sig")
     try:
-        reader = csv.DictReader(handle)
+        reader = csv.DictReader(_capped_lines(handle))
         header = list(reader.fieldnames or [])
+    except _Unreadable:
+        handle.close()
+        raise
     except (csv.Error, UnicodeDecodeError, ValueError) as exc:
         handle.close()
         raise _Unreadable(type(exc).__name__) from None
