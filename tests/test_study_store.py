@@ -349,3 +349,16 @@ def test_store_urls_are_checked_and_passwords_hidden(tmp_path: Path) -> None:
     hidden = StudyStore(create_engine("postgresql+psycopg://u:secret@127.0.0.1/x"))
     assert "secret" not in hidden.url
     hidden.close()
+
+
+@pytest.mark.parametrize("kind", ["postgresql-refused", "sqlite-folder"])
+def test_a_store_that_cannot_be_opened_is_a_typed_error_without_its_password(tmp_path: Path, kind: str) -> None:
+    from medagent.store import StoreError
+
+    (tmp_path / "a-folder.db").mkdir()
+    url = ("postgresql://u:secret-pw@127.0.0.1:1/x" if kind == "postgresql-refused"  # nothing listens on port 1
+           else f"sqlite:///{tmp_path / 'a-folder.db'}")
+    with pytest.raises(StoreError) as caught:
+        StudyStore.open(url, tmp_path)
+    assert caught.value.code == "store_unavailable"
+    assert "secret-pw" not in str(caught.value.to_dict()) and caught.value.__cause__ is None

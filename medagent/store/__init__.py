@@ -20,6 +20,7 @@ from medagent.store.records import (
     StoredToolCall,
     StoreError,
     StoreSchemaMismatch,
+    StoreUnavailable,
     ToolCallRecord,
     UnknownRun,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "RunStatus",
     "StoreError",
     "StoreSchemaMismatch",
+    "StoreUnavailable",
     "StoredToolCall",
     "StudyStore",
     "ToolCallRecord",

@@ -40,6 +40,13 @@ class ConfigChanged(StoreError):
     code = "config_changed"
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be opened: a database server that does not answer or refuses the login, an SQLite
+    file that cannot be created or opened."""
+
+    code = "store_unavailable"
+
+
 class StoreSchemaMismatch(StoreError):
     code = "store_schema_mismatch"
 

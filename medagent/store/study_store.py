@@ -23,12 +23,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 from medagent.names import check_name
-from medagent.redaction import redact
+from medagent.redaction import redact, redact_text
 from medagent.store import leases
 from medagent.store.engine import WRITE_OPTION, create_store_engine, ensure_schema, git_sha, medagent_version, \
     resolve_url
 from medagent.store.records import CaseRecord, CaseResult, CaseStatus, CaseWrite, ConfigChanged, MetricValue, \
-    RunExists, RunRecord, RunStatus, StoredToolCall, StoreError, ToolCallRecord, UnknownRun, now
+    RunExists, RunRecord, RunStatus, StoredToolCall, StoreError, StoreUnavailable, ToolCallRecord, UnknownRun, now
 from medagent.store.rows import case_record, case_values, metric_value, require_text, run_record, stored_tool_call
 from medagent.store.leases import DEFAULT_LEASE_TTL_S
 from medagent.store.tables import CaseRow, MessageRow, MetricRow, RunLeaseRow, RunRow, ToolCallRow
@@ -56,9 +56,20 @@ class StudyStore:
     def open(cls, url: str | None, home: Path) -> StudyStore:
         """``None``: the SQLite file ``<home>/studies.sqlite``; else a ``sqlite:///`` or ``postgresql://`` URL.
         Creates missing tables and checks the schema version."""
-        engine = create_store_engine(resolve_url(url, home))
+        from sqlalchemy.exc import DBAPIError
+
+        resolved = resolve_url(url, home)
+        backend = make_url(resolved).get_backend_name()
+        try:
+            engine = create_store_engine(resolved)
+        except OSError as exc:  # the SQLite file or its folder cannot be created
+            raise StoreUnavailable(f"the {backend} study store cannot be opened ({exc.strerror})") from None
         try:
             ensure_schema(engine)
+        except DBAPIError as exc:  # the driver's first line says why; the URL (and any password) is not repeated
+            engine.dispose()
+            reason = str(exc.orig).strip().splitlines()[0][:200] if exc.orig is not None else type(exc).__name__
+            raise StoreUnavailable(f"the {backend} study store cannot be opened: {redact_text(reason)}") from None
         except BaseException:
             engine.dispose()
             raise
