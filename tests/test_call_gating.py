@@ -403,6 +403,29 @@ async def test_invalid_arguments_are_echoed_only_up_to_the_cap(settings: Setting
         await agent.aclose()
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("nested", ["[" * 1500 + "]" * 1500, "[" * 3000, '{"a":' * 2000 + "1" + "}" * 2000])
+@pytest.mark.parametrize("echo", [200, 4096])
+async def test_arguments_nested_past_the_parser_are_an_invalid_call(settings: Settings, nih_images: list[Path],
+                                                                    nested: str, echo: int) -> None:
+    """Refused, and kept in the history as arguments every reader (a server, the study store) can parse."""
+    ran: list[str] = []
+    planner = ScriptedPlanner(lambda request: "done" if any(m["role"] == "tool" for m in request.messages) else
+                              [tool_call("t", '{"image_id": "%s", "tag": %s}' % (_image_id(request), nested), "c1")])
+    agent = await _agent(settings, planner, [_spy("t", ran)], max_echo_chars=echo)
+    try:
+        session = agent.session()
+        await session.attach(nih_images[0], "DX")
+        answer = await session.ask("go")
+        assert answer.text == "done" and ran == []
+        assert answer.tool_calls[0]["error"]["code"] == "invalid_arguments"
+        assistant = next(m for m in planner.requests[1].messages if m.get("tool_calls"))
+        for arguments in (assistant["tool_calls"][0]["function"]["arguments"], answer.tool_calls[0]["arguments"]):
+            assert isinstance(json.loads(arguments), dict)
+    finally:
+        await agent.aclose()
+
+
 def test_every_cap_has_an_upper_bound() -> None:
     for field, value in [("max_steps", 1000), ("max_invalid_calls", 1000), ("max_calls_per_turn", 1000),
                          ("max_calls_per_question", 10_000), ("max_tool_name_chars", 10_000),

@@ -154,6 +154,8 @@ class ToolRegistry:
                 arguments = json.loads(arguments or "{}")
             except json.JSONDecodeError as exc:
                 raise InvalidToolArguments(f"arguments are not valid JSON ({exc.msg} at position {exc.pos})") from None
+            except RecursionError:  # nested deeper than the parser goes: no tool takes such arguments
+                raise InvalidToolArguments("arguments are nested too deeply") from None
         if not isinstance(arguments, dict):
             raise InvalidToolArguments("arguments must be a JSON object")
         known = {info.alias or name for name, info in tool.input_model.model_fields.items()}

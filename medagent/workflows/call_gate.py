@@ -54,9 +54,14 @@ def shorten(text: str, limit: int) -> str:
 
 def _echo(arguments: str, limit: int) -> str:
     """A refused call's arguments as kept: cut to ``limit`` characters yet still a JSON object, since some
-    servers parse the arguments of earlier calls when they render the conversation."""
+    servers (and the study store) parse the arguments of earlier calls; text that is no parseable object
+    (broken, or nested past the parser) is wrapped as a string."""
     if len(arguments) <= limit:
-        return arguments
+        try:
+            if isinstance(json.loads(arguments), dict):
+                return arguments
+        except (ValueError, RecursionError):
+            pass
     return json.dumps({"cut": arguments[:limit], "characters": len(arguments)})
 
 
