@@ -411,7 +411,7 @@ async def test_arguments_nested_past_the_parser_are_an_invalid_call(settings: Se
     """Refused, and kept in the history as arguments every reader (a server, the study store) can parse."""
     ran: list[str] = []
     planner = ScriptedPlanner(lambda request: "done" if any(m["role"] == "tool" for m in request.messages) else
-                              [tool_call("t", '{"image_id": "%s", "tag": %s}' % (_image_id(request), nested), "c1")])
+                              [tool_call("t", f'{{"image_id": "{_image_id(request)}", "tag": {nested}}}', "c1")])
     agent = await _agent(settings, planner, [_spy("t", ran)], max_echo_chars=echo)
     try:
         session = agent.session()
