@@ -244,6 +244,27 @@ async def test_an_assessment_json_cannot_parse_is_re_asked_not_raised(reply: str
     assert assessment.attempts == 2 and assessment.scores == RubricScores.model_validate(SCORES)
 
 
+def test_the_assessor_sees_a_long_consultation_whole() -> None:
+    """Twenty questions and answers near the doctor's 1,000-character reply bound: every turn reaches the assessor
+    in full, the correct and final diagnoses included (not a 'truncated' note in place of the transcript)."""
+    from medagent.simulators.assessor import assessment_messages
+
+    turns = []
+    for index in range(20):
+        turns += [Turn(index=2 * index, speaker="doctor", action="ask", elapsed_s=0.0,
+                       text=f"Q{index:02d} " + "how long has this been going on " * 30),
+                  Turn(index=2 * index + 1, speaker="patient", action="answer", elapsed_s=0.0,
+                       text=f"A{index:02d} " + "about a week, doctor " * 25)]
+    turns.append(Turn(index=40, speaker="doctor", action="diagnose", text="Myasthenia gravis", elapsed_s=0.0))
+    outcome = DialogueOutcome(case_id=CASE.case_id, turns=turns, stop_reason="diagnosis",
+                              diagnosis_text="Myasthenia gravis", diagnosis="myasthenia gravis", leaks_redacted=0,
+                              models={}, strategy="dialogue")
+    prompt = assessment_messages(CASE, outcome)[1]["content"]
+    assert "truncated" not in prompt and "more characters" not in prompt
+    assert "Correct diagnosis: Myasthenia gravis" in prompt and "Doctor (diagnosis): Myasthenia gravis" in prompt
+    assert all(f"Q{index:02d}" in prompt and f"A{index:02d}" in prompt for index in range(20))
+
+
 @pytest.mark.asyncio
 async def test_a_valid_assessment_parses_after_a_re_ask() -> None:
     assessor = ScriptedPlanner(lambda r: "{" if r.call_index == 0 else json.dumps(SCORES), model="judge")

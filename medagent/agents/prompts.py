@@ -73,18 +73,18 @@ def _capped(text: str, limit: int = _MAX_TEXT) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
 
 
-def _bounded(value: Any) -> Any:
+def _bounded(value: Any, max_text: int = _MAX_TEXT) -> Any:
     """Every string capped, every object cut to its first keys: data cannot crowd out the prompt."""
     if isinstance(value, str):
-        return _capped(value)
+        return _capped(value, max_text)
     if isinstance(value, dict):
         items = list(value.items())
-        kept = {_capped(str(key), 64): _bounded(item) for key, item in items[:_MAX_KEYS]}
+        kept = {_capped(str(key), 64): _bounded(item, max_text) for key, item in items[:_MAX_KEYS]}
         if len(items) > _MAX_KEYS:
             kept["..."] = f"{len(items) - _MAX_KEYS} more entries"
         return kept
     if isinstance(value, list | tuple):
-        return [_bounded(item) for item in value]
+        return [_bounded(item, max_text) for item in value]
     return value
 
 
@@ -95,13 +95,15 @@ def _json_line(value: Any) -> str:
     return _BREAKS.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
-def fence_data(label: str, payload: Any) -> str:
+def fence_data(label: str, payload: Any, *, max_text: int = _MAX_TEXT, max_body: int = _MAX_BODY) -> str:
     """``payload`` as one line of JSON in a fence the data cannot close: no line break or control
     character of the data survives unescaped, so text from a file, a DICOM header or an index never
-    starts a line of the prompt. ``label`` is medagent's own wording, never data."""
-    body = _json_line(_bounded(payload))
-    if len(body) > _MAX_BODY:  # too much to show: its summary (when it has one) and what was left out
-        kept: dict[str, Any] = {"truncated": f"{len(body)} characters of data, more than the {_MAX_BODY} shown"}
+    starts a line of the prompt. ``label`` is medagent's own wording, never data. ``max_text`` caps each
+    string, ``max_body`` the whole (beyond it only a summary is shown): raise them for data that is the
+    task itself (a transcript to assess), not a tool's side output."""
+    body = _json_line(_bounded(payload, max_text))
+    if len(body) > max_body:  # too much to show: its summary (when it has one) and what was left out
+        kept: dict[str, Any] = {"truncated": f"{len(body)} characters of data, more than the {max_body} shown"}
         if isinstance(payload, dict) and isinstance(payload.get("summary"), str):
             kept = {"summary": _capped(payload["summary"]), **kept}
         body = _json_line(kept)

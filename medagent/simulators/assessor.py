@@ -70,6 +70,10 @@ def _rubric_lines() -> list[str]:
     return lines
 
 
+_MAX_TURN_CHARS = 4_000
+_MAX_TRANSCRIPT_CHARS = 1_000_000
+
+
 def assessment_messages(case: DialogueCase, outcome: DialogueOutcome) -> list[Message]:
     """The rubric in the system turn; the case's diagnosis and the transcript as fenced data, one string per line
     (a turn's line breaks stay escaped inside its string)."""
@@ -85,8 +89,11 @@ def assessment_messages(case: DialogueCase, outcome: DialogueOutcome) -> list[Me
         f"The dialogue ended by: {outcome.stop_reason}",
         "Transcript:", *(render_transcript([turn]) for turn in outcome.turns),
     ]
-    return [{"role": "system", "content": system},
-            {"role": "user", "content": fence_data("The consultation, from the case file and the dialogue", record)}]
+    # the transcript is what is assessed: fenced whole (a doctor's turn is at most 1,000 characters, a dialogue at
+    # most 100 doctor turns), never cut to a tool result's caps; an overlong one fails at the planner, loudly
+    fenced = fence_data("The consultation, from the case file and the dialogue", record, max_text=_MAX_TURN_CHARS,
+                        max_body=_MAX_TRANSCRIPT_CHARS)
+    return [{"role": "system", "content": system}, {"role": "user", "content": fenced}]
 
 
 def _problems(error: ValidationError) -> str:
