@@ -16,7 +16,7 @@ from typing import Any
 
 @dataclass
 class Behaviour:
-    kind: str  # text | tool | tools | status | slow | invalid_json | truncated | trickle | flood
+    kind: str  # text | tool | tools | status | slow | invalid_json | nested_json | truncated | trickle | flood
     text: str = ""
     tool_name: str = ""
     arguments: str = "{}"
@@ -172,6 +172,8 @@ class FakeOpenAIServer:
                     parts += [self._chunk({}, "tool_calls"), b"data: [DONE]\n\n"]
                 elif behaviour.kind == "invalid_json":
                     parts = [b"data: {this is not json\n\n"]
+                elif behaviour.kind == "nested_json":  # deeper than a JSON parser recurses
+                    parts = [b"data: " + b"[" * 100_000 + b"\n\n"]
                 elif behaviour.kind == "truncated":
                     parts = [self._chunk({"role": "assistant", "content": "half an ans"}, None)]
                 elif behaviour.kind == "tool":

@@ -110,7 +110,7 @@ async def test_400_is_never_retried() -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("kind", ["invalid_json", "truncated"])
+@pytest.mark.parametrize("kind", ["invalid_json", "nested_json", "truncated"])
 async def test_garbage_and_truncated_streams_are_protocol_errors(kind: str) -> None:
     with FakeOpenAIServer([Behaviour(kind)]) as server:
         planner = _planner(server.url)

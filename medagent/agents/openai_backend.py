@@ -85,7 +85,7 @@ class OpenAICompatiblePlanner:
                                   status=exc.status_code) from exc
         except openai.APIResponseValidationError as exc:
             raise PlannerProtocolError("planner server sent a malformed response") from exc
-        except (json.JSONDecodeError, ValueError) as exc:
+        except (json.JSONDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested past the parser
             raise PlannerProtocolError("planner server sent a response that is not valid JSON") from exc
 
     async def complete(
@@ -190,7 +190,7 @@ class OpenAICompatiblePlanner:
             refused = str(body.get("code", "")).startswith("4") or "BadRequest" in str(body.get("type", ""))
             raise (PlannerRejected if refused else PlannerProtocolError)(
                 f"planner server ended the stream with an error: {_short(exc.message)}") from exc
-        except (json.JSONDecodeError, ValueError) as exc:
+        except (json.JSONDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested past the parser
             raise PlannerProtocolError("planner stream carried invalid JSON") from exc
         except Exception as exc:  # httpx read errors while streaming
             if type(exc).__module__.startswith(("httpx", "httpcore", "httpx2")):
