@@ -414,3 +414,32 @@ def test_a_manifest_line_is_read_under_a_cap_not_whole(tmp_path: Path, where: st
     study = manifest_study(tmp_path, manifest)
     error = fast_and_small(lambda: load_study(study).cases(), StudyConfigError)
     assert "cannot read the manifest" in error.message and "xxxx" not in error.message
+
+
+def test_a_case_dataset_beyond_max_cases_is_refused_before_writing_its_images(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dataset.max_cases bounds the work of loading too: a 3MDBench export with embedded images stops at the cap
+    instead of de-identifying and writing every image first."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+    from tests.conftest import TEST_SECRET
+
+    monkeypatch.setenv("MEDAGENT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MEDAGENT_DEID_SECRET", TEST_SECRET.decode())
+    rows = []
+    for shade in range(6):
+        out = io.BytesIO()
+        Image.new("L", (8, 8), color=shade * 40).save(out, format="PNG")
+        rows.append({"general_complaint": "A rash", "complaints": "Itchy.", "diagnosis": "hives",
+                     "image": {"bytes": out.getvalue(), "path": None}})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "cases.parquet")
+    study = tmp_path / "study.yaml"
+    study.write_text("name: c\ngraph:\n  type: dialogue\n"
+                     "dataset: {type: cases, path: cases.parquet, max_cases: 2}\n")
+    with pytest.raises(StudyConfigError) as caught:
+        load_study(study).cases()
+    assert caught.value.field == "dataset.max_cases"
+    assert len(list((tmp_path / "home" / "case-images").iterdir())) <= 2

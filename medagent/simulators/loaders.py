@@ -134,15 +134,17 @@ def _detect(path: Path) -> CaseFormat:
                         file=path.name)
 
 
-def load_cases(path: Path, format: CaseFormat = "auto", *, image_cache: Path | None = None) -> list[DialogueCase]:
-    """Cases from any supported file; ``format='auto'`` decides by suffix, then by the first record's keys."""
+def load_cases(path: Path, format: CaseFormat = "auto", *, image_cache: Path | None = None,
+               max_cases: int | None = None) -> list[DialogueCase]:
+    """Cases from any supported file; ``format='auto'`` decides by suffix, then by the first record's keys.
+    ``max_cases`` stops a 3MDBench export before it writes the images of cases past the cap."""
     if not path.exists():
         raise CaseFileError(f"{path.name}: the case file does not exist", file=path.name)
     kind = _detect(path) if format == "auto" else format
     if kind == "agentclinic":
         return load_agentclinic(path)
     if kind == "3mdbench":
-        return load_3mdbench(path, image_cache=image_cache)
+        return load_3mdbench(path, image_cache=image_cache, max_cases=max_cases)
     return load_medagent_cases(path)
 
 

@@ -16,6 +16,7 @@ from medagent.imaging.deid import Deidentifier, load_or_create_secret
 from medagent.simulators.case_files import MAX_CASES, CaseFileError, bounded_lines, open_case_file
 from medagent.simulators.case_images import EmbeddedImageError, located, write_case_image
 from medagent.simulators.cases import TEMPERAMENTS, DialogueCase, PatientFacts, Temperament
+from medagent.studies.datasets import too_many_cases
 from medagent.studies.source import format_field
 
 _FOLDER_TABLES = ("cases.jsonl", "cases.csv", "metadata.jsonl")
@@ -140,13 +141,14 @@ def _3mdbench_case(record: dict[str, Any], table: Path, stem: str, line: int | N
         raise CaseFileError.at(field=format_field(exc.errors()[0]["loc"]), problem="invalid value", **where) from None
 
 
-def load_3mdbench(path: Path, *, image_cache: Path | None = None,
-                  deidentifier: Deidentifier | None = None) -> list[DialogueCase]:
+def load_3mdbench(path: Path, *, image_cache: Path | None = None, deidentifier: Deidentifier | None = None,
+                  max_cases: int | None = None) -> list[DialogueCase]:
     """3MDBench cases from a Parquet export (a file, or a folder of shards), or from a folder holding
     ``cases.jsonl``, ``cases.csv`` or ``metadata.jsonl`` whose ``image`` (or ``file_name``) is relative to it.
 
     Embedded images are written de-identified (DICOM) or re-encoded without metadata (PNG, JPEG) to
-    ``image_cache``, owner-only, once per original."""
+    ``image_cache``, owner-only, once per original. More than ``max_cases`` cases is refused
+    (``dataset.max_cases``) before the next case's image is written."""
     write = _image_writer(image_cache, deidentifier) if image_cache is not None else None
     if path.is_dir():
         table = next((path / name for name in _FOLDER_TABLES if (path / name).is_file()), None)
@@ -161,6 +163,8 @@ def load_3mdbench(path: Path, *, image_cache: Path | None = None,
     seen: set[str] = set()
     for table in tables:
         for record, line, row in _table_rows(table):
+            if max_cases is not None and len(cases) >= max_cases:
+                raise too_many_cases(max_cases)
             case = _3mdbench_case(record, table, stems[table], line, row, write)
             if case.case_id in seen:
                 raise CaseFileError.at(table, "id", "duplicate case id", line=line, row=None if line else row)

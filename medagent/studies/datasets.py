@@ -88,7 +88,7 @@ def _is_dicom(path: Path) -> bool:
         return False
 
 
-def _too_many(max_cases: int) -> StudyConfigError:
+def too_many_cases(max_cases: int) -> StudyConfigError:
     return StudyConfigError(f"dataset: more than {max_cases} cases (raise dataset.max_cases to allow more)",
                             field="dataset.max_cases")
 
@@ -105,7 +105,7 @@ def _folder_cases(root: Path, recursive: bool, max_cases: int) -> list[Case]:
             continue
         images.extend(child for child in children if child.is_file() and _is_image(child))
         if len(images) > max_cases:  # the sorted listing is needed for stable order: cap it while walking
-            raise _too_many(max_cases)
+            raise too_many_cases(max_cases)
         if recursive:
             pending.extend(child for child in children if child.is_dir() and not child.name.startswith("."))
     cases = []
@@ -131,7 +131,7 @@ def iter_dataset(spec: DatasetSpec, base_dir: Path) -> Iterator[Case]:
             return
     cases = _eager_dataset(spec, base_dir)
     if len(cases) > spec.max_cases:
-        raise _too_many(spec.max_cases)
+        raise too_many_cases(spec.max_cases)
     yield from cases
 
 
@@ -181,7 +181,7 @@ def _dialogue_cases(root: Path, spec: DatasetSpec) -> list[Case]:
     from medagent.simulators.loaders import load_cases
 
     # Parquet exports carry image bytes: each is written once, content-addressed, under medagent's home
-    cases = load_cases(root, spec.format, image_cache=Settings().home / "case-images")
+    cases = load_cases(root, spec.format, image_cache=Settings().home / "case-images", max_cases=spec.max_cases)
     if not cases:
         raise StudyConfigError("dataset.path: the case file holds no cases", field="dataset.path")
     return [_study_case(case) for case in cases]
