@@ -295,3 +295,27 @@ def test_the_file_preamble_is_zeroed_in_memory_and_in_the_case_image_cache(pydic
                                                                            for a in report.actions}
     written = write_case_image(out.getvalue(), tmp_path / "cache", Deidentifier(TEST_SECRET)).read_bytes()
     assert b"Doe^Jane" not in written and b"MRN-123456" not in written and written[128:132] == b"DICM"
+
+
+def test_addresses_and_file_locations_outside_the_table_do_not_survive() -> None:
+    """URIs name hosts, folders and original UIDs (a file path with a patient's name, a WADO URL with the real
+    Study Instance UID): every UR value outside the table is emptied, except code references; the file meta's
+    presentation addresses go with its AE titles."""
+    dataset = _dataset()
+    dataset.FileAccessURI = "file:///archive/Doe_Jane_MRN-777/ct.dcm"
+    dataset.RetrieveURL = "https://pacs.example/wado?studyUID=1.2.826.0.1.3680043.9.777"
+    dataset.ContactURI = "mailto:jane.doe@example.org"
+    dataset.StoredInstanceBaseURI = "https://archive.example/Doe_Jane/"
+    code = Dataset()
+    code.URNCodeValue = "urn:oid:2.16.840.1.113883.6.96"
+    dataset.AnatomicRegionSequence = Sequence([code])
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta.add_new(0x00020027, "UR", "dicom://10.0.0.5:104")  # SendingPresentationAddress
+    Deidentifier(TEST_SECRET).deidentify(dataset)
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=False)
+    written = out.getvalue()
+    for leak in (b"Doe_Jane", b"jane.doe", b"3680043.9.777", b"10.0.0.5"):
+        assert leak not in written, leak
+    assert dataset.AnatomicRegionSequence[0].URNCodeValue == "urn:oid:2.16.840.1.113883.6.96"

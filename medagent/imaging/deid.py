@@ -11,9 +11,10 @@ options:
 
 Every other listed attribute is removed (X actions) or emptied (Z, D); listed sequences are removed
 or emptied, except X/Z/U* ones (referenced images), which are walked. Outside the table: person names
-are emptied, private tags and elements of unknown VR removed, and kept text (manufacturer, model, body
-part...) loses control characters and line breaks and is length-capped. A file's 128-byte preamble is zeroed. Every UID outside the
-DICOM-defined root ``1.2.840.10008`` becomes a ``2.25.`` UID from a keyed hash, so one input UID maps
+and URIs (but coding-scheme references) are emptied, private tags and elements of unknown VR removed, and
+kept text (manufacturer, model, body part...) loses control characters and line breaks and is length-capped.
+A file's 128-byte preamble is zeroed, and its file meta loses the sending and receiving systems' AE titles
+and addresses. Every UID outside the DICOM-defined root ``1.2.840.10008`` becomes a ``2.25.`` UID from a keyed hash, so one input UID maps
 to one output UID under one secret. An element whose value cannot be read is removed. The report lists
 tag keywords and actions, never values.
 """
@@ -47,7 +48,8 @@ MAX_SEQUENCE_DEPTH: Final = 16  # deeper nesting is removed rather than walked (
 _MAX_AGE_YEARS = 90
 _DICOM_DEFINED_UID = re.compile(r"1\.2\.840\.10008(\.(0|[1-9][0-9]*))+")
 _DT_SUFFIX = re.compile(r"[0-9]{0,6}(\.[0-9]{1,6})?([+-][0-9]{4})?")
-_TEXT_CAPS: Final = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "ST": 256, "LT": 256, "UT": 256, "UC": 256}
+_TEXT_CAPS: Final = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "ST": 256, "LT": 256, "UT": 256, "UC": 256,
+                     "UR": 256}
 _NUMBER_SYNTAX: Final = {"DS": re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"),
                          "IS": re.compile(r"[+-]?[0-9]+"), "AS": re.compile(r"[0-9]{3}[DWMY]")}
 _REFERENCE_VRS: Final = frozenset({"UI", "SQ", "AT", "IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "UV", "SV"})
@@ -65,8 +67,12 @@ _EMPTIED: Final = _tags("PatientBirthDate")
 _REMOVED: Final = _tags("PatientBirthTime")
 # file meta attributes that name the sending or receiving systems
 _FILE_META_REMOVED: Final = _tags("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
-                                  "ReceivingApplicationEntityTitle", "PrivateInformationCreatorUID",
-                                  "PrivateInformation")
+                                  "ReceivingApplicationEntityTitle", "SourcePresentationAddress",
+                                  "SendingPresentationAddress", "ReceivingPresentationAddress",
+                                  "PrivateInformationCreatorUID", "PrivateInformation")
+# URIs outside the table name hosts, folders (a patient's name in a path) and original UIDs: emptied, except
+# these references to coding schemes
+_CODE_URIS: Final = _tags("CodingSchemeURL", "URNCodeValue")
 
 __all__ = ["PATIENT_NAME_REPLACEMENT", "PROFILE_NAME", "PROFILE_OPTIONS", "RETAINED", "Deidentifier",
            "load_or_create_secret"]
@@ -209,7 +215,7 @@ class Deidentifier:
             else:
                 element.value = "" if vr in _STRING_VRS else None
                 walk.done.add((keyword, "emptied"))
-        elif vr == "PN":
+        elif vr == "PN" or (vr == "UR" and tag not in _CODE_URIS):
             if element.value:
                 element.value = ""
                 walk.done.add((keyword, "emptied"))
