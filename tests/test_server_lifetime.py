@@ -210,3 +210,33 @@ def test_sigkill_of_medagent_stops_the_real_embedded_server(tmp_path: Path) -> N
         assert stat.S_IMODE(logs.stat().st_mode) == 0o700 and list(modes.values()) == [0o600]  # ... but here
     finally:
         _end(process)
+
+
+@pytest.mark.asyncio
+async def test_a_studys_embedded_planner_logs_under_the_studys_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   nih_images: list[Path]) -> None:
+    """The study's own settings, not the environment's home, say where its embedded server logs."""
+    from medagent.agents.embedded import EmbeddedLlamaServer
+    from medagent.agents.planner import PlannerConfig
+    from medagent.config import Settings
+    from medagent.store import StudyStore
+    from medagent.studies import load_study
+    from medagent.studies.runner import StudyRunner
+    from tests.study_files import agent_loop, write_manifest, write_study
+
+    log_dirs: list[Path | None] = []
+
+    async def started(self: EmbeddedLlamaServer) -> str:
+        log_dirs.append(self.log_dir)
+        return "http://127.0.0.1:9/v1"
+
+    monkeypatch.setattr(EmbeddedLlamaServer, "start", started)
+    monkeypatch.setenv("MEDAGENT_HOME", str(tmp_path / "environment-home"))
+    settings = Settings(home=tmp_path / "study-home", xrv_cache_dir=tmp_path / "xrv")
+    write_manifest(tmp_path, [("a", nih_images[0], 1, "M")])
+    with StudyStore.open(None, settings.home) as store:
+        runner = StudyRunner(load_study(write_study(tmp_path, agent_loop("q"))), store, settings)
+        await runner.planners.planner(PlannerConfig())
+        await runner.aclose()
+        runner.toolbox.close()
+    assert log_dirs == [settings.home / "logs"]

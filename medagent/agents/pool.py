@@ -72,8 +72,10 @@ class LimitedPlanner:
 class PlannerPool:
     """Builds and owns planners; ``aclose`` closes clients and stops the embedded servers it started."""
 
-    def __init__(self, per_endpoint: int | None = None) -> None:
+    def __init__(self, per_endpoint: int | None = None, *, log_dir: Path | None = None) -> None:
+        """``log_dir``: where embedded servers log (default: MEDAGENT_HOME/logs of the environment)."""
         self.per_endpoint = per_endpoint
+        self.log_dir = log_dir
         self._servers: dict[str, Any] = {}
         self._planners: list[Planner] = []
         self._slots: dict[str, asyncio.Semaphore] = {}
@@ -108,7 +110,7 @@ class PlannerPool:
         async with self._lock:
             server = self._servers.get(key)
             if server is None:
-                server = EmbeddedLlamaServer(Path(gguf_path) if gguf_path else None)
+                server = EmbeddedLlamaServer(Path(gguf_path) if gguf_path else None, log_dir=self.log_dir)
                 self._servers[key] = server
             return str(await server.start()), server
 

@@ -91,7 +91,8 @@ class StudyRunner:
         self.toolbox = toolbox or Toolbox(self.settings)
         for tool, limit in config.concurrency.expert_limits(self.toolbox.registry.names()).items():
             self.toolbox.registry.set_concurrency(tool, limit)
-        self.planners = PlannerPool(per_endpoint=config.concurrency.per_planner_endpoint)
+        self.planners = PlannerPool(per_endpoint=config.concurrency.per_planner_endpoint,
+                                    log_dir=self.settings.home / "logs")
         self._agents: dict[tuple[str, int], Any] = {}
         self._agent_lock = asyncio.Lock()
         self._compiled: PipelineRunner | None = None
