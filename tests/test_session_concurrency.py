@@ -19,6 +19,7 @@ from medagent.agents.scripted import PlannerRequest, ScriptedPlanner, ScriptResu
 from medagent.api import Agent, AgentConfig
 from medagent.config import Settings
 from medagent.store import RunInProgress, StudyStore
+from medagent.store.leases import new_owner, this_host
 from medagent.studies import load_study
 from medagent.studies.runner import StudyRunner
 from tests.conftest import TEST_SECRET
@@ -114,9 +115,24 @@ def test_a_run_lease_refuses_a_second_live_runner_until_released_or_expired(stor
 def test_a_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(store: StudyStore) -> None:
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True)
-    dead = f"{os.uname().nodename}:{int(finished.stdout)}:gone"
+    dead = f"{this_host()}:{int(finished.stdout)}:gone"
     store.create_run("r", "study", {}, HASH, lease_owner=dead, lease_ttl_s=3600)
-    store.resume_run("r", {}, HASH, lease_owner=f"{os.uname().nodename}:{os.getpid()}:me")  # kill, then resume
+    store.resume_run("r", {}, HASH, lease_owner=f"{this_host()}:{os.getpid()}:me")  # kill, then resume
+
+
+def test_a_lease_of_another_pid_namespace_on_this_host_name_waits_for_its_expiry(
+        store: StudyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two containers with host networking share the host name, not their pids: a pid that does not exist here
+    may be a live runner there, so its lease is not taken over before it expires."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    with monkeypatch.context() as there:  # the owner a runner in another PID namespace writes
+        there.setattr(os, "readlink", lambda path: "pid:[1]" if str(path) == "/proc/self/ns/pid" else path)
+        there.setattr(os, "getpid", lambda: int(finished.stdout))  # a pid that does not exist here
+        elsewhere = new_owner()
+    store.create_run("r", "study", {}, HASH, lease_owner=elsewhere, lease_ttl_s=3600)
+    with pytest.raises(RunInProgress):
+        store.resume_run("r", {}, HASH, lease_owner=new_owner())
 
 
 @pytest.mark.asyncio

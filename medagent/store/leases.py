@@ -1,7 +1,7 @@
 """Run leases: at most one live runner computes a run at a time.
 
 A runner takes the lease when it creates or resumes a run, refreshes it while it works and
-releases it when it stops. The lease names its owner (``host:pid:random``) and expires
+releases it when it stops. The lease names its owner (``host@pidns:pid:random``) and expires
 ``ttl_s`` after its last refresh, so a runner killed with SIGKILL blocks nobody for long; on
 the same host a lease whose process is gone is taken over at once (kill, then resume).
 Taking a lease happens inside the caller's write transaction: SQLite's ``BEGIN IMMEDIATE``
@@ -26,15 +26,25 @@ DEFAULT_LEASE_TTL_S: Final = 60.0
 _LEASES: Table = RunLeaseRow.__table__  # type: ignore[attr-defined]
 
 
+def this_host() -> str:
+    """The host part of a lease owner: the host name and, on Linux, the PID namespace. Containers that share a
+    host name (host networking) but not their process ids must not read each other's pids as their own."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        namespace = ""
+    return socket.gethostname()[:120] + (f"@{namespace[:40]}" if namespace else "")
+
+
 def new_owner() -> str:
     """A lease owner id unique to this process and call."""
-    return f"{socket.gethostname()[:120]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    return f"{this_host()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
 def _process_gone(owner: str) -> bool:
-    """True when ``owner`` was a process of this host that no longer exists."""
+    """True when ``owner`` was a process of this host (and PID namespace) that no longer exists."""
     parts = owner.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != socket.gethostname()[:120] or not parts[1].isdigit():
+    if len(parts) != 3 or parts[0] != this_host() or not parts[1].isdigit():
         return False
     try:
         os.kill(int(parts[1]), 0)
