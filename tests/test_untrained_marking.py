@@ -199,3 +199,16 @@ dataset:
     assert bool(frame.loc[0, "untrained"]) is True
     report = build_report(frame, run_id="dlg", options=FAST)
     assert "UNTRAINED" in render_markdown(report).split("## ", 1)[0]
+
+
+@pytest.mark.parametrize("weights", [UNTRAINED_WEIGHTS, SHA], ids=["untrained", "trained"])
+def test_report_plots_of_untrained_results_are_watermarked(tmp_path: Path, weights: str) -> None:
+    """A plot opened on its own (the PNG beside report.md) says UNTRAINED as the report does."""
+    from medagent.reports import write_plots
+
+    frame = _cases({"cxr_classifier": weights})
+    report = build_report(frame, options=FAST)
+    plots = write_plots(report, frame, None, tmp_path / "report")
+    assert plots and all(plot.path.is_file() for plot in plots)
+    bands = [_red_band(plot.path.read_bytes()) for plot in plots]
+    assert all(band > 0.6 for band in bands) if weights == UNTRAINED_WEIGHTS else all(b == 0.0 for b in bands)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from medagent.files import private_dir, replacing
+from medagent.files import private_dir, replacing, write_private
 from medagent.reports.report import PlotFile, StudyReport
 from medagent.reports.schema import PROB_PREFIX, TRUTH_PREFIX
 
@@ -121,10 +121,16 @@ def latency_plot(report: StudyReport, cases: pd.DataFrame, tool_calls: pd.DataFr
 def write_plots(
     report: StudyReport, cases: pd.DataFrame, tool_calls: pd.DataFrame | None, out_dir: Path | str
 ) -> list[PlotFile]:
-    """Write every plot of ``report`` as PNG under ``out_dir`` (created) and record them in ``report.plots``."""
+    """Write every plot of ``report`` as PNG under ``out_dir`` (created) and record them in ``report.plots``;
+    plots of a run with untrained results carry the UNTRAINED watermark."""
     out_dir = Path(out_dir)
     private_dir(out_dir)
     plots = [*roc_plots(report, cases, out_dir), *confusion_plots(report, out_dir),
              latency_plot(report, cases, tool_calls, out_dir)]
+    if report.provenance.untrained:  # a plot opened on its own must say so as the report does
+        from medagent.imaging.overlay import watermark_untrained
+
+        for plot in plots:
+            write_private(plot.path, watermark_untrained(plot.path.read_bytes()))
     report.plots = plots
     return plots
