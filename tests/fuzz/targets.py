@@ -121,6 +121,13 @@ def _manifest_seed() -> bytes:
     return ("\n".join(rows) + "\n").encode()
 
 
+def _threemdbench_seed() -> bytes:
+    image = sorted((SHARED_DATA / "torchxrayvision-nih").glob("*.png"))[0]
+    rows = [{"id": f"c{index}", "general_complaint": "A cough", "complaints": "Two weeks, worse at night.",
+             "diagnosis": "bronchitis", "personality": "sanguine", "image": str(image)} for index in range(2)]
+    return ("\n".join(json.dumps(row) for row in rows) + "\n").encode()
+
+
 def _data_targets() -> list[Target]:
     from medagent.simulators.builtin import label_set_named
     from medagent.simulators.loaders import load_cases
@@ -148,6 +155,9 @@ def _data_targets() -> list[Target]:
         Target("agentclinic", [(clinic + "\n" + clinic + "\n").encode()],
                _file_runner(".jsonl", lambda path: load_cases(path, "agentclinic")), text=True),
         Target("manifest", [_manifest_seed()], _file_runner(".csv", lambda path: load_dataset(manifest, WORK)),
+               text=True),
+        Target("threemdbench", [_threemdbench_seed()],
+               _file_runner(".jsonl", lambda path: load_cases(path, "3mdbench", image_cache=WORK / "case-images")),
                text=True),
     ]
 
