@@ -228,15 +228,17 @@ async def test_a_runner_that_stops_leaves_no_case_computing_behind(
                                     planner=SCRIPTED % ("", ", latency_s: 0.2")))
     with StudyStore.open(None, settings.home) as store:
         runner = StudyRunner(config, store, settings, lease_ttl_s=0.4)
+        # aclosing: a caller that stops reading closes the run, which cancels its cases and ends its writes
         with pytest.raises(RunInProgress) if stop == "lease-lost" else contextlib.nullcontext():
-            async for event in runner.run("r"):
-                if event.kind != "case":
-                    continue
-                if stop == "consumer-stops":
-                    break
-                with sqlite3.connect(settings.home / "studies.sqlite") as connection:
-                    connection.execute("UPDATE study_run_leases SET owner = 'other-host:1:x' WHERE run_id = 'r'")
-                connection.close()
+            async with contextlib.aclosing(runner.run("r")) as events:
+                async for event in events:
+                    if event.kind != "case":
+                        continue
+                    if stop == "consumer-stops":
+                        break
+                    with sqlite3.connect(settings.home / "studies.sqlite") as connection:
+                        connection.execute("UPDATE study_run_leases SET owner = 'other-host:1:x' WHERE run_id = 'r'")
+                    connection.close()
         await asyncio.sleep(0)
         written = len(store.cases("r"))
         await asyncio.sleep(1.5)  # several cases' time: an orphaned case would have been written by now

@@ -333,3 +333,19 @@ async def test_a_schema_vllm_refuses_fails_typed_with_the_servers_words(vllm_url
     message = refused.value.message
     assert refused.value.code == "planner_rejected" and len(message) <= 600, message
     assert "no-such-type" in message or "schema" in message.lower(), message
+
+
+def test_a_small_integer_range_is_offered_as_an_enum_and_a_large_one_as_words() -> None:
+    """A small model reads '<= 20' and still writes 50 (the README demo did, once an index was built): a
+    small range is an enum every grammar carries; a large one stays words, still enforced on validation."""
+    schema = planner_schema({"type": "object", "properties": {
+        "k": {"type": "integer", "minimum": 1, "maximum": 20, "default": 5},
+        "open": {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 4},
+        "wide": {"type": "integer", "minimum": 0, "maximum": 10_000},
+        "ratio": {"type": "number", "minimum": 0, "maximum": 1}}})
+    properties = schema["properties"]
+    assert properties["k"]["enum"] == list(range(1, 21)) and "<= 20" in properties["k"]["description"]
+    assert properties["open"]["enum"] == [1, 2, 3]
+    assert "enum" not in properties["wide"] and "<= 10000" in properties["wide"]["description"]
+    assert "enum" not in properties["ratio"]
+    assert planner_schema(schema) == schema  # idempotent

@@ -162,8 +162,10 @@ class StudyRunner:
                                     lease_owner=owner, lease_ttl_s=self.lease_ttl_s)
         keeper = asyncio.create_task(self._keep_lease(run_id, owner))
         try:
-            async for progress in self._run_items(run_id, items, retry_failed, keeper):
-                yield progress
+            # aclosing: when this generator is closed, the cases stop before the lease is released
+            async with contextlib.aclosing(self._run_items(run_id, items, retry_failed, keeper)) as events:
+                async for progress in events:
+                    yield progress
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError, MedagentError):

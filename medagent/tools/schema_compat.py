@@ -7,7 +7,8 @@ parser refuses, asserts on unanchored ``pattern``s, ignores numeric bounds; xgra
 formats and bounds that guidance accepts. One refused schema fails every request that offers it.
 
 So the schema a planner sees keeps structure only (types, properties, required, enums, constants,
-items, unions); every bound moves into the field's description, where the model still reads it, and
+items, unions); a small integer range becomes an enum of its values; every other bound moves into the
+field's description, where the model still reads it, and
 the pydantic input model enforces it when the call is validated (an out-of-bound value earns the
 planner a corrective retry, never a silent acceptance). ``$ref``/``$defs`` are inlined, ``oneOf``
 becomes ``anyOf`` and single-member ``allOf`` is merged, since not every backend resolves them.
@@ -24,6 +25,7 @@ from medagent.errors import ConfigurationError
 _STRUCTURE = ("type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems",
               "anyOf")
 _MAX_DESCRIPTION = 600
+_MAX_ENUMERATED = 32  # a bounded integer field with at most this many values is offered as an enum
 
 
 class UnsupportedToolSchema(ConfigurationError):
@@ -55,6 +57,20 @@ def _bounds_text(node: dict[str, Any]) -> str:
     if "default" in node:
         words.append(f"default {json.dumps(node['default'], default=str)}")
     return ", ".join(words)
+
+
+def _integer_range(node: dict[str, Any]) -> list[int] | None:
+    """The values of a bounded integer field with at most ``_MAX_ENUMERATED`` of them, else None.
+
+    Every backend compiles an enum, so a small range is offered as one: a small model that reads
+    "<= 20" in a description still writes 50; an enum cannot be written wrong."""
+    if node.get("type") != "integer" or "multipleOf" in node:
+        return None
+    low = node.get("minimum", node["exclusiveMinimum"] + 1 if "exclusiveMinimum" in node else None)
+    high = node.get("maximum", node["exclusiveMaximum"] - 1 if "exclusiveMaximum" in node else None)
+    if not isinstance(low, int) or not isinstance(high, int) or not 0 <= high - low < _MAX_ENUMERATED:
+        return None
+    return list(range(low, high + 1))
 
 
 def _resolve(ref: str, defs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -95,6 +111,9 @@ def _normalise(node: Any, defs: dict[str, Any], stack: tuple[str, ...]) -> Any:
             out[key] = [_normalise(item, defs, stack) for item in value]
         else:
             out[key] = value
+    small_range = _integer_range(node)
+    if small_range is not None and "enum" not in out:
+        out["enum"] = small_range  # a bound the grammar can carry: valid by construction, not by a retry
     if len(out.get("anyOf", [])) == 1 and set(out) == {"anyOf"}:
         out = out["anyOf"][0]
     text, bounds = str(node.get("description") or "").strip(), _bounds_text(node)
