@@ -8,6 +8,7 @@ its cases again.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ from medagent.yaml_io import CASE_FILE_LIMITS
 
 CaseFormat = Literal["auto", "agentclinic", "3mdbench", "medagent"]
 LABEL_SET_SUFFIXES = (".yaml", ".yml", ".json")
+_RESOURCE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
 # -- medagent's own format -------------------------------------------------------------------
@@ -39,7 +41,8 @@ def resolve_image_reference(reference: str, base: Path) -> Path:
     ``base``. Raises ValueError with a message that does not repeat the reference."""
     scheme, _, name = reference.partition(":")
     if scheme in ("pydicom", "nibabel") and name:
-        if Path(name).name != name:
+        # a bare file name without glob characters: pydicom looks names up with a glob pattern
+        if not _RESOURCE_NAME.fullmatch(name):
             raise ValueError(f"a {scheme} resource is a bare file name")
         if scheme == "pydicom":
             from pydicom.data import get_testdata_file
