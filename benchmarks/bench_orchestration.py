@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from medagent.agents.scripted import PlannerRequest, ScriptedPlanner, tool_call
 from medagent.config import Settings
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.imaging.record import ImageRecord, Modality
 from medagent.tools import ImageId, Tool, ToolContext, ToolPolicy
 from medagent.tools.builtin import Toolbox

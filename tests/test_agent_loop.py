@@ -14,7 +14,7 @@ from medagent.agents.prompts import SYSTEM_PROMPT
 from medagent.agents.scripted import PlannerRequest, ScriptedPlanner, tool_call
 from medagent.api import Agent, AgentConfig
 from medagent.config import Settings
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.tools import ImageId, Tool, ToolContext, ToolPolicy
 
 

@@ -13,7 +13,7 @@ from medagent.agents.scripted import PlannerRequest, ScriptedPlanner, tool_call
 from medagent.api import Agent, AgentConfig
 from medagent.config import Settings
 from medagent.errors import PlannerMisbehaved
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.imaging import Modality
 from medagent.tools import ImageId, Tool, ToolContext, ToolPolicy
 from medagent.workflows.agent_loop import LoopSettings

@@ -1,6 +1,6 @@
 """Experts: models behind typed results, with lazy loading, a shared cache and micro-batching."""
 
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.experts.results import BoundingBox, ExpertResult, Provenance
 from medagent.experts.runtime import Expert, LoadedModel, WeightsStatus, pick_device
 

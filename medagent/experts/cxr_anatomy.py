@@ -11,7 +11,7 @@ import numpy as np
 
 from medagent.errors import ConfigurationError, MissingDependency, WeightsUnavailable
 from medagent.experts.cache import torch_module_bytes
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.experts.results import Provenance
 from medagent.experts.runtime import Expert, LoadedModel, WeightsStatus
 from medagent.experts.segmentation import Segmentation

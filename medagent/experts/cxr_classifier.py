@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from medagent.errors import ConfigurationError, MissingDependency, WeightsUnavailable
 from medagent.experts.cache import torch_module_bytes
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.experts.results import ExpertResult, Provenance
 from medagent.experts.runtime import Expert, LoadedModel, WeightsStatus
 from medagent.experts.weights import WeightsFile, sha256_file

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from medagent.errors import PreconditionFailed
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.experts.results import ExpertResult, Provenance
 from medagent.experts.runtime import Expert, LoadedModel
 from medagent.imaging.record import ImageRecord, SafeMetadata

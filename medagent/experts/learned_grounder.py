@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from medagent.errors import ConfigurationError, MissingDependency, WeightsUnavailable
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.experts.grounding import GroundedRegion, Grounding, GroundingRequest
 from medagent.experts.results import BoundingBox, Provenance
 from medagent.experts.runtime import Expert, LoadedModel, WeightsStatus

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from medagent.errors import MissingDependency
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.experts.results import Provenance
 from medagent.experts.runtime import Expert, LoadedModel
 from medagent.experts.segmentation import LEFT_LUNG, RIGHT_LUNG, Segmentation

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medagent.errors import ConfigurationError, PreconditionFailed, ToolFailure
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.experts.grounding import (
     AnatomyPhrase,
     AnatomyRegion,

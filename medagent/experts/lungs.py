@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from medagent.errors import MissingDependency, ToolFailure
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.experts.results import BoundingBox, ExpertResult, Provenance
 from medagent.experts.runtime import Expert, LoadedModel
 from medagent.imaging.record import ImageRecord, Modality

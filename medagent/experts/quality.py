@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.experts.results import ExpertResult, Provenance
 from medagent.experts.runtime import Expert, LoadedModel
 from medagent.imaging.record import ImageRecord

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from medagent.errors import ExpertCrashed, ExpertOutOfMemory, MedagentError
 from medagent.experts.batching import MicroBatcher
 from medagent.experts.cache import ModelCache, shared_cache
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.experts.results import Provenance
 
 InputT = TypeVar("InputT")

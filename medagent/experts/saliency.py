@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from medagent.errors import ConfigurationError, InvalidToolArguments
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.experts.cxr_classifier import CxrClassifier
 from medagent.experts.grounding import GroundedRegion, Grounding, GroundingRequest, pixel_box
 from medagent.experts.runtime import Expert, LoadedModel, WeightsStatus

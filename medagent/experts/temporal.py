@@ -8,7 +8,7 @@ import numpy as np
 from pydantic import BaseModel, Field, PrivateAttr
 
 from medagent.errors import MissingDependency, PreconditionFailed, ToolFailure
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.experts.cxr_classifier import Classification
 from medagent.experts.results import BoundingBox, ExpertResult, Provenance
 from medagent.experts.runtime import Expert, LoadedModel

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from medagent.config import Settings
 from medagent.errors import ConfigurationError, InvalidToolArguments, MedagentError, PreconditionFailed
 from medagent.experts.cache import torch_module_bytes
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.experts.monai_bundle import MonaiBundle, SlidingWindowConfig, WeightsFormat
 from medagent.experts.results import ExpertResult, Provenance
 from medagent.experts.runtime import Expert, LoadedModel, WeightsStatus

@@ -8,7 +8,7 @@ import io
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.experts.grounding import (
     PATHOLOGY_SYNONYMS,
     UNDERSTOOD_ANATOMY,

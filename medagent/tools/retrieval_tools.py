@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.retrieval.retriever import ImageRetriever, Retrieval, TextRetriever
 from medagent.tools.spec import ImageId, Tool, ToolContext, ToolPolicy
 

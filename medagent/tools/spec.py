@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medagent.experts.card import ModelCard
+from medagent.cards import ModelCard
 from medagent.imaging.record import ImageRecord
 
 if TYPE_CHECKING:
