@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medagent.experts.cache import ModelCache
+from medagent.runtime.cache import ModelCache
 from medagent.experts.cxr_classifier import CxrClassifier
 from medagent.imaging.record import ImageRecord, Modality
 

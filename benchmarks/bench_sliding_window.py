@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from medagent.experts.cache import ModelCache
+from medagent.runtime.cache import ModelCache
 from medagent.experts.volume_segmentation import VolumeRequest, VolumeSegmenter
 from medagent.imaging import Deidentifier, ImageLoader
 

@@ -96,7 +96,7 @@ async def no_blocking() -> AsyncIterator[None]:
 
 @pytest.fixture
 def fresh_cache() -> Iterator[None]:
-    from medagent.experts import cache
+    from medagent.runtime import cache
 
     yield
     if cache._shared is not None:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from medagent.config import Settings
 from medagent.errors import PreconditionFailed
-from medagent.experts.cache import ModelCache
+from medagent.runtime.cache import ModelCache
 from medagent.experts.dicom_header import DicomHeaderReader
 from medagent.experts.lungs import LungLocalizer
 from medagent.experts.quality import QualityAssessor

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from medagent.errors import ConfigurationError, PreconditionFailed, WeightsUnavailable
-from medagent.experts.cache import ModelCache
+from medagent.runtime.cache import ModelCache
 from medagent.experts.cxr_classifier import DEFAULT_WEIGHTS_FILE, CxrClassifier, weight_names
-from medagent.experts.weights import sha256_file
+from medagent.runtime.weights import sha256_file
 from medagent.imaging import ImageLoader
 
 pytestmark = pytest.mark.torch

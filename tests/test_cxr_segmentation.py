@@ -14,12 +14,12 @@ from PIL import Image
 
 from medagent.config import Settings
 from medagent.errors import InvalidToolArguments, ModelRetry, PreconditionFailed, WeightsUnavailable
-from medagent.experts.cache import ModelCache
+from medagent.runtime.cache import ModelCache
 from medagent.experts.cxr_anatomy import STRUCTURES, WEIGHTS_FILE, CxrAnatomySegmenter
 from medagent.experts.lung_fields import LungFieldSegmenter
-from medagent.experts.runtime import LoadedModel
+from medagent.runtime.expert import LoadedModel
 from medagent.experts.segmentation import HEART, LEFT_LUNG, RIGHT_LUNG, Segmentation, cardiothoracic_ratio
-from medagent.experts.weights import sha256_file
+from medagent.runtime.weights import sha256_file
 from medagent.imaging import ImageLoader
 from medagent.imaging.mask_overlay import MASK_COLOURS, masks_overlay_png
 from medagent.imaging.record import ImageRecord
@@ -91,7 +91,7 @@ class _BrightnessNetwork:
 @pytest.mark.torch
 def test_padding_and_resizing_map_the_output_back_onto_the_input_pixels(loader: ImageLoader,
                                                                         nih_images: list[Path]) -> None:
-    from medagent.experts.results import Provenance
+    from medagent.runtime.results import Provenance
 
     record = loader.load(nih_images[0], modality="DX")
     wide = _with(record, pixels=np.ascontiguousarray(record.pixels[100:400, :]))  # 300 x 512: padded top and bottom

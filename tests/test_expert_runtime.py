@@ -16,8 +16,8 @@ from pydantic import BaseModel
 
 from medagent.errors import ExpertCrashed, PreconditionFailed, WeightsUnavailable
 from medagent.experts import Expert, LoadedModel, ModelCard, Provenance, pick_device
-from medagent.experts.batching import MicroBatcher
-from medagent.experts.cache import ModelCache
+from medagent.runtime.batching import MicroBatcher
+from medagent.runtime.cache import ModelCache
 
 
 class Echo(BaseModel):

@@ -82,7 +82,7 @@ def test_an_invalid_call_is_corrected_and_the_answer_ends_with_evidence_and_the_
 
 @pytest.mark.torch
 def test_ask_prints_the_evidence_and_marks_untrained_results(home: Path, nih_images: list[Path]) -> None:
-    from medagent.experts.untrained import NOTICE
+    from medagent.runtime.untrained import NOTICE
 
     image_id = _image_id(nih_images[1])
     behaviours = [tool("classify_chest_xray", {"image_id": image_id}), text("Nothing to see.")]

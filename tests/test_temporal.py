@@ -103,7 +103,7 @@ async def test_a_ct_slice_against_a_radiograph_is_refused(cxr: ImageRecord, load
 
 def test_finding_status_follows_operating_thresholds() -> None:
     from medagent.experts.cxr_classifier import Classification, FindingScore
-    from medagent.experts.results import Provenance
+    from medagent.runtime.results import Provenance
 
     def scores(effusion: float, mass: float) -> Classification:
         findings = [FindingScore(label="Effusion", probability=effusion, operating_threshold=0.3),

@@ -28,7 +28,7 @@ from medagent.errors import (
     PreconditionFailed,
     WeightsUnavailable,
 )
-from medagent.experts.cache import ModelCache
+from medagent.runtime.cache import ModelCache
 from medagent.experts.monai_bundle import BundleUnavailable, MonaiBundle
 from medagent.experts.volume_geometry import VolumeGrid, run_sliding_window
 from medagent.experts.volume_segmentation import VolumeRequest, VolumeSegmentation, VolumeSegmenter

@@ -20,7 +20,7 @@ from rich.panel import Panel
 
 from medagent.cli.terminal import safe, strip_controls
 from medagent.errors import MedagentError
-from medagent.experts.untrained import NOTICE, untrained_experts
+from medagent.runtime.untrained import NOTICE, untrained_experts
 
 _ARTIFACT_KEYS = ("overlay_id", "overlay_ids", "mask_id", "heatmap_id")
 EVIDENCE_CHARS = 300

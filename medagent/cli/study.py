@@ -44,7 +44,7 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from medagent.config import Settings
-    from medagent.experts.untrained import NOTICE, weights_are_untrained
+    from medagent.runtime.untrained import NOTICE, weights_are_untrained
     from medagent.store import StudyStore
     from medagent.studies import load_study, with_dataset
     from medagent.studies.runner import run_study

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 
 from medagent.errors import ConfigurationError, MissingDependency, WeightsUnavailable
-from medagent.experts.cache import torch_module_bytes
+from medagent.runtime.cache import torch_module_bytes
 from medagent.cards import ModelCard
-from medagent.experts.results import Provenance
-from medagent.experts.runtime import Expert, LoadedModel, WeightsStatus
+from medagent.runtime.results import Provenance
+from medagent.runtime.expert import Expert, LoadedModel, WeightsStatus
 from medagent.experts.segmentation import Segmentation
-from medagent.experts.weights import WeightsFile, sha256_file
+from medagent.runtime.weights import WeightsFile, sha256_file
 from medagent.imaging.record import ImageRecord, Modality
 
 # As torchxrayvision.baseline_models.chestx_det.PSPNet names and fetches them (1.5.x).

@@ -9,11 +9,11 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from medagent.errors import ConfigurationError, MissingDependency, WeightsUnavailable
-from medagent.experts.cache import torch_module_bytes
+from medagent.runtime.cache import torch_module_bytes
 from medagent.cards import ModelCard
-from medagent.experts.results import ExpertResult, Provenance
-from medagent.experts.runtime import Expert, LoadedModel, WeightsStatus
-from medagent.experts.weights import WeightsFile, sha256_file
+from medagent.runtime.results import ExpertResult, Provenance
+from medagent.runtime.expert import Expert, LoadedModel, WeightsStatus
+from medagent.runtime.weights import WeightsFile, sha256_file
 from medagent.imaging.record import ImageRecord, Modality
 
 DEFAULT_WEIGHTS = "densenet121-res224-all"

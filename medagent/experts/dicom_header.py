@@ -6,8 +6,8 @@ from pydantic import BaseModel
 
 from medagent.errors import PreconditionFailed
 from medagent.cards import ModelCard
-from medagent.experts.results import ExpertResult, Provenance
-from medagent.experts.runtime import Expert, LoadedModel
+from medagent.runtime.results import ExpertResult, Provenance
+from medagent.runtime.expert import Expert, LoadedModel
 from medagent.imaging.record import ImageRecord, SafeMetadata
 
 

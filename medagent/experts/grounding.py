@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from medagent.errors import InvalidToolArguments
-from medagent.experts.results import BoundingBox, ExpertResult
+from medagent.runtime.results import BoundingBox, ExpertResult
 from medagent.imaging.record import ImageRecord
 
 RegionKind = Literal["anatomy", "saliency", "detection"]

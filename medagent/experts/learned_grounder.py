@@ -18,9 +18,9 @@ from pydantic import BaseModel, Field
 from medagent.errors import ConfigurationError, MissingDependency, WeightsUnavailable
 from medagent.cards import ModelCard
 from medagent.experts.grounding import GroundedRegion, Grounding, GroundingRequest
-from medagent.experts.results import BoundingBox, Provenance
-from medagent.experts.runtime import Expert, LoadedModel, WeightsStatus
-from medagent.experts.weights import sha256_file
+from medagent.runtime.results import BoundingBox, Provenance
+from medagent.runtime.expert import Expert, LoadedModel, WeightsStatus
+from medagent.runtime.weights import sha256_file
 from medagent.imaging.record import Modality
 
 CoordinateFrame = Literal["full_image", "center_square_crop"]

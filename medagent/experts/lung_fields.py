@@ -8,8 +8,8 @@ import numpy as np
 
 from medagent.errors import MissingDependency
 from medagent.cards import ModelCard
-from medagent.experts.results import Provenance
-from medagent.experts.runtime import Expert, LoadedModel
+from medagent.runtime.results import Provenance
+from medagent.runtime.expert import Expert, LoadedModel
 from medagent.experts.segmentation import LEFT_LUNG, RIGHT_LUNG, Segmentation
 from medagent.imaging.record import ImageRecord, Modality
 

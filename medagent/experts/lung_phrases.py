@@ -24,7 +24,7 @@ from medagent.experts.grounding import (
     pixel_box,
 )
 from medagent.experts.lungs import LungLocalizer
-from medagent.experts.results import Provenance
+from medagent.runtime.results import Provenance
 from medagent.imaging.record import ImageRecord
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1, half-open

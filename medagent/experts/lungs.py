@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 from medagent.errors import MissingDependency, ToolFailure
 from medagent.cards import ModelCard
-from medagent.experts.results import BoundingBox, ExpertResult, Provenance
-from medagent.experts.runtime import Expert, LoadedModel
+from medagent.runtime.results import BoundingBox, ExpertResult, Provenance
+from medagent.runtime.expert import Expert, LoadedModel
 from medagent.imaging.record import ImageRecord, Modality
 
 _WORKING_SIZE = 512  # the detectors find both lungs reliably on 512-pixel radiographs

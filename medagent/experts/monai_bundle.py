@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from medagent.errors import ConfigurationError, MissingDependency, WeightsUnavailable
-from medagent.experts.weights import WeightsFile, sha256_file
+from medagent.runtime.weights import WeightsFile, sha256_file
 
 WeightsFormat = Literal["pt", "ts"]
 _WEIGHT_FILE = {"pt": "model.pt", "ts": "model.ts"}

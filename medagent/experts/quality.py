@@ -8,8 +8,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from medagent.cards import ModelCard
-from medagent.experts.results import ExpertResult, Provenance
-from medagent.experts.runtime import Expert, LoadedModel
+from medagent.runtime.results import ExpertResult, Provenance
+from medagent.runtime.expert import Expert, LoadedModel
 from medagent.imaging.record import ImageRecord
 
 FlagCode = Literal[

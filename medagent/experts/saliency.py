@@ -16,7 +16,7 @@ from medagent.errors import ConfigurationError, InvalidToolArguments
 from medagent.cards import ModelCard
 from medagent.experts.cxr_classifier import CxrClassifier
 from medagent.experts.grounding import GroundedRegion, Grounding, GroundingRequest, pixel_box
-from medagent.experts.runtime import Expert, LoadedModel, WeightsStatus
+from medagent.runtime.expert import Expert, LoadedModel, WeightsStatus
 from medagent.imaging.record import Modality
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, PrivateAttr
 
-from medagent.experts.results import BoundingBox, ExpertResult, Provenance
+from medagent.runtime.results import BoundingBox, ExpertResult, Provenance
 from medagent.imaging.record import ImageRecord
 
 HEART = "Heart"

@@ -7,7 +7,7 @@ from typing import Any
 
 from medagent.config import Settings
 from medagent.errors import ConfigurationError
-from medagent.experts.cache import shared_cache
+from medagent.runtime.cache import shared_cache
 from medagent.experts.cxr_anatomy import CxrAnatomySegmenter
 from medagent.experts.cxr_classifier import CxrClassifier
 from medagent.experts.dicom_header import DicomHeaderReader
@@ -16,7 +16,7 @@ from medagent.experts.lung_fields import LungFieldSegmenter
 from medagent.experts.lung_phrases import LungMasks, LungPhraseGrounder
 from medagent.experts.lungs import LungLocalizer
 from medagent.experts.quality import QualityAssessor
-from medagent.experts.runtime import Expert
+from medagent.runtime.expert import Expert
 from medagent.experts.saliency import SaliencyGrounder
 from medagent.experts.temporal import StudyDifferencer
 from medagent.experts.volume_segmentation import VolumeSegmenter

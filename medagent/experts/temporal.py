@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field, PrivateAttr
 from medagent.errors import MissingDependency, PreconditionFailed, ToolFailure
 from medagent.cards import ModelCard
 from medagent.experts.cxr_classifier import Classification
-from medagent.experts.results import BoundingBox, ExpertResult, Provenance
-from medagent.experts.runtime import Expert, LoadedModel
+from medagent.runtime.results import BoundingBox, ExpertResult, Provenance
+from medagent.runtime.expert import Expert, LoadedModel
 from medagent.imaging.record import ImageRecord
 
 _WORKING_SIZE = 512  # registration and differencing run on the current image scaled to this longest side

@@ -19,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from medagent.config import Settings
 from medagent.errors import ConfigurationError, InvalidToolArguments, MedagentError, PreconditionFailed
-from medagent.experts.cache import torch_module_bytes
+from medagent.runtime.cache import torch_module_bytes
 from medagent.cards import ModelCard
 from medagent.experts.monai_bundle import MonaiBundle, SlidingWindowConfig, WeightsFormat
-from medagent.experts.results import ExpertResult, Provenance
-from medagent.experts.runtime import Expert, LoadedModel, WeightsStatus
+from medagent.runtime.results import ExpertResult, Provenance
+from medagent.runtime.expert import Expert, LoadedModel, WeightsStatus
 from medagent.experts.volume_geometry import (
     VolumeGrid,
     label_statistics,

@@ -12,7 +12,7 @@ import json
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from medagent.experts.untrained import NOTICE, UNTRAINED_WEIGHTS
+from medagent.runtime.untrained import NOTICE, UNTRAINED_WEIGHTS
 
 _MAX_VALUES = 20  # a header, not a table: a run with more distinct values says how many were left out
 

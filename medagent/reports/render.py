@@ -12,7 +12,7 @@ import base64
 import html
 from dataclasses import dataclass, field
 
-from medagent.experts.untrained import NOTICE
+from medagent.runtime.untrained import NOTICE
 from medagent.reports.metrics import METRIC_NAMES, FindingMetrics, MetricValue
 from medagent.reports.report import RunComparison, StudyReport
 

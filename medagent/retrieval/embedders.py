@@ -11,10 +11,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from medagent.errors import MissingDependency
-from medagent.experts.cache import ModelCache, shared_cache, torch_module_bytes
-from medagent.experts.results import Provenance
-from medagent.experts.runtime import pick_device
-from medagent.experts.weights import WeightsFile, sha256_file
+from medagent.runtime.cache import ModelCache, shared_cache, torch_module_bytes
+from medagent.runtime.results import Provenance
+from medagent.runtime.expert import pick_device
+from medagent.runtime.weights import WeightsFile, sha256_file
 from medagent.imaging.record import ImageRecord
 from medagent.retrieval.documents import EmbedderInfo
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from medagent.errors import ConfigurationError, MissingDependency
-from medagent.experts.weights import sha256_file
+from medagent.runtime.weights import sha256_file
 from medagent.files import private_dir
 from medagent.retrieval.documents import (
     Document,

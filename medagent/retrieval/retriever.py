@@ -11,7 +11,7 @@ from typing import Literal, Self
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from medagent.experts.results import ExpertResult
+from medagent.runtime.results import ExpertResult
 from medagent.imaging.record import ImageRecord
 from medagent.retrieval.documents import Document, DocumentKind
 from medagent.retrieval.embedders import ImageEmbedder, TextEmbedder

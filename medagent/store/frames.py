@@ -11,7 +11,7 @@ from typing import Final
 
 import pandas as pd
 
-from medagent.experts.untrained import weights_are_untrained
+from medagent.runtime.untrained import weights_are_untrained
 from medagent.store.records import CaseRecord, StoredToolCall
 
 CASE_COLUMNS: Final = ("run_id", "case_id", "repeat", "status", "error_code", "prompt_tokens", "completion_tokens",

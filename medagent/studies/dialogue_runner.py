@@ -9,7 +9,7 @@ from typing import Any
 
 from medagent.agents.planner import Planner
 from medagent.errors import MedagentError
-from medagent.experts.untrained import expert_weights
+from medagent.runtime.untrained import expert_weights
 from medagent.simulators.cases import DialogueCase
 from medagent.simulators.labels import LabelSet
 from medagent.store import CaseError, CaseResult, ToolCallRecord

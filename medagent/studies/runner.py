@@ -19,7 +19,7 @@ from medagent.agents.planner import Planner
 from medagent.agents.pool import PlannerPool
 from medagent.config import Settings
 from medagent.errors import MedagentError, PreconditionFailed
-from medagent.experts.untrained import expert_weights
+from medagent.runtime.untrained import expert_weights
 from medagent.names import check_name
 from medagent.store import CaseError, CaseResult, StudyStore, ToolCallRecord
 from medagent.store.leases import DEFAULT_LEASE_TTL_S, new_owner

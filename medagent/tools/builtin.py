@@ -15,7 +15,7 @@ from medagent.experts.cxr_detect import with_detected_modality
 from medagent.experts.dicom_header import DicomHeader
 from medagent.experts.lungs import LungLocalization
 from medagent.experts.quality import QualityReport
-from medagent.experts.runtime import Expert
+from medagent.runtime.expert import Expert
 from medagent.experts.suite import ExpertSuite
 from medagent.imaging import Deidentifier, ImageLoader, Modality, load_or_create_secret
 from medagent.imaging.overlay import boxes_overlay_png

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from medagent.errors import InvalidToolArguments
 from medagent.experts.cxr_anatomy import CxrAnatomySegmenter
 from medagent.experts.lung_fields import LungFieldSegmenter
-from medagent.experts.runtime import Expert
+from medagent.runtime.expert import Expert
 from medagent.experts.segmentation import Segmentation
 from medagent.imaging.mask_overlay import masks_overlay_png
 from medagent.imaging.record import ImageRecord

@@ -12,10 +12,10 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel
 
 from medagent.errors import ExpertCrashed, ExpertOutOfMemory, MedagentError
-from medagent.experts.batching import MicroBatcher
-from medagent.experts.cache import ModelCache, shared_cache
+from medagent.runtime.batching import MicroBatcher
+from medagent.runtime.cache import ModelCache, shared_cache
 from medagent.cards import ModelCard
-from medagent.experts.results import Provenance
+from medagent.runtime.results import Provenance
 
 InputT = TypeVar("InputT")
 OutputT = TypeVar("OutputT", bound=BaseModel)
