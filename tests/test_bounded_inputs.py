@@ -24,7 +24,7 @@ from medagent.simulators.case_files import CaseFileError
 from medagent.simulators.labels import LabelSet
 from medagent.simulators.loaders import load_cases
 from medagent.studies import load_study, parse_study
-from medagent.studies.source import StudyConfigError
+from medagent.yaml_located import StudyConfigError
 from medagent.yaml_io import YamlFileError, YamlLimits, load_yaml, load_yaml_string
 
 MAX_SECONDS = 1.0

@@ -471,7 +471,7 @@ async def test_the_chat_asks_once_per_guarded_call_and_runs_only_what_was_approv
 
 def test_a_study_names_its_tools_once_in_experts(tmp_path: Path) -> None:
     from medagent.studies import load_study
-    from medagent.studies.source import StudyConfigError
+    from medagent.yaml_located import StudyConfigError
     from tests.study_files import write_study
 
     graph = "  type: agent_loop\n  question: q\n  loop: {max_calls_per_turn: 2, allowed_tools: [read_dicom_header]}"

@@ -18,7 +18,7 @@ from medagent.errors import PlannerUnavailable
 from medagent.store import StudyStore
 from medagent.studies import load_study, with_dataset
 from medagent.studies.runner import run_study
-from medagent.studies.source import StudyConfigError
+from medagent.yaml_located import StudyConfigError
 from tests.conftest import NIH_DIR, REPO_ROOT, TEST_SECRET
 
 WORKFLOWS = REPO_ROOT / "workflows"

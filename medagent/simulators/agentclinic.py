@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from medagent.simulators.case_files import CaseFileError, bounded_lines, open_case_file
 from medagent.simulators.cases import DialogueCase, ExaminerFacts, PatientFacts
-from medagent.studies.source import format_field
+from medagent.yaml_located import format_field
 
 _AGE = re.compile(r"\b(\d{1,3})-year-old\b", re.IGNORECASE)
 _INFANT = re.compile(r"\b(newborn|\d{1,2}-(day|week|month)-old)\b", re.IGNORECASE)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TextIO
 
 from medagent.errors import ConfigurationError
-from medagent.studies.source import StudyConfigError
+from medagent.yaml_located import StudyConfigError
 
 
 class CaseFileError(ConfigurationError):
@@ -41,6 +41,12 @@ def open_case_file(path: Path) -> TextIO:
 
 MAX_LINE_CHARS = 1024 * 1024  # one case of a JSONL file is a few kilobytes
 MAX_CASES = 100_000
+
+
+def too_many_cases(max_cases: int) -> StudyConfigError:
+    """A dataset (or one case file) holds more cases than the study's ``dataset.max_cases`` allows."""
+    return StudyConfigError(f"dataset: more than {max_cases} cases (raise dataset.max_cases to allow more)",
+                            field="dataset.max_cases")
 
 
 def bounded_lines(stream: TextIO, path: Path, *, max_chars: int = MAX_LINE_CHARS,

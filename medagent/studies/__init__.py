@@ -36,7 +36,7 @@ from medagent.studies.pipeline import (
     PipelineStep,
     render_arguments,
 )
-from medagent.studies.source import StudyConfigError
+from medagent.yaml_located import StudyConfigError
 
 __all__ = [
     "BUILTIN_TOOL_NAMES", "AgentLoopGraph", "Arm", "Case", "ColumnMapping", "ComponentCatalog", "ConcurrencySpec",

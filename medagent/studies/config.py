@@ -17,7 +17,7 @@ from medagent.names import name_problem
 from medagent.studies.components import PLANNER_BACKENDS, TargetRef
 from medagent.studies.datasets import Case, DatasetSpec, iter_dataset
 from medagent.studies.pipeline import Graph, Probability, StepId
-from medagent.studies.source import LocatedDocument, Problem, StudyConfigError
+from medagent.yaml_located import LocatedDocument, Problem, StudyConfigError
 
 # The tools medagent.tools.builtin.build_registry registers (kept here so validating a file builds no experts).
 BUILTIN_TOOL_NAMES: tuple[str, ...] = (

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medagent.imaging.record import Modality
 from medagent.simulators.cases import DialogueCase
-from medagent.studies.source import StudyConfigError
+from medagent.simulators.case_files import too_many_cases
+from medagent.yaml_located import StudyConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -86,11 +87,6 @@ def _is_dicom(path: Path) -> bool:
             return handle.read(132)[128:] == b"DICM"
     except OSError:
         return False
-
-
-def too_many_cases(max_cases: int) -> StudyConfigError:
-    return StudyConfigError(f"dataset: more than {max_cases} cases (raise dataset.max_cases to allow more)",
-                            field="dataset.max_cases")
 
 
 def _folder_cases(root: Path, recursive: bool, max_cases: int) -> list[Case]:

@@ -26,7 +26,7 @@ from medagent.studies.config import BUILTIN_TOOL_NAMES, ExpertRef, PlannerSpec, 
 from medagent.studies.datasets import BUILTIN_CASES
 from medagent.studies.dialogue_graph import DialogueGraph
 from medagent.studies.pipeline import PipelineGraph
-from medagent.studies.source import Loc, LocatedDocument, Problem, StudyConfigError, problems_from_validation
+from medagent.yaml_located import Loc, LocatedDocument, Problem, StudyConfigError, problems_from_validation
 
 
 def _unwrap(annotation: Any) -> Any:

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from medagent.simulators.case_files import MAX_LINE_CHARS
 from medagent.studies.datasets import Case, ColumnMapping, _path_hash
-from medagent.studies.source import StudyConfigError
+from medagent.yaml_located import StudyConfigError
 
 _HEADER_NAMES_SHOWN = 20
 _POSITIVE = {"1", "1.0", "true", "yes", "positive"}
