@@ -189,6 +189,26 @@ class PathOutsideHome(ConfigurationError):
     code = "path_outside_home"
 
 
+class BackendConflict(ConfigurationError):
+    """A planner backend that does not fit its configuration (``openai`` without an endpoint, ``embedded``
+    with one)."""
+
+    code = "backend_conflict"
+
+
+class ComponentContract(ConfigurationError):
+    """A plugged-in component (a ``_target_`` planner factory, role or tool factory) returned something
+    that does not meet its documented contract."""
+
+    code = "component_contract"
+
+
+class ExpertToolsMismatch(ComponentContract):
+    """A study's ``experts:`` entry declares tool names its factory did not return (or returned others)."""
+
+    code = "expert_tools_mismatch"
+
+
 # -- family 4: infrastructure --------------------------------------------------------
 
 
