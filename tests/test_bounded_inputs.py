@@ -21,7 +21,7 @@ from medagent.errors import ConfigurationError, MedagentError, ResourceExhausted
 from medagent.reports.bootstrap import BootstrapConfig, CaseResampler
 from medagent.simulators.agentclinic import load_agentclinic
 from medagent.simulators.case_files import CaseFileError
-from medagent.simulators.labels import LabelSet
+from medagent.dialogue.labels import LabelSet
 from medagent.simulators.loaders import load_cases
 from medagent.studies import load_study, parse_study
 from medagent.yaml_located import StudyConfigError

@@ -23,9 +23,9 @@ from medagent.agents.scripted import PlannerRequest, ScriptedPlanner, tool_call
 from medagent.api import Agent, AgentConfig
 from medagent.config import Settings
 from medagent.simulators.assessor import assessment_messages
-from medagent.simulators.cases import DialogueCase, ExaminerFacts, PatientFacts
-from medagent.simulators.dialogue import DialogueOutcome, DoctorBrief, ExpertHint, Turn
-from medagent.simulators.labels import Label, LabelSet
+from medagent.dialogue.cases import DialogueCase, ExaminerFacts, PatientFacts
+from medagent.dialogue.protocol import DialogueOutcome, DoctorBrief, ExpertHint, Turn
+from medagent.dialogue.labels import Label, LabelSet
 from medagent.simulators.measurement import MeasurementAgent
 from medagent.simulators.patient import SimulatedPatient
 

@@ -16,7 +16,7 @@ from medagent.reports.dialogue_metrics import (
     rubric_means,
     weighted_f1,
 )
-from medagent.simulators.labels import Label, LabelSet
+from medagent.dialogue.labels import Label, LabelSet
 
 SKIN = LabelSet(name="skin", labels=[
     Label(name="hives", synonyms=["urticaria"]), Label(name="eczema", synonyms=["atopic dermatitis"]),

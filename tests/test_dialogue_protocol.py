@@ -13,8 +13,8 @@ from medagent.agents.doctor import DoctorAgent, DoctorReplyInvalid, doctor_schem
 from medagent.agents.scripted import PlannerRequest, ScriptedPlanner
 from medagent.errors import ConfigurationError, PlannerTimeout
 from medagent.simulators.assessor import AssessmentFailed, RubricScores, assess, rubric_schema
-from medagent.simulators.cases import DialogueCase, ExaminerFacts, PatientFacts
-from medagent.simulators.dialogue import (
+from medagent.dialogue.cases import DialogueCase, ExaminerFacts, PatientFacts
+from medagent.dialogue.protocol import (
     DialogueOutcome,
     DialogueSettings,
     ExpertHint,
@@ -25,7 +25,7 @@ from medagent.simulators.dialogue import (
     run_dialogue,
 )
 from medagent.simulators.human import HumanDoctor, HumanPatient
-from medagent.simulators.labels import Label, LabelSet
+from medagent.dialogue.labels import Label, LabelSet
 from medagent.simulators.measurement import NORMAL_READINGS, MeasurementAgent
 from medagent.simulators.patient import REDACTED, STOP_SIGNAL, SimulatedPatient
 from medagent.simulators.personas import (

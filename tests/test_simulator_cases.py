@@ -20,7 +20,7 @@ from medagent.simulators.builtin import (
     label_set_named,
     open_label_set,
 )
-from medagent.simulators.cases import TEMPERAMENTS
+from medagent.dialogue.cases import TEMPERAMENTS
 from medagent.simulators.loaders import (
     CaseFileError,
     demographic_subgroups,

@@ -16,7 +16,7 @@ from rich.console import Console
 from medagent.agents.planner import PlannerConfig
 from medagent.cli.terminal import safe
 from medagent.errors import ConfigurationError
-from medagent.simulators.cases import DialogueCase, PatientFacts
+from medagent.dialogue.cases import DialogueCase, PatientFacts
 
 console = Console()
 
@@ -59,7 +59,7 @@ async def consult(*, case_id: str | None, human_patient: bool, cases_file: Path 
     from medagent.agents.doctor import DoctorAgent
     from medagent.agents.pool import PlannerPool
     from medagent.simulators.builtin import builtin_label_set, open_label_set
-    from medagent.simulators.dialogue import DialogueSettings, run_dialogue
+    from medagent.dialogue.protocol import DialogueSettings, run_dialogue
     from medagent.simulators.human import HumanDoctor, HumanPatient
     from medagent.simulators.measurement import MeasurementAgent
     from medagent.simulators.patient import SimulatedPatient

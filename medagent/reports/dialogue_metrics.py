@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from medagent.reports.bootstrap import BootstrapConfig, CaseResampler, ratio
 from medagent.reports.metrics import SMALL_GROUP, MetricValue
-from medagent.simulators.labels import NONE_LABEL, LabelSet
+from medagent.dialogue.labels import NONE_LABEL, LabelSet
 
 Pair = tuple[str, str | None]
 """(true label, predicted label | 'none' | None) after normalisation."""

@@ -13,7 +13,7 @@ from medagent.reports.dialogue_metrics import (
     DialogueSummary,
     dialogue_summary,
 )
-from medagent.simulators.labels import NONE_LABEL, Label, LabelSet
+from medagent.dialogue.labels import NONE_LABEL, Label, LabelSet
 
 TRUTH, PREDICTION, LABEL_SET = "dialogue.truth", "dialogue.prediction", "dialogue.label_set"
 # temperament and bias first: the breakdowns 3MDBench and AgentClinic report

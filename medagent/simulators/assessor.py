@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from medagent.agents.planner import Message, Planner
 from medagent.agents.prompts import fence_data
 from medagent.errors import InfrastructureError
-from medagent.simulators.cases import DialogueCase
-from medagent.simulators.dialogue import DialogueOutcome, extract_diagnosis, render_transcript
+from medagent.dialogue.cases import DialogueCase
+from medagent.dialogue.protocol import DialogueOutcome, extract_diagnosis, render_transcript
 
 __all__ = ["Assessment", "AssessmentFailed", "RubricScores", "assess", "extract_diagnosis", "rubric_schema"]
 

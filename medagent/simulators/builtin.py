@@ -15,8 +15,8 @@ import yaml
 from pydantic import ValidationError
 
 from medagent.errors import ConfigurationError
-from medagent.simulators.cases import DialogueCase
-from medagent.simulators.labels import Label, LabelSet, canonical_text
+from medagent.dialogue.cases import DialogueCase
+from medagent.dialogue.labels import Label, LabelSet, canonical_text
 from medagent.simulators.loaders import LABEL_SET_SUFFIXES, CaseFileError, load_medagent_cases
 
 BUILTIN_LABEL_SET = "medagent-builtin"

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medagent.simulators.agentclinic import demographic_subgroups, load_agentclinic
 from medagent.simulators.case_files import CaseFileError, bounded_lines, open_case_file
-from medagent.simulators.cases import DialogueCase
+from medagent.dialogue.cases import DialogueCase
 from medagent.simulators.threemdbench import load_3mdbench
 from medagent.yaml_located import LocatedDocument, Problem, StudyConfigError, problems_from_validation
 from medagent.yaml_io import CASE_FILE_LIMITS

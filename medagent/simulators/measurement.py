@@ -13,8 +13,8 @@ from typing import Any
 
 from medagent.agents.planner import Message, Planner
 from medagent.agents.prompts import fence_data, one_line
-from medagent.simulators.cases import DialogueCase, ExaminerFacts
-from medagent.simulators.dialogue import Reply, Turn
+from medagent.dialogue.cases import DialogueCase, ExaminerFacts
+from medagent.dialogue.protocol import Reply, Turn
 
 NORMAL_READINGS = "Normal readings."
 _WORD = re.compile(r"[a-z0-9]+")

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 
 from medagent.agents.planner import Message, Planner
 from medagent.agents.prompts import fence_data, one_line
-from medagent.simulators.cases import DialogueCase, PatientFacts
-from medagent.simulators.dialogue import Reply, Turn
+from medagent.dialogue.cases import DialogueCase, PatientFacts
+from medagent.dialogue.protocol import Reply, Turn
 from medagent.simulators.personas import patient_bias, temperament_profile
 
 STOP_SIGNAL = "[END]"

@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from medagent.imaging.record import Modality
-from medagent.simulators.cases import DialogueCase
+from medagent.dialogue.cases import DialogueCase
 from medagent.simulators.case_files import too_many_cases
 from medagent.yaml_located import StudyConfigError
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from medagent.simulators.cases import TEMPERAMENTS, DialogueCase, Temperament
+from medagent.dialogue.cases import TEMPERAMENTS, DialogueCase, Temperament
 
 Strategy = Literal["one_shot", "dialogue", "dialogue_with_experts"]
 NO_BIAS = "none"

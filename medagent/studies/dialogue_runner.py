@@ -10,8 +10,8 @@ from typing import Any
 from medagent.agents.planner import Planner
 from medagent.errors import MedagentError
 from medagent.runtime.untrained import expert_weights
-from medagent.simulators.cases import DialogueCase
-from medagent.simulators.labels import LabelSet
+from medagent.dialogue.cases import DialogueCase
+from medagent.dialogue.labels import LabelSet
 from medagent.store import CaseError, CaseResult, ToolCallRecord
 from medagent.studies.config import PlannerSpec
 from medagent.studies.dialogue_graph import NO_BIAS, DialogueGraph
@@ -47,7 +47,7 @@ class DialogueCaseRunner:
 
     async def _hints(self, image_ids: list[str]) -> tuple[list[Any], list[ToolCallRecord]]:
         """The expert's top-k predictions for the doctor's context, and the calls that produced them."""
-        from medagent.simulators.dialogue import ExpertHint
+        from medagent.dialogue.protocol import ExpertHint
 
         hints: list[ExpertHint] = []
         calls: list[ToolCallRecord] = []
@@ -78,7 +78,7 @@ class DialogueCaseRunner:
                                                                  list[ToolCallRecord]]:
         from medagent.agents.doctor import DoctorAgent
         from medagent.simulators.assessor import assess
-        from medagent.simulators.dialogue import DialogueSettings, run_dialogue
+        from medagent.dialogue.protocol import DialogueSettings, run_dialogue
         from medagent.simulators.measurement import MeasurementAgent
         from medagent.simulators.patient import SimulatedPatient
 

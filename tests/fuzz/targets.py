@@ -167,7 +167,7 @@ def _reply_targets() -> list[Target]:
     from medagent.agents.scripted import ScriptedPlanner
     from medagent.simulators.assessor import RubricScores, assess
     from medagent.simulators.builtin import builtin_cases, builtin_label_set
-    from medagent.simulators.dialogue import DialogueOutcome
+    from medagent.dialogue.protocol import DialogueOutcome
     from medagent.workflows.agent_loop import AgentLoop
 
     def planner(data: bytes) -> ScriptedPlanner:
