@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
+
 from platformdirs import user_data_dir
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from medagent.imaging.deid_secret import configured_secret
 from medagent.imaging.limits import ImageLimits
 
 
@@ -21,7 +24,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEDAGENT_", extra="ignore")
 
     home: Path = Field(default_factory=_default_home, description="artifacts, secrets and databases live here")
-    weights_dir: Path | None = Field(default=None, description="folder searched for model weight files")
+    weights_dir: Path | None = Field(
+        default=None, description="folder searched first for model weight files (then <home>/weights)")
     xrv_cache_dir: Path = Field(
         default=Path("~/.torchxrayvision/models_data").expanduser(),
         description="TorchXRayVision's own weight cache (file names as in its release URLs)",
@@ -36,6 +40,8 @@ class Settings(BaseSettings):
         description="TEST ONLY: build experts with random weights when real ones are missing; outputs say untrained",
     )
     limits: ImageLimits = Field(default_factory=ImageLimits)
+    plugins: bool = Field(default=True, description="offer the tools of installed plugins (entry-point group "
+                                                    "medagent.experts); false: built-in and your own tools only")
     send_burned_in_images: bool = Field(
         default=False,
         description="send images whose DICOM says BurnedInAnnotation=YES (text in the pixels, possibly identifying) "
@@ -49,6 +55,22 @@ class Settings(BaseSettings):
         default=None, description="folder of a RAD-DINO-style encoder, for image indexes built with it")
     grounding_model_dir: Path | None = Field(
         default=None, description="folder of a transformers grounding model (phrase -> boxes); none by default")
+    deid_secret: SecretStr | None = Field(
+        default=None, description="de-identification key (at least 16 bytes); default <home>/deid.secret, "
+                                  "created on first use. Never printed: it links pseudonyms to identifiers")
+
+    @field_validator("deid_secret", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("deid_secret")
+    @classmethod
+    def _valid_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # SecretInvalid is not a ValueError: it leaves pydantic as is, so the value never reaches an error message
+        if value is not None:
+            configured_secret(value.get_secret_value())
+        return value
 
     @property
     def artifacts_dir(self) -> Path:
@@ -67,6 +89,6 @@ class Settings(BaseSettings):
         return self.image_index_dir or self.home / "indexes" / "images"
 
     def weight_dirs(self) -> list[Path]:
-        """Where weight files are looked for, in order."""
-        dirs = [self.weights_dir] if self.weights_dir else []
+        """Where weight files are looked for, in order: ``weights_dir`` when set, then ``<home>/weights``."""
+        dirs = [self.weights_dir.expanduser()] if self.weights_dir else []
         return [*dirs, self.home / "weights"]

@@ -17,6 +17,7 @@ import pydicom
 import pytest
 from PIL import Image
 
+from medagent.config import Settings
 from medagent.errors import ConfigurationError, InsecurePermissions, SecretInvalid
 from medagent.imaging import Deidentifier, ImageLoader, load_or_create_secret
 from medagent.redaction import REDACTED, redact
@@ -275,7 +276,7 @@ def test_a_short_or_malformed_environment_secret_is_a_typed_error(
         tmp_path: Path, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDAGENT_DEID_SECRET", value)
     with pytest.raises(SecretInvalid) as refused:
-        load_or_create_secret(tmp_path)
+        load_or_create_secret(tmp_path, Settings().deid_secret)
     assert refused.value.family == "configuration" and value.strip() not in refused.value.message
     assert not (tmp_path / "deid.secret").exists()
     with pytest.raises(SecretInvalid):

@@ -34,8 +34,8 @@ def _loader() -> Any:
     from medagent.imaging import Deidentifier, ImageLoader, load_or_create_secret
 
     settings = Settings()
-    return ImageLoader(Deidentifier(load_or_create_secret(settings.home)), limits=settings.limits,
-                       workspace=settings.workspace)
+    secret = load_or_create_secret(settings.home, settings.deid_secret)
+    return ImageLoader(Deidentifier(secret), limits=settings.limits, workspace=settings.workspace)
 
 
 def _guess_kind(corpus: Path) -> Kind:

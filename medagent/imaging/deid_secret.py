@@ -1,4 +1,5 @@
-"""The installation's de-identification key: ``MEDAGENT_DEID_SECRET``, or ``deid.secret`` in medagent's home.
+"""The installation's de-identification key: ``Settings.deid_secret`` (``MEDAGENT_DEID_SECRET``), or
+``deid.secret`` in medagent's home.
 
 The key decides every pseudonym, remapped UID and date offset, so whoever reads it can link
 de-identified records back to the originals' identifiers: the file is created owner-only (0600,
@@ -11,7 +12,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from medagent.errors import InsecurePermissions, SecretInvalid
 from medagent.files import create_private, group_or_world_accessible, private_dir
@@ -31,7 +32,12 @@ def check_secret(secret: bytes, where: str) -> bytes:
     return secret
 
 
-def _from_environment(value: str) -> bytes:
+class _Secret(Protocol):  # pydantic's SecretStr; typed structurally so that this module needs no pydantic
+    def get_secret_value(self) -> str: ...
+
+
+def configured_secret(value: str) -> bytes:
+    """A configured key (``MEDAGENT_DEID_SECRET``) as bytes; :class:`SecretInvalid` when short or malformed."""
     # a value pasted with its line break or quotes is a mistake: refuse it rather than key on it
     if value != value.strip() or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
         raise SecretInvalid(f"{ENV_VARIABLE} has leading/trailing white space or control characters; {_HINT}",
@@ -66,15 +72,14 @@ def _read_secret_file(path: Path) -> bytes:
     return check_secret(secret, SECRET_FILE)
 
 
-def load_or_create_secret(data_dir: Path) -> bytes:
-    """From ``MEDAGENT_DEID_SECRET`` when set (non-empty), else ``data_dir/deid.secret``, created on first use.
+def load_or_create_secret(data_dir: Path, configured: _Secret | None = None) -> bytes:
+    """``configured`` (``Settings.deid_secret``) when given, else ``data_dir/deid.secret``, created on first use.
 
     Raises :class:`SecretInvalid` (too short, malformed) or :class:`InsecurePermissions` (a secret file
     group or others may read); never echoes the secret or the path.
     """
-    from_env = os.environ.get(ENV_VARIABLE)
-    if from_env:
-        return _from_environment(from_env)
+    if configured is not None:
+        return configured_secret(configured.get_secret_value())
     secret_file = Path(data_dir) / SECRET_FILE
     if not secret_file.exists() and not secret_file.is_symlink():
         private_dir(data_dir)
@@ -85,4 +90,5 @@ def load_or_create_secret(data_dir: Path) -> bytes:
     return _read_secret_file(secret_file)
 
 
-__all__ = ["ENV_VARIABLE", "MIN_SECRET_BYTES", "SECRET_FILE", "check_secret", "load_or_create_secret"]
+__all__ = ["ENV_VARIABLE", "MIN_SECRET_BYTES", "SECRET_FILE", "check_secret", "configured_secret",
+           "load_or_create_secret"]

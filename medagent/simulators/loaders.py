@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -20,6 +20,9 @@ from medagent.dialogue.cases import DialogueCase
 from medagent.simulators.threemdbench import load_3mdbench
 from medagent.yaml_located import LocatedDocument, Problem, StudyConfigError, problems_from_validation
 from medagent.yaml_io import CASE_FILE_LIMITS
+
+if TYPE_CHECKING:
+    from medagent.imaging.deid import Deidentifier
 
 CaseFormat = Literal["auto", "agentclinic", "3mdbench", "medagent"]
 LABEL_SET_SUFFIXES = (".yaml", ".yml", ".json")
@@ -138,16 +141,17 @@ def _detect(path: Path) -> CaseFormat:
 
 
 def load_cases(path: Path, format: CaseFormat = "auto", *, image_cache: Path | None = None,
-               max_cases: int | None = None) -> list[DialogueCase]:
+               max_cases: int | None = None, deidentifier: Deidentifier | None = None) -> list[DialogueCase]:
     """Cases from any supported file; ``format='auto'`` decides by suffix, then by the first record's keys.
-    ``max_cases`` stops a 3MDBench export before it writes the images of cases past the cap."""
+    ``max_cases`` stops a 3MDBench export before it writes the images of cases past the cap; ``deidentifier``
+    de-identifies its embedded images (default: the installation's key)."""
     if not path.exists():
         raise CaseFileError(f"{path.name}: the case file does not exist", file=path.name)
     kind = _detect(path) if format == "auto" else format
     if kind == "agentclinic":
         return load_agentclinic(path)
     if kind == "3mdbench":
-        return load_3mdbench(path, image_cache=image_cache, max_cases=max_cases)
+        return load_3mdbench(path, image_cache=image_cache, deidentifier=deidentifier, max_cases=max_cases)
     return load_medagent_cases(path)
 
 

@@ -77,12 +77,15 @@ def _table_rows(path: Path) -> Iterator[tuple[dict[str, Any], int | None, int]]:
 
 def _image_writer(cache: Path, deidentifier: Deidentifier | None) -> Callable[[bytes], Path]:
     """Embedded bytes -> a de-identified, owner-only file in ``cache`` (see :mod:`case_images`). Without a
-    de-identifier the key is the installation's: ``deid.secret`` in the cache's parent folder (medagent's home)."""
+    de-identifier the key is the installation's: ``Settings.deid_secret``, else ``deid.secret`` in the cache's
+    parent folder (medagent's home)."""
     chosen: list[Deidentifier] = [deidentifier] if deidentifier else []
 
     def write(data: bytes) -> Path:
         if not chosen:
-            chosen.append(Deidentifier(load_or_create_secret(cache.parent)))
+            from medagent.config import Settings
+
+            chosen.append(Deidentifier(load_or_create_secret(cache.parent, Settings().deid_secret)))
         return write_case_image(data, cache, chosen[0])
 
     return write

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,9 @@ from medagent.imaging.record import Modality
 from medagent.dialogue.cases import DialogueCase
 from medagent.simulators.case_files import too_many_cases
 from medagent.yaml_located import StudyConfigError
+
+if TYPE_CHECKING:
+    from medagent.config import Settings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -111,12 +114,13 @@ def _folder_cases(root: Path, recursive: bool, max_cases: int) -> list[Case]:
     return cases
 
 
-def load_dataset(spec: DatasetSpec, base_dir: Path) -> list[Case]:
-    """The cases of ``spec``; ``base_dir`` is the study file's folder (relative paths start there)."""
-    return list(iter_dataset(spec, base_dir))
+def load_dataset(spec: DatasetSpec, base_dir: Path, settings: Settings | None = None) -> list[Case]:
+    """The cases of ``spec``; ``base_dir`` is the study file's folder (relative paths start there). ``settings``
+    (default: from the environment) give the home and key that embedded case images are written with."""
+    return list(iter_dataset(spec, base_dir, settings))
 
 
-def iter_dataset(spec: DatasetSpec, base_dir: Path) -> Iterator[Case]:
+def iter_dataset(spec: DatasetSpec, base_dir: Path, settings: Settings | None = None) -> Iterator[Case]:
     """The cases of ``spec`` one by one: a manifest is read row by row, at most ``spec.max_cases`` of them."""
     if spec.type == "manifest":
         root = _existing_root(spec, base_dir)
@@ -125,7 +129,7 @@ def iter_dataset(spec: DatasetSpec, base_dir: Path) -> Iterator[Case]:
 
             yield from manifest_cases(root, spec.columns, spec.max_cases)
             return
-    cases = _eager_dataset(spec, base_dir)
+    cases = _eager_dataset(spec, base_dir, settings)
     if len(cases) > spec.max_cases:
         raise too_many_cases(spec.max_cases)
     yield from cases
@@ -143,14 +147,14 @@ def _existing_root(spec: DatasetSpec, base_dir: Path) -> Path:
     return root
 
 
-def _eager_dataset(spec: DatasetSpec, base_dir: Path) -> list[Case]:
+def _eager_dataset(spec: DatasetSpec, base_dir: Path, settings: Settings | None) -> list[Case]:
     if spec.type == "cases" and spec.path == BUILTIN_CASES:
         from medagent.simulators.builtin import builtin_cases
 
         return [_study_case(case) for case in builtin_cases()]
     root = _existing_root(spec, base_dir)
     if spec.type == "cases":
-        return _dialogue_cases(root, spec)
+        return _dialogue_cases(root, spec, settings)
     if spec.type == "folder":
         if not root.is_dir():
             raise StudyConfigError("dataset.path: a folder dataset must name a folder", field="dataset.path")
@@ -172,12 +176,18 @@ def _study_case(case: DialogueCase) -> Case:
                 dialogue=case)
 
 
-def _dialogue_cases(root: Path, spec: DatasetSpec) -> list[Case]:
+def _dialogue_cases(root: Path, spec: DatasetSpec, settings: Settings | None) -> list[Case]:
     from medagent.config import Settings
+    from medagent.imaging.deid import Deidentifier
+    from medagent.imaging.deid_secret import load_or_create_secret
     from medagent.simulators.loaders import load_cases
 
-    # Parquet exports carry image bytes: each is written once, content-addressed, under medagent's home
-    cases = load_cases(root, spec.format, image_cache=Settings().home / "case-images", max_cases=spec.max_cases)
+    settings = settings or Settings()
+    # Parquet exports carry image bytes: each is written once, content-addressed, under medagent's home, with
+    # the installation's key
+    deidentifier = Deidentifier(load_or_create_secret(settings.home, settings.deid_secret))
+    cases = load_cases(root, spec.format, image_cache=settings.home / "case-images", max_cases=spec.max_cases,
+                       deidentifier=deidentifier)
     if not cases:
         raise StudyConfigError("dataset.path: the case file holds no cases", field="dataset.path")
     return [_study_case(case) for case in cases]
