@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +26,7 @@ from medagent.errors import ConfigurationError, MedagentError
 from medagent.names import check_name
 from medagent.tools.artifacts import Artifact
 from medagent.tools.builtin import Toolbox
+from medagent.tools.spec import Tool
 from medagent.workflows.agent_loop import AgentLoop, LoopSettings
 from medagent.workflows.checkpoint import open_checkpointer
 
@@ -66,14 +67,19 @@ class Answer(BaseModel):
 
 class Agent:
     def __init__(self, config: AgentConfig | None = None, *, settings: Settings | None = None,
-                 planner: Planner | None = None, toolbox: Toolbox | None = None) -> None:
+                 planner: Planner | None = None, toolbox: Toolbox | None = None,
+                 tools: Iterable[Tool[Any, Any]] = ()) -> None:
+        """``tools``: your own tools (``@tool``, ``expert_tool``), offered beside the built-in and plugin ones."""
         self.config = config or AgentConfig()
         self.settings = settings or Settings()
         self._planner = planner
+        self._tools = list(tools)
+        if toolbox is not None and self._tools:
+            raise ConfigurationError("pass tools= or toolbox=, not both: give the Toolbox the tools instead")
         self._toolbox = toolbox
         self._stack = contextlib.AsyncExitStack()
         self._graph: Any = None
-        self._embedded: Any = None
+        self._planners: Any = None  # the PlannerFactory that built the planner
         # one run at a time per session id (see Session): a lock lives while someone holds or awaits it
         self._session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -92,7 +98,7 @@ class Agent:
     @property
     def toolbox(self) -> Toolbox:
         if self._toolbox is None:
-            self._toolbox = Toolbox(self.settings)
+            self._toolbox = Toolbox(self.settings, tools=self._tools)
         return self._toolbox
 
     async def start(self) -> Agent:
@@ -110,26 +116,12 @@ class Agent:
         return self
 
     async def _start_planner(self) -> Planner:
-        from medagent.agents.openai_backend import OpenAICompatiblePlanner
+        from medagent.agents.factory import PlannerFactory
 
-        planner_config = self.config.planner
-        if planner_config.endpoint is not None:
-            return OpenAICompatiblePlanner(planner_config)
-        from medagent.agents.embedded import EmbeddedLlamaServer, embedded_planner_config
-        from medagent.agents.lazy import StartingPlanner
-
-        self._embedded = EmbeddedLlamaServer(Path(planner_config.gguf_path) if planner_config.gguf_path else None,
-                                             log_dir=self.settings.home / "logs")
-        self._stack.callback(self._embedded.stop)
-        planner_config = embedded_planner_config(planner_config)
-        embedded = self._embedded
-
-        async def connect() -> Planner:
-            return OpenAICompatiblePlanner(planner_config, endpoint=await embedded.start(),
-                                           diagnose=embedded.failure)
-
-        # the server starts in the background: sessions open and images attach meanwhile
-        return StartingPlanner(planner_config, connect)
+        self._planners = PlannerFactory(log_dir=self.settings.home / "logs")
+        self._stack.push_async_callback(self._planners.aclose)  # stops an embedded server it started
+        # an embedded server starts in the background: sessions open and images attach meanwhile
+        return await self._planners.build(self.config.planner, wait=False)
 
     async def aclose(self) -> None:
         if self._planner is not None:

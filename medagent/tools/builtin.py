@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from medagent.config import Settings
 from medagent.experts.cxr_classifier import Classification
@@ -16,33 +17,18 @@ from medagent.experts.dicom_header import DicomHeader
 from medagent.experts.lungs import LungLocalization
 from medagent.experts.quality import QualityReport
 from medagent.runtime.expert import Expert
-from medagent.experts.suite import ExpertSuite
+from medagent.experts.suite import TEXT_EMBEDDER_MODULES, ExpertSuite, installed
 from medagent.imaging import Deidentifier, ImageLoader, Modality, load_or_create_secret
 from medagent.imaging.overlay import boxes_overlay_png
 from medagent.tools.artifacts import Artifact, ArtifactKind, ArtifactStore
 from medagent.tools.grounding_tools import grounding_tools
-from medagent.tools.registry import ToolRegistry
+from medagent.tools.plugin import ImageInput, UnavailableTool, discover_plugins, expert_tool
+from medagent.tools.registry import ToolRegistry, reads_images
 from medagent.tools.retrieval_tools import retrieval_tools
 from medagent.tools.segmentation_tools import segmentation_tools
-from medagent.tools.spec import ImageId, Tool, ToolContext, ToolPolicy
+from medagent.tools.spec import Tool, ToolContext, ToolPolicy
 from medagent.tools.temporal_tools import compare_studies_tool
 from medagent.tools.volume_tools import volume_tools
-
-
-class ImageInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    image_id: ImageId
-
-
-def _image_tool(name: str, expert: Expert[Any, Any], output: type[BaseModel], policy: ToolPolicy) -> Tool[ImageInput, Any]:
-    async def run(arguments: ImageInput, context: ToolContext) -> Any:
-        image = context.load_image(arguments.image_id)
-        expert.card.check_image(image, expert.name)  # a precondition failure before any weights are needed
-        return await expert(image)
-
-    return Tool(name=name, card=expert.card, input_model=ImageInput, output_model=output, run=run, policy=policy,
-                ready=expert.ready)
 
 
 def _lung_tool(expert: Expert[Any, Any]) -> Tool[ImageInput, LungLocalization]:
@@ -60,45 +46,92 @@ def _lung_tool(expert: Expert[Any, Any]) -> Tool[ImageInput, LungLocalization]:
         return result.model_copy(update={"overlay_id": overlay.id})
 
     return Tool(name="locate_lungs", card=expert.card, input_model=ImageInput, output_model=LungLocalization,
-                run=run, policy=ToolPolicy(timeout_s=30, max_concurrency=2), ready=expert.ready)
+                run=run, policy=ToolPolicy(timeout_s=30, max_concurrency=2), ready=expert.ready, close=expert.close)
 
 
-def build_registry(experts: ExpertSuite) -> ToolRegistry:
-    return ToolRegistry(
-        [
-            _image_tool("assess_image_quality", experts.quality, QualityReport, ToolPolicy(timeout_s=30)),
-            _image_tool("read_dicom_header", experts.dicom_header, DicomHeader, ToolPolicy(timeout_s=10)),
-            _image_tool("classify_chest_xray", experts.classifier, Classification,
-                        ToolPolicy(timeout_s=120, max_concurrency=32)),
-            _lung_tool(experts.lungs),
-            *segmentation_tools(experts.anatomy, experts.lung_fields),
-            *grounding_tools(experts.saliency, experts.lung_phrases, experts.learned_grounder),
-            compare_studies_tool(experts.differencer, experts.classifier),
-            *volume_tools(experts.volume),
-            *retrieval_tools(experts.text_retriever, experts.image_retriever),
-        ]
-    )
+_EXPERTS_EXTRA = "pip install 'medagent[experts]'"
+# The packages each built-in tool needs beyond medagent's core; checked without importing them.
+BUILTIN_REQUIREMENTS: dict[str, tuple[str, ...]] = {
+    "classify_chest_xray": ("torch", "torchxrayvision"),
+    "segment_chest_anatomy": ("torch", "torchxrayvision"),
+    "locate_lungs": ("lungs_finder",),
+    "compare_studies": ("skimage",),
+    "segment_volume": ("torch", "monai"),
+    "search_reports": (*TEXT_EMBEDDER_MODULES, "faiss"),
+    "find_similar_images": ("faiss",),
+}
+
+
+def builtin_tools(experts: ExpertSuite) -> list[Tool[Any, Any]]:
+    return [
+        expert_tool(experts.quality, QualityReport, name="assess_image_quality", policy=ToolPolicy(timeout_s=30)),
+        expert_tool(experts.dicom_header, DicomHeader, name="read_dicom_header", policy=ToolPolicy(timeout_s=10)),
+        expert_tool(experts.classifier, Classification, name="classify_chest_xray",
+                    policy=ToolPolicy(timeout_s=120, max_concurrency=32)),
+        _lung_tool(experts.lungs),
+        *segmentation_tools(experts.anatomy, experts.lung_fields),
+        *grounding_tools(experts.saliency, experts.lung_phrases, experts.learned_grounder),
+        compare_studies_tool(experts.differencer, experts.classifier),
+        *volume_tools(experts.volume),
+        *retrieval_tools(experts.text_retriever, experts.image_retriever),
+    ]
+
+
+def missing_builtins() -> list[UnavailableTool]:
+    """Built-in tools whose packages are not installed, each with the install command."""
+    unavailable = []
+    for name, modules in BUILTIN_REQUIREMENTS.items():
+        missing = [module for module in modules if not installed(module)]
+        if missing:
+            unavailable.append(UnavailableTool(name=name, reason=f"not installed: {', '.join(missing)}",
+                                               hint=_EXPERTS_EXTRA))
+    return unavailable
+
+
+def build_registry(experts: ExpertSuite, tools: Iterable[Tool[Any, Any]] = ()) -> ToolRegistry:
+    """The built-in tools whose packages are installed, then ``tools`` (a name taken twice is refused)."""
+    missing = {item.name for item in missing_builtins()}
+    return ToolRegistry([item for item in builtin_tools(experts) if item.name not in missing] + list(tools))
 
 
 class Toolbox:
-    """Everything a session needs to attach images and call expert tools."""
+    """Everything a session needs to attach images and call expert tools: the built-in tools whose packages are
+    installed, the user's ``tools``, and (``plugins``, default ``settings.plugins``) those of installed plugins.
+    ``unavailable`` lists what could not be offered and why. Construction loads no model."""
 
-    def __init__(self, settings: Settings | None = None, experts: ExpertSuite | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, experts: ExpertSuite | None = None, *,
+                 tools: Iterable[Tool[Any, Any]] = (), plugins: bool | None = None) -> None:
         self.settings = settings or Settings()
         self.store = ArtifactStore(self.settings.artifacts_dir)
         self.loader = ImageLoader(
-            Deidentifier(load_or_create_secret(self.settings.home)),
+            Deidentifier(load_or_create_secret(self.settings.home, self.settings.deid_secret)),
             limits=self.settings.limits,
             workspace=self.settings.workspace,
         )
         self.experts = experts or ExpertSuite.from_settings(self.settings)
-        self.registry = build_registry(self.experts)
+        self.registry = build_registry(self.experts, tools)
+        self.unavailable: list[UnavailableTool] = missing_builtins()
+        self.plugin_tools: dict[str, str] = {}  # tool name -> the plugin (entry point) that provided it
+        if self.settings.plugins if plugins is None else plugins:
+            self._register_plugins()
         # artifacts are content-addressed, so an id's summary and the tools that suit it never change
         self._summaries: dict[str, dict[str, Any]] = {}
         self._suits: dict[tuple[str, str], bool] = {}
         # the same unchanged file attached again (a study's repeats and arms) is not decoded twice
         self._attached: dict[tuple[str, int, int, str | None], Artifact] = {}
         self._attach_lock = threading.Lock()
+
+    def _register_plugins(self) -> None:
+        found, broken = discover_plugins(self.settings)
+        self.unavailable += broken
+        for source, item in found:
+            if item.name in self.registry:  # a built-in or the user's own tool keeps its name
+                self.unavailable.append(UnavailableTool(name=item.name, reason="a tool with this name is already "
+                                                        "registered", source=source))
+                item.close()
+                continue
+            self.registry.register(item)
+            self.plugin_tools[item.name] = source
 
     def attach(self, path: str | os.PathLike[str] | Path, modality: Modality | str | None = None) -> Artifact:
         """Load, de-identify and store an image; the returned artifact id is what tools accept."""
@@ -136,10 +169,13 @@ class Toolbox:
 
     def offered_tools(self, summaries: dict[str, dict[str, Any]]) -> list[str]:
         """Tools worth offering a planner: ready to run and suited to at least one attached image."""
-        return [tool.name for tool in self.registry.tools()
-                if tool.card.images_per_call <= len(summaries)
-                and any(self._suits_image(tool, image_id, summary) for image_id, summary in summaries.items())
-                and tool.ready()]
+        return [tool.name for tool in self.registry.tools() if self._suits_images(tool, summaries) and tool.ready()]
+
+    def _suits_images(self, tool: Tool[Any, Any], summaries: dict[str, dict[str, Any]]) -> bool:
+        if not reads_images(tool.input_model):  # e.g. a score from bedside findings: no image to suit
+            return True
+        return tool.card.images_per_call <= len(summaries) and any(
+            self._suits_image(tool, image_id, summary) for image_id, summary in summaries.items())
 
     def _suits_image(self, tool: Tool[Any, Any], image_id: str, summary: dict[str, Any]) -> bool:
         key = (tool.name, image_id)
@@ -180,4 +216,6 @@ class Toolbox:
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
     def close(self) -> None:
+        for item in self.registry.tools():
+            item.close()
         self.experts.close()

@@ -44,6 +44,11 @@ def _artifact_fields(model: type[BaseModel]) -> tuple[str, ...]:
     return tuple(fields)
 
 
+def reads_images(model: type[BaseModel]) -> bool:
+    """Whether a tool with this input model takes attached images (an :data:`ImageId` field)."""
+    return bool(_artifact_fields(model))
+
+
 def _strict_schema(schema: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Close every object schema; report whether OpenAI strict mode can accept it (all fields required)."""
     strict = True

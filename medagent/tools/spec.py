@@ -68,6 +68,7 @@ class Tool(Generic[InputT, OutputT]):
     run: Callable[[InputT, ToolContext], Awaitable[OutputT]]
     policy: ToolPolicy = field(default_factory=ToolPolicy)
     ready: Callable[[], bool] = lambda: True  # False while, e.g., its weights are missing
+    close: Callable[[], None] = lambda: None  # releases what the tool holds (an expert's threads and models)
 
     @property
     def description(self) -> str:
