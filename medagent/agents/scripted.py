@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from medagent.agents.planner import Message, PlannerConfig, PlannerTurn, TokenCallback, ToolCall, ToolChoice
+from medagent.errors import PlannerProtocolError
 
 
 @dataclass
@@ -75,11 +76,15 @@ class ScriptedPlanner:
             return result
         if isinstance(result, str):
             if on_token is not None:
-                for word in result.split(" "):
-                    outcome = on_token(word + " ")
+                words = result.split(" ")
+                for index, word in enumerate(words):  # the tokens join to exactly the text, as a server's do
+                    outcome = on_token(word if index == len(words) - 1 else word + " ")
                     if inspect.isawaitable(outcome):
                         await outcome
             return PlannerTurn(content=result, model=self.model, finish_reason="stop")
+        if not isinstance(result, list) or not all(isinstance(call, ToolCall) for call in result):
+            raise PlannerProtocolError(f"the scripted planner's function returned {type(result).__name__}; expected "
+                                       "text, a list of ToolCall or a PlannerTurn")
         return PlannerTurn(tool_calls=list(result), model=self.model, finish_reason="tool_calls")
 
     async def aclose(self) -> None:

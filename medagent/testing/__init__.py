@@ -37,7 +37,10 @@ _HOMES = {
     "BAD_ITEM": "tools", "ExpertConformance": "tools", "ToolConformance": "tools", "assert_provenance": "tools",
     "attach": "tools",
 }
-__all__ = sorted(_HOMES)
+__all__ = [
+    "BAD_ITEM", "Conformance", "ExpertConformance", "NotApplicable", "PlannerConformance", "Report", "RoleConformance",
+    "ToolConformance", "assert_provenance", "attach", "garbage_server", "parametrize_checks", "unreachable_endpoint",
+]
 
 
 def __getattr__(name: str) -> Any:
