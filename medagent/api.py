@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from medagent.agents.planner import Message, Planner, PlannerConfig
+from medagent.assembly import Assembly
 from medagent.config import Settings
 from medagent.errors import ConfigurationError, MedagentError
 from medagent.names import check_name
@@ -69,17 +70,14 @@ class Agent:
     def __init__(self, config: AgentConfig | None = None, *, settings: Settings | None = None,
                  planner: Planner | None = None, toolbox: Toolbox | None = None,
                  tools: Iterable[Tool[Any, Any]] = ()) -> None:
-        """``tools``: your own tools (``@tool``, ``expert_tool``), offered beside the built-in and plugin ones."""
+        """``tools``: your own tools (``@tool``, ``expert_tool``), offered beside the built-in and plugin ones.
+        The parts come from the composition root, :class:`medagent.assembly.Assembly`."""
         self.config = config or AgentConfig()
         self.settings = settings or Settings()
         self._planner = planner
-        self._tools = list(tools)
-        if toolbox is not None and self._tools:
-            raise ConfigurationError("pass tools= or toolbox=, not both: give the Toolbox the tools instead")
-        self._toolbox = toolbox
+        self.root = Assembly(self.settings, tools=tools, toolbox=toolbox)
         self._stack = contextlib.AsyncExitStack()
         self._graph: Any = None
-        self._planners: Any = None  # the PlannerFactory that built the planner
         # one run at a time per session id (see Session): a lock lives while someone holds or awaits it
         self._session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -97,9 +95,7 @@ class Agent:
 
     @property
     def toolbox(self) -> Toolbox:
-        if self._toolbox is None:
-            self._toolbox = Toolbox(self.settings, tools=self._tools)
-        return self._toolbox
+        return self.root.toolbox
 
     async def start(self) -> Agent:
         if self._graph is not None:
@@ -116,19 +112,14 @@ class Agent:
         return self
 
     async def _start_planner(self) -> Planner:
-        from medagent.agents.factory import PlannerFactory
-
-        self._planners = PlannerFactory(log_dir=self.settings.home / "logs")
-        self._stack.push_async_callback(self._planners.aclose)  # stops an embedded server it started
         # an embedded server starts in the background: sessions open and images attach meanwhile
-        return await self._planners.build(self.config.planner, wait=False)
+        return await self.root.planner(self.config.planner, wait=False)
 
     async def aclose(self) -> None:
         if self._planner is not None:
             await self._planner.aclose()
         await self._stack.aclose()
-        if self._toolbox is not None:
-            self._toolbox.close()
+        await self.root.aclose()  # the planners it built, the servers they started, the tools
         self._graph = None
 
     async def __aenter__(self) -> Agent:

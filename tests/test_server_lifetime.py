@@ -180,7 +180,7 @@ def test_sigkill_of_medagent_stops_the_real_embedded_server(tmp_path: Path) -> N
         async def main():
             async with Agent(AgentConfig()) as agent:
                 await agent.planner.served_model()  # waits until the embedded server answers
-                print(agent._embedded.port, flush=True)
+                print(agent.root.planners.embedded_servers()[0].port, flush=True)
                 await asyncio.sleep(3600)
 
         asyncio.run(main())
