@@ -40,7 +40,7 @@ def test_experts_list_reports_missing_weights_and_where_they_go(tmp_path: Path) 
     for learned in ("cxr_classifier", "cxr_anatomy_segmenter"):
         weights = experts[learned]["weights"]
         assert weights["present"] is False
-        assert weights["expected_path"].startswith(str(tmp_path / "xrv"))
+        assert weights["expected_path"].startswith(str(tmp_path / "weights"))  # the first folder searched
     volume = experts["volume_segmenter"]["weights"]
     assert volume["present"] is False and "bundles" in volume["expected_path"]
     assert experts["text_retriever"]["weights"]["present"] is False

@@ -72,3 +72,62 @@ def test_a_case_dataset_writes_embedded_images_with_the_callers_home_and_key(
     assert image.parent == settings.home / "case-images"
     assert image.stem.startswith(Deidentifier(OTHER_SECRET.encode()).content_id(data)[:16])
     assert not (tmp_path / "environment-home").exists()
+
+
+# -- weight files are searched in Settings.weight_dirs() order, then TorchXRayVision's cache ------------------
+
+
+def test_weight_files_are_searched_in_weight_dirs_order_and_a_missing_one_names_every_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medagent.errors import WeightsUnavailable
+    from medagent.experts.cxr_classifier import DEFAULT_WEIGHTS_FILE
+    from medagent.experts.cxr_anatomy import WEIGHTS_FILE
+    from medagent.experts.suite import ExpertSuite
+
+    monkeypatch.setenv("MEDAGENT_WEIGHTS_DIR", str(tmp_path / "mine"))
+    settings = Settings(home=tmp_path / "home", xrv_cache_dir=tmp_path / "xrv")
+    order = [tmp_path / "mine", tmp_path / "home" / "weights", tmp_path / "xrv"]
+    assert settings.weight_dirs() == order[:2]
+    suite = ExpertSuite.from_settings(settings)
+    try:
+        for expert, file_name in ((suite.classifier, DEFAULT_WEIGHTS_FILE), (suite.anatomy, WEIGHTS_FILE)):
+            status = expert.weights_status()
+            assert not expert.ready() and not status.present and status.expected_path == str(order[0] / file_name)
+            with pytest.raises(WeightsUnavailable) as missing:
+                expert.weights_file().require(expert.search_dirs, expert.name)
+            assert missing.value.details["searched"] == [str(folder) for folder in order]
+            assert ", ".join(str(folder) for folder in order) + " (searched in this order)" in missing.value.message
+            for folder in reversed(order):  # each folder wins over those after it
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / file_name).write_bytes(b"weights")
+                assert expert.ready() and expert.weights_status().path == str(folder / file_name)
+    finally:
+        suite.close()
+
+
+@pytest.mark.torch
+@pytest.mark.asyncio
+async def test_the_classifier_loads_the_file_found_in_the_weights_dir(tmp_path: Path, settings: Settings,
+                                                                      nih_images: list[Path]) -> None:
+    import torch
+    import torchxrayvision as xrv
+
+    from medagent.experts.cxr_classifier import DEFAULT_WEIGHTS_FILE
+    from medagent.experts.suite import ExpertSuite
+    from medagent.imaging import ImageLoader
+    from medagent.runtime.weights import sha256_file
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    torch.manual_seed(2)
+    torch.save(xrv.models.DenseNet(num_classes=18), mine / DEFAULT_WEIGHTS_FILE)
+    settings.xrv_cache_dir.mkdir(parents=True)
+    (settings.xrv_cache_dir / DEFAULT_WEIGHTS_FILE).write_bytes(b"a later folder's copy, never read")
+    suite = ExpertSuite.from_settings(settings.model_copy(update={"weights_dir": mine}))
+    try:
+        record = ImageLoader(Deidentifier(TEST_SECRET)).load(nih_images[0], modality="DX")
+        result = await suite.classifier(record)
+        assert result.provenance.untrained is False
+        assert result.provenance.weights_sha256 == sha256_file(mine / DEFAULT_WEIGHTS_FILE)
+    finally:
+        suite.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,15 +94,17 @@ class CxrAnatomySegmenter(Expert[ImageRecord, Segmentation]):
         ],
     )
 
-    def __init__(self, *, cache_dir: Path | None = None, allow_untrained_test_only: bool = False,
-                 **runtime: Any) -> None:
+    def __init__(self, *, cache_dir: Path | None = None, weight_dirs: Sequence[Path] = (),
+                 allow_untrained_test_only: bool = False, **runtime: Any) -> None:
         super().__init__(**runtime)
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
+        # Settings.weight_dirs() first, in order, then TorchXRayVision's own cache; a missing file belongs in the first
+        self.search_dirs = [*(Path(d).expanduser() for d in weight_dirs), self.cache_dir]
         self.allow_untrained = allow_untrained_test_only
 
     @property
     def cache_key(self) -> str:
-        return f"{self.name}:{self.cache_dir}:{self.device}:{self.allow_untrained}"
+        return f"{self.name}:{self.search_dirs}:{self.device}:{self.allow_untrained}"
 
     @staticmethod
     def structures() -> list[str]:
@@ -111,12 +114,12 @@ class CxrAnatomySegmenter(Expert[ImageRecord, Segmentation]):
         return WeightsFile(file_name=WEIGHTS_FILE, url=WEIGHTS_URL)
 
     def weights_status(self) -> WeightsStatus:
-        found = self.weights_file().locate([self.cache_dir])
+        found = self.weights_file().locate(self.search_dirs)
         return WeightsStatus(present=found is not None, path=str(found) if found else None,
-                             expected_path=str(self.cache_dir / WEIGHTS_FILE), url=WEIGHTS_URL)
+                             expected_path=str(self.search_dirs[0] / WEIGHTS_FILE), url=WEIGHTS_URL)
 
     def ready(self) -> bool:
-        return self.allow_untrained or (self.cache_dir / WEIGHTS_FILE).is_file()
+        return self.allow_untrained or self.weights_file().locate(self.search_dirs) is not None
 
     def load(self, device: str) -> LoadedModel:
         import torch
@@ -127,7 +130,7 @@ class CxrAnatomySegmenter(Expert[ImageRecord, Segmentation]):
         if labels != STRUCTURES:
             raise ConfigurationError("this torchxrayvision version names the PSPNet structures differently")
         try:
-            path: Path | None = self.weights_file().require([self.cache_dir], self.name)
+            path: Path | None = self.weights_file().require(self.search_dirs, self.name)
         except WeightsUnavailable:  # only a missing file; a bad checksum is never papered over
             if not self.allow_untrained:
                 raise

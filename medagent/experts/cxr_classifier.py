@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,10 @@ class Classification(ExpertResult):
     def top(self, k: int = 3) -> list[FindingScore]:
         return self.findings[:k]
 
+    def label_probabilities(self) -> dict[str, float]:
+        """Every label's probability, highest first: what study columns, for_each and hints read."""
+        return {finding.label: finding.probability for finding in self.findings}
+
     def summary_text(self) -> str:
         top = ", ".join(f"{f.label} {f.probability:.2f}" for f in self.top(3))
         flagged = [f.label for f in self.findings if f.above_operating_threshold]
@@ -90,18 +95,21 @@ class CxrClassifier(Expert[ImageRecord, Classification]):
         weights: str = DEFAULT_WEIGHTS,
         *,
         cache_dir: Path | None = None,
+        weight_dirs: Sequence[Path] = (),
         allow_untrained_test_only: bool = False,
         **runtime: Any,
     ) -> None:
         super().__init__(**runtime)
         self.weights = weights
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else Path("~/.torchxrayvision/models_data").expanduser()
+        # Settings.weight_dirs() first, in order, then TorchXRayVision's own cache; a missing file belongs in the first
+        self.search_dirs = [*(Path(d).expanduser() for d in weight_dirs), self.cache_dir]
         self.allow_untrained = allow_untrained_test_only
-        self._weights_path: Path | None = None
+        self._weights_name: str | None = None
 
     @property
     def cache_key(self) -> str:
-        return f"{self.name}:{self.weights}:{self.cache_dir}:{self.device}:{self.allow_untrained}"
+        return f"{self.name}:{self.weights}:{self.search_dirs}:{self.device}:{self.allow_untrained}"
 
     def _entry(self) -> dict[str, Any]:
         urls = _xrv().models.model_urls
@@ -115,22 +123,22 @@ class CxrClassifier(Expert[ImageRecord, Classification]):
 
     def weights_status(self) -> WeightsStatus:
         spec = self.weights_file()
-        found = spec.locate([self.cache_dir])
+        found = spec.locate(self.search_dirs)
         return WeightsStatus(
             present=found is not None,
             path=str(found) if found else None,
-            expected_path=str(self.cache_dir / spec.file_name),
+            expected_path=str(self.search_dirs[0] / spec.file_name),
             url=spec.url,
         )
 
     def ready(self) -> bool:
         if self.allow_untrained:
             return True
-        if self._weights_path is None:
+        if self._weights_name is None:
             # the default's file name is known without importing torchxrayvision (seconds of startup)
             known = DEFAULT_WEIGHTS_FILE if self.weights == DEFAULT_WEIGHTS else None
-            self._weights_path = self.cache_dir / (known or self.weights_file().file_name)
-        return self._weights_path.is_file()
+            self._weights_name = known or self.weights_file().file_name
+        return WeightsFile(file_name=self._weights_name).locate(self.search_dirs) is not None
 
     def load(self, device: str) -> LoadedModel:
         import torch
@@ -140,7 +148,7 @@ class CxrClassifier(Expert[ImageRecord, Classification]):
         labels = list(entry["labels"])
         weights_sha256: str | None = None
         try:
-            path = self.weights_file().require([self.cache_dir], self.name)
+            path = self.weights_file().require(self.search_dirs, self.name)
         except WeightsUnavailable:  # only a missing file; a bad checksum is never papered over
             if not self.allow_untrained:
                 raise
@@ -152,7 +160,8 @@ class CxrClassifier(Expert[ImageRecord, Classification]):
             untrained = True
         else:
             weights_sha256 = sha256_file(path)
-            model = xrv.models.get_model(self.weights, cache_dir=str(self.cache_dir))
+            # the library loads <cache_dir>/<file name>: the folder where the file was found
+            model = xrv.models.get_model(self.weights, cache_dir=str(path.parent))
             untrained = False
         # Report sigmoid probabilities and the published thresholds side by side instead of
         # letting the library rescale outputs so that its threshold lands on 0.5.

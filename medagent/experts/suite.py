@@ -58,10 +58,10 @@ class ExpertSuite:
         runtime: dict[str, Any] = {"device": settings.device, "cache": cache}
         batching = {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_batch_wait_ms}
         untrained = settings.allow_untrained_test_only
-        classifier = CxrClassifier(classifier_weights, cache_dir=settings.xrv_cache_dir,
-                                   allow_untrained_test_only=untrained, **batching, **runtime)
-        anatomy = CxrAnatomySegmenter(cache_dir=settings.xrv_cache_dir, allow_untrained_test_only=untrained,
-                                      **batching, **runtime)
+        weights: dict[str, Any] = {"weight_dirs": settings.weight_dirs(), "cache_dir": settings.xrv_cache_dir}
+        classifier = CxrClassifier(classifier_weights, allow_untrained_test_only=untrained, **weights, **batching,
+                                   **runtime)
+        anatomy = CxrAnatomySegmenter(allow_untrained_test_only=untrained, **weights, **batching, **runtime)
         lung_fields = LungFieldSegmenter(**runtime)
         lungs = LungLocalizer(**runtime)
         return cls(

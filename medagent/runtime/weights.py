@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -21,25 +22,30 @@ class WeightsFile(BaseModel):
     url: str | None = None
     sha256: str | None = None  # pinned where the publisher states one
 
-    def locate(self, directories: list[Path]) -> Path | None:
+    def locate(self, directories: Sequence[Path]) -> Path | None:
+        """The file in the first of ``directories`` that holds it (the order is the user's precedence)."""
         for directory in directories:
             candidate = Path(directory).expanduser() / self.file_name
             if candidate.is_file():
                 return candidate
         return None
 
-    def require(self, directories: list[Path], expert: str) -> Path:
-        """The file's path, or :class:`WeightsUnavailable` naming exactly what to put where."""
+    def require(self, directories: Sequence[Path], expert: str) -> Path:
+        """The file's path, or :class:`WeightsUnavailable` naming the folders searched, in order, and where
+        to put the file (the first of them)."""
         found = self.locate(directories)
         if found is None:
-            target = Path(directories[0]).expanduser() / self.file_name
+            searched = [str(Path(d).expanduser()) for d in directories]
+            target = Path(searched[0]) / self.file_name if searched else None
             fetch = f" A connected machine can download it from {self.url} ." if self.url else ""
+            put = f" Put it at {target}." if target else ""
             raise WeightsUnavailable(
-                f"{expert}: weights file {self.file_name} not found. Put it at {target}.{fetch}",
+                f"{expert}: weights file {self.file_name} not found in {', '.join(searched) or 'no folder'} "
+                f"(searched in this order).{put}{fetch}",
                 expert=expert,
                 file_name=self.file_name,
-                expected_path=str(target),
-                searched=[str(Path(d).expanduser()) for d in directories],
+                expected_path=str(target) if target else None,
+                searched=searched,
                 url=self.url,
             )
         if self.sha256 is not None:
