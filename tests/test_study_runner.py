@@ -163,7 +163,7 @@ async def test_a_study_planner_keeps_unset_fields_unset_so_backend_defaults_appl
     assert embedded_planner_config(config).tool_calling == "structured"
     native = PlannerSpec.model_validate({"tool_calling": "native"}).planner_config()
     assert embedded_planner_config(native).tool_calling == "native"
-    assert PlannerSpec.model_validate({"backend": "embedded"}).planner_config().model_fields_set == set()
+    assert PlannerSpec.model_validate({"backend": "embedded"}).planner_config().model_fields_set == {"backend"}
 
 
 @pytest.mark.llama

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from medagent.agents.planner import BackendChoice
 from medagent.cli.chat_render import Screen, clean, plain, tools_lines
 from medagent.errors import MedagentError
 
@@ -26,21 +27,37 @@ CONNECT_HINT = ("connect a served model with --endpoint URL --model NAME "
 
 EndpointOption = Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (vLLM etc.); default: embedded")]
 ModelOption = Annotated[str | None, typer.Option(help="Model id as served at the endpoint.")]
+BackendOption = Annotated[BackendChoice, typer.Option(
+    help="The planner: openai (a served model at --endpoint), embedded (llama.cpp, offline), scripted (no model: "
+         "calls the offered tools the question names, else each image tool once; a dry run), or auto "
+         "(openai with an endpoint, else embedded).")]
 ImageOption = Annotated[list[Path] | None, typer.Option("--image", help="Attach an image (repeatable).")]
 ModalityOption = Annotated[str | None, typer.Option(help="Declare the modality of PNG/JPEG/NIfTI images.")]
 SessionOption = Annotated[str | None, typer.Option("--session", help="Resume a session by id.")]
 
 
-def _agent(endpoint: str | None, model: str | None) -> Any:
+def planner_config(endpoint: str | None, model: str | None, backend: BackendChoice, role: str = "planner") -> Any:
+    """The planner ``--backend``, ``--endpoint`` and ``--model`` describe (a mismatch is a typed error)."""
+    from medagent.agents.factory import backend_problem
     from medagent.agents.planner import PlannerConfig
+    from medagent.errors import BackendConflict
+
+    config = PlannerConfig.model_validate({"role": role, "endpoint": endpoint, "model": model, "backend": backend})
+    problem = backend_problem(config)
+    if problem is not None:
+        raise BackendConflict(f"--backend {backend}: {problem}")
+    return config
+
+
+def _agent(endpoint: str | None, model: str | None, backend: BackendChoice) -> Any:
     from medagent.api import Agent, AgentConfig
 
-    return Agent(AgentConfig(planner=PlannerConfig(endpoint=endpoint, model=model)))
+    return Agent(AgentConfig(planner=planner_config(endpoint, model, backend)))
 
 
 async def _ask(question: str, images: list[Path], modality: str | None, endpoint: str | None, model: str | None,
-               session_id: str | None, as_json: bool) -> None:
-    async with _agent(endpoint, model) as agent:
+               backend: BackendChoice, session_id: str | None, as_json: bool) -> None:
+    async with _agent(endpoint, model, backend) as agent:
         session = agent.session(session_id)
         for image in images:
             await session.attach(image, modality)
@@ -62,12 +79,13 @@ def ask(
     modality: ModalityOption = None,
     endpoint: EndpointOption = None,
     model: ModelOption = None,
+    backend: BackendOption = "auto",
     session: SessionOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer, tool trace and provenance as JSON.")] = False,
 ) -> None:
     """Ask one question about the attached images and print the answer."""
     try:
-        asyncio.run(_ask(question, image or [], modality, endpoint, model, session, as_json))
+        asyncio.run(_ask(question, image or [], modality, endpoint, model, backend, session, as_json))
     except MedagentError as exc:
         errors.print(f"[red]error[/] {exc.code}: {clean(exc.message)}", soft_wrap=True)
         raise typer.Exit(code=2) from None
@@ -100,8 +118,12 @@ def parse_attach(arguments: str) -> tuple[Path, str | None]:
 
 
 def _planner_banner(agent: Any, planner_name: str | None) -> str:
+    from medagent.agents.factory import resolve_backend
+
     config = agent.config.planner
-    if config.endpoint is None and config.gguf_path is None:
+    if resolve_backend(config) == "scripted":
+        return "[yellow]planner: scripted, no model (a dry run of the tools); " + escape(CONNECT_HINT) + "[/]"
+    if resolve_backend(config) == "embedded" and config.gguf_path is None:
         from medagent.agents.embedded import SERVED_NAME
 
         return (f"[yellow]planner: {SERVED_NAME}, the small embedded demo model: it shows the machinery, its "
@@ -148,9 +170,11 @@ async def _tools_command(agent: Any, session: Any) -> None:
 
 
 async def _chat(images: list[Path], modality: str | None, endpoint: str | None, model: str | None,
-                session_id: str | None, demo: bool) -> None:
+                backend: BackendChoice, session_id: str | None, demo: bool) -> None:
+    from medagent.agents.factory import resolve_backend
+
     interactive = sys.stdin.isatty()
-    async with _agent(endpoint, model) as agent:
+    async with _agent(endpoint, model, backend) as agent:
         session = agent.session(session_id)
         if session_id is not None:
             await _list_images(session, agent)
@@ -162,7 +186,8 @@ async def _chat(images: list[Path], modality: str | None, endpoint: str | None, 
             artifact = await session.attach(image, modality)
             console.print(f"attached {artifact.id}: {clean(artifact.metadata['summary']['modality'], 20)}")
         # a remote planner is checked now; the embedded one is still starting and is named with its first answer
-        planner_name = await agent.planner.served_model() if agent.config.planner.endpoint else None
+        planner_name = await agent.planner.served_model() if resolve_backend(agent.config.planner) == "openai" \
+            else None
         console.print(_planner_banner(agent, planner_name), soft_wrap=True)
         console.print(f"[dim]session {session.id} · {escape(COMMANDS)}[/]")
         screen = Screen(agent, console, errors)
@@ -210,6 +235,7 @@ def chat(
     modality: ModalityOption = None,
     endpoint: EndpointOption = None,
     model: ModelOption = None,
+    backend: BackendOption = "auto",
     session: SessionOption = None,
     demo: Annotated[bool, typer.Option(help="Attach pydicom's example CT; without a terminal, ask one question.")] = False,
     as_patient: Annotated[str | None, typer.Option(
@@ -234,9 +260,9 @@ def chat(
                 raise typer.Exit(code=2)
             asyncio.run(consult(case_id=as_patient, human_patient=human_patient, cases_file=cases,
                                 temperament=temperament, biases=bias or [], max_turns=max_turns,
-                                endpoint=endpoint, model=model))
+                                planner=lambda role: planner_config(endpoint, model, backend, role)))
             return
-        asyncio.run(_chat(image or [], modality, endpoint, model, session, demo))
+        asyncio.run(_chat(image or [], modality, endpoint, model, backend, session, demo))
     except MedagentError as exc:
         errors.print(f"[red]error[/] {exc.code}: {clean(exc.message)}", soft_wrap=True)
         raise typer.Exit(code=2) from None

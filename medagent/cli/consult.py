@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -55,7 +56,8 @@ async def _terminal_ask(prompt: str) -> str:
 
 
 async def consult(*, case_id: str | None, human_patient: bool, cases_file: Path | None, temperament: str | None,
-                  biases: list[str], max_turns: int, endpoint: str | None, model: str | None) -> None:
+                  biases: list[str], max_turns: int, planner: Callable[[str], PlannerConfig]) -> None:
+    """``planner``: role name -> that role's planner configuration (the CLI's --backend, --endpoint, --model)."""
     from medagent.agents.doctor import DoctorAgent
     from medagent.agents.pool import PlannerPool
     from medagent.simulators.builtin import builtin_label_set, open_label_set
@@ -67,8 +69,7 @@ async def consult(*, case_id: str | None, human_patient: bool, cases_file: Path 
     case = find_case(case_id, cases_file) if case_id else _unknown_patient()
     label_set = (builtin_label_set() if cases_file is None else open_label_set([case])) if case_id else None
     async with PlannerPool() as pool:
-        def role(name: str) -> PlannerConfig:
-            return PlannerConfig(role=name, endpoint=endpoint, model=model)  # type: ignore[arg-type]
+        role = planner
 
         measurement = MeasurementAgent(await pool.planner(role("measurement")), case)
         if human_patient:

@@ -5,7 +5,7 @@ Public API::
     from medagent.studies import load_study, config_hash, StudyConfig, StudyConfigError, Case
 """
 
-from medagent.studies.components import ComponentCatalog, TargetRef, catalog, resolve_target, target_problem
+from medagent.studies.components import TargetPolicy, TargetRef, resolve_target, target_problem
 from medagent.studies.config import (
     BUILTIN_TOOL_NAMES,
     Arm,
@@ -39,9 +39,9 @@ from medagent.studies.pipeline import (
 from medagent.yaml_located import StudyConfigError
 
 __all__ = [
-    "BUILTIN_TOOL_NAMES", "AgentLoopGraph", "Arm", "Case", "ColumnMapping", "ComponentCatalog", "ConcurrencySpec",
+    "BUILTIN_TOOL_NAMES", "AgentLoopGraph", "Arm", "Case", "ColumnMapping", "ConcurrencySpec",
     "Condition", "DatasetSpec", "DialogueGraph", "ExpertRef", "FindingAtLeast", "ForEach", "MetricsSpec", "OutputEquals",
-    "PipelineGraph", "PipelineStep", "PlannerSpec", "StoreSpec", "StudyConfig", "StudyConfigError", "TargetRef",
-    "catalog", "config_hash", "load_dataset", "load_study", "parse_study", "reference_problems", "render_arguments",
+    "PipelineGraph", "PipelineStep", "PlannerSpec", "StoreSpec", "StudyConfig", "StudyConfigError", "TargetPolicy",
+    "TargetRef", "config_hash", "load_dataset", "load_study", "parse_study", "reference_problems", "render_arguments",
     "resolve_target", "target_problem", "validate_study", "with_dataset",
 ]

@@ -1,4 +1,7 @@
-"""Naming components in YAML: a registered short name, or ``{_target_: package.module.Name, kwargs: {...}}``.
+"""Naming components in YAML by import path: ``{_target_: package.module.Name, kwargs: {...}}``.
+
+Short names have one vocabulary each where the component is defined: planner backends in
+:mod:`medagent.agents.planner` (``BACKENDS``), roles beside them (``ROLES``), tools by their registered names.
 
 Import paths are resolved with :mod:`importlib` and ``getattr`` only - never evaluated as code -
 and only under allowed prefixes (``medagent.`` by default) unless the caller opts out explicitly.
@@ -12,6 +15,7 @@ import importlib
 import inspect
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,9 +33,6 @@ class TargetRef(BaseModel):
 
     target: str = Field(alias="_target_", description="dotted import path, e.g. medagent.agents.scripted.Planner")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments, plain YAML data only")
-
-
-ComponentRef = str | TargetRef
 
 
 def target_problem(target: str, *, allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES,
@@ -84,37 +85,16 @@ def resolve_target(target: str, *, allowed_prefixes: Sequence[str] = DEFAULT_ALL
     return obj
 
 
-class ComponentCatalog:
-    """Registered short names per kind (e.g. kind 'planner': 'scripted' -> an import path)."""
+@dataclass(frozen=True)
+class TargetPolicy:
+    """Which ``_target_`` paths a study may name: those under ``allowed_prefixes``, or any with ``allow_any``.
+    A validated study keeps the policy it was loaded under, so a run imports exactly what validation allowed."""
 
-    def __init__(self, entries: dict[str, dict[str, str]] | None = None) -> None:
-        self._entries: dict[str, dict[str, str]] = {kind: dict(names) for kind, names in (entries or {}).items()}
+    allowed_prefixes: tuple[str, ...] = DEFAULT_ALLOWED_PREFIXES
+    allow_any: bool = False
 
-    def register(self, kind: str, name: str, target: str) -> None:
-        problem = target_problem(target, allow_any=True)
-        if problem:
-            raise ConfigurationError(problem, target=target)
-        self._entries.setdefault(kind, {})[name] = target
+    def problem(self, target: str) -> str | None:
+        return target_problem(target, allowed_prefixes=self.allowed_prefixes, allow_any=self.allow_any)
 
-    def names(self, kind: str) -> list[str]:
-        return sorted(self._entries.get(kind, {}))
-
-    def resolve(self, kind: str, ref: ComponentRef, *, allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES,
-                allow_any: bool = False) -> tuple[Any, dict[str, Any]]:
-        """The object a reference names and its kwargs. Registered names were vetted on registration."""
-        if isinstance(ref, str):
-            known = self._entries.get(kind, {})
-            if ref not in known:
-                raise ConfigurationError(f"unknown {kind} '{ref}' (known: {', '.join(sorted(known)) or 'none'})")
-            return resolve_target(known[ref], allow_any=True), {}
-        return resolve_target(ref.target, allowed_prefixes=allowed_prefixes, allow_any=allow_any), dict(ref.kwargs)
-
-
-# Planner backends by short name. 'auto' is decided from the config: no endpoint -> embedded.
-PLANNER_BACKENDS: dict[str, str] = {
-    "openai": "medagent.agents.openai_backend.OpenAICompatiblePlanner",
-    "scripted": "medagent.agents.scripted.ScriptedPlanner",
-    "embedded": "medagent.agents.embedded.EmbeddedLlamaServer",
-}
-
-catalog = ComponentCatalog({"planner": PLANNER_BACKENDS})
+    def resolve(self, target: str) -> Any:
+        return resolve_target(target, allowed_prefixes=self.allowed_prefixes, allow_any=self.allow_any)

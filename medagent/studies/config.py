@@ -8,16 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from medagent.agents.planner import PlannerConfig
+from medagent.agents.planner import BACKENDS, PlannerConfig, Role
 from medagent.names import name_problem
-from medagent.studies.components import PLANNER_BACKENDS, TargetRef
+from medagent.studies.components import TargetPolicy, TargetRef
 from medagent.studies.datasets import Case, DatasetSpec, iter_dataset
 from medagent.studies.pipeline import Graph, Probability, StepId
 from medagent.yaml_located import LocatedDocument, Problem, StudyConfigError
+
+if TYPE_CHECKING:
+    from medagent.config import Settings
 
 # The tools medagent.tools.builtin.build_registry registers (kept here so validating a file builds no experts).
 BUILTIN_TOOL_NAMES: tuple[str, ...] = (
@@ -25,7 +28,6 @@ BUILTIN_TOOL_NAMES: tuple[str, ...] = (
     "segment_lung_fields", "ground_phrase", "compare_studies", "segment_volume", "search_reports",
     "find_similar_images",
 )
-Role = Literal["planner", "patient", "assessor", "measurement"]
 # Upper bounds on numbers that size work or memory: far above any real study, far below a typo or an attack.
 MAX_REPEATS = 1000
 MAX_CONCURRENCY = 256
@@ -43,19 +45,22 @@ class PlannerSpec(PlannerConfig):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: str | TargetRef = Field(
-        default="auto", description=f"auto (embedded without endpoint, else openai), or {sorted(PLANNER_BACKENDS)}"
-    )
+    backend: str | TargetRef = Field(  # type: ignore[assignment]  # a study may also name a factory
+        default="auto", description=f"auto (openai with an endpoint, else embedded), {', '.join(BACKENDS)}, or "
+                                    "{_target_: pkg.make_planner, kwargs: {...}}: make_planner(config=..., **kwargs)")
 
     def resolved_backend(self) -> str | TargetRef:
-        if self.backend == "auto":
-            return "embedded" if self.endpoint is None else "openai"
-        return self.backend
+        """The backend short name (``auto`` decided by :func:`medagent.agents.factory.resolve_backend`), or
+        the ``_target_`` factory."""
+        from medagent.agents.factory import resolve_backend
+
+        return self.backend if isinstance(self.backend, TargetRef) else resolve_backend(self.planner_config())
 
     def planner_config(self) -> PlannerConfig:
         # Only the fields the study set: defaults must stay "unset" so that backend-specific defaults
         # (embedded_planner_config's structured tool calling) still apply.
-        return PlannerConfig.model_validate(self.model_dump(exclude={"backend"}, exclude_unset=True))
+        return PlannerConfig.model_validate(self.model_dump(exclude={"backend"} if isinstance(
+            self.backend, TargetRef) else None, exclude_unset=True))
 
 
 Planners = dict[Role, PlannerSpec]
@@ -139,6 +144,7 @@ class StudyConfig(_Strict):
     metrics: MetricsSpec | None = None
 
     _source: LocatedDocument | None = PrivateAttr(default=None)
+    _targets: TargetPolicy = PrivateAttr(default_factory=TargetPolicy)
 
     @field_validator("name")
     @classmethod
@@ -157,6 +163,11 @@ class StudyConfig(_Strict):
         """Where the dataset's relative paths start: the YAML file's folder (the working directory otherwise)."""
         return self._source.file.parent if self._source else Path.cwd()
 
+    @property
+    def targets(self) -> TargetPolicy:
+        """The ``_target_`` policy this study was validated under (a run resolves its targets with it)."""
+        return self._targets
+
     def seed_for(self, repeat: int) -> int:
         return self.seeds[repeat] if isinstance(self.seeds, list) else self.seeds + repeat
 
@@ -172,16 +183,16 @@ class StudyConfig(_Strict):
             return list(known_tools)
         return [name for ref in self.experts for name in ([ref] if isinstance(ref, str) else ref.tools)]
 
-    def cases(self) -> list[Case]:
+    def cases(self, settings: Settings | None = None) -> list[Case]:
         """The dataset's cases; errors in the YAML's dataset section are located at its line."""
-        return list(self.iter_cases())
+        return list(self.iter_cases(settings))
 
-    def iter_cases(self) -> Iterator[Case]:
+    def iter_cases(self, settings: Settings | None = None) -> Iterator[Case]:
         """The dataset's cases one by one (a manifest is read row by row), errors located as in :meth:`cases`."""
         if self.dataset is None:
             raise StudyConfigError("this workflow has no dataset", field="dataset")
         try:
-            yield from iter_dataset(self.dataset, self.base_dir)
+            yield from iter_dataset(self.dataset, self.base_dir, settings)
         except StudyConfigError as exc:
             if exc.file is not None or self._source is None or not (exc.field or "").startswith("dataset"):
                 raise

@@ -20,7 +20,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ValidationError
 
 from medagent.errors import ConfigurationError
-from medagent.studies.components import DEFAULT_ALLOWED_PREFIXES, PLANNER_BACKENDS, TargetRef, resolve_target, \
+from medagent.agents.planner import BACKENDS
+from medagent.studies.components import DEFAULT_ALLOWED_PREFIXES, TargetPolicy, TargetRef, resolve_target, \
     target_problem
 from medagent.studies.config import BUILTIN_TOOL_NAMES, ExpertRef, PlannerSpec, StudyConfig
 from medagent.studies.datasets import BUILTIN_CASES
@@ -105,9 +106,15 @@ def _planner_problems(planners: dict[str, PlannerSpec], loc: Loc, prefixes: Sequ
         if isinstance(spec.backend, TargetRef):
             problems += _target_problems(spec.backend, (*loc, role, "backend"), prefixes, allow_any,
                                          extra_kwargs=("config",))
-        elif spec.backend != "auto" and spec.backend not in PLANNER_BACKENDS:
+        elif spec.backend != "auto" and spec.backend not in BACKENDS:
             problems.append(Problem((*loc, role, "backend"), f"unknown planner backend '{spec.backend}' "
-                                    f"(known: auto, {_known(PLANNER_BACKENDS)})"))
+                                    f"(known: auto, {_known(BACKENDS)})"))
+        else:
+            from medagent.agents.factory import backend_problem
+
+            conflict = backend_problem(spec.planner_config())
+            if conflict is not None:
+                problems.append(Problem((*loc, role, "backend"), conflict))
         if "role" in spec.model_fields_set and spec.role != role:  # unset: the key names the role
             problems.append(Problem((*loc, role, "role"), f"role '{spec.role}' differs from its key '{role}'"))
     return problems
@@ -221,6 +228,7 @@ def validate_study(document: LocatedDocument, *, known_tools: Iterable[str] = BU
     if problems:
         raise document.error(problems)
     config._source = document
+    config._targets = TargetPolicy(tuple(allowed_prefixes), allow_any_target)
     return config
 
 

@@ -23,6 +23,7 @@ from medagent.runtime.untrained import expert_weights
 from medagent.names import check_name
 from medagent.store import CaseError, CaseResult, StudyStore, ToolCallRecord
 from medagent.store.leases import DEFAULT_LEASE_TTL_S, new_owner
+from medagent.studies.components import TargetPolicy
 from medagent.studies.config import PlannerSpec, StudyConfig
 from medagent.studies.datasets import Case
 from medagent.studies.dialogue_graph import DialogueGraph
@@ -70,16 +71,15 @@ def _columns(case: Case, outputs: list[Any]) -> dict[str, Any]:
     return columns
 
 
-async def _build_planner(spec: PlannerSpec, pool: PlannerPool) -> Planner:
-    """The role's planner, bounded by its endpoint's shared limit: a ``_target_`` factory (e.g. a scripted
-    baseline), an OpenAI-compatible server, or the embedded default (one server for every arm)."""
-    from medagent.studies.components import TargetRef, resolve_target
+async def _build_planner(spec: PlannerSpec, pool: PlannerPool, targets: TargetPolicy) -> Planner:
+    """The role's planner from the one planner factory, bounded by its endpoint's shared limit: its backend
+    (one embedded server for every arm), or a ``_target_`` factory resolved under the study's policy."""
+    from medagent.studies.components import TargetRef
 
-    backend = spec.resolved_backend()
-    if isinstance(backend, TargetRef):
-        factory = resolve_target(backend.target)
-        return pool.limited(factory(**backend.kwargs, config=spec.planner_config()))
-    return await pool.planner(spec.planner_config())
+    if isinstance(spec.backend, TargetRef):
+        return await pool.build(spec.planner_config(), factory=targets.resolve(spec.backend.target),
+                                kwargs=spec.backend.kwargs)
+    return await pool.build(spec.planner_config())
 
 
 class StudyRunner:
@@ -269,7 +269,7 @@ class StudyRunner:
                 agent = Agent(AgentConfig(planner=spec.planner_config(), loop=self._loop_settings(),
                                           checkpoint_url="memory://"),  # a case is stored whole or rerun
                               settings=self.settings, toolbox=self.toolbox,
-                              planner=await _build_planner(spec, self.planners))
+                              planner=await _build_planner(spec, self.planners, self.config.targets))
                 self._agents[(item.arm, seed)] = await agent.start()
         # case keys are data and run ids take up to the whole name length: both hashed into a safe session id
         session = agent.session(hashlib.sha256(f"{run_id}\0{item.key}\0{item.repeat}".encode()).hexdigest()[:32])
@@ -302,7 +302,8 @@ class StudyRunner:
             planners = self._role_planners.get((item.arm, seed))
             if planners is None:
                 roles = role_specs(self.config.arm_planners()[item.arm], seed)
-                planners = {role: await _build_planner(spec, self.planners) for role, spec in roles.items()}
+                planners = {role: await _build_planner(spec, self.planners, self.config.targets)
+                            for role, spec in roles.items()}
                 self._role_planners[(item.arm, seed)] = planners
         temperament, bias = item.variant
         return await self._dialogues().run(item.case.dialogue, planners, temperament=temperament, bias=bias,
