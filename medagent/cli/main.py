@@ -13,9 +13,9 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from medagent import __version__
+from medagent.cli.experts import experts_list
 from medagent.cli.index import index_app
 from medagent.cli.study import register as register_study_commands
 from medagent.cli.terminal import safe
@@ -97,42 +97,7 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     os._exit(128 + signum)
 
 
-@experts_app.command("list")
-def experts_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Each expert: what it does, its weights (present or missing, and where), its device."""
-    from medagent.config import Settings
-    from medagent.experts.suite import ExpertSuite
-
-    suite = ExpertSuite.from_settings(Settings())
-    rows = []
-    for expert in suite.all():
-        status = expert.weights_status()
-        rows.append({"name": expert.name, "summary": expert.card.summary, "device": expert.device,
-                     "modalities": [m.value for m in expert.card.modalities] if expert.card.modalities else "any",
-                     "weights": status.model_dump(exclude_none=True)})
-    for retriever in (suite.text_retriever, suite.image_retriever):
-        present = retriever.ready()
-        rows.append({"name": f"{retriever.query_kind}_retriever", "device": "cpu", "modalities": "any",
-                     "summary": f"Finds similar {retriever.query_kind} records in a persisted vector index.",
-                     "weights": {"present": present, "path": str(retriever.index_dir) if present else None,
-                                 "expected_path": f"{retriever.index_dir} (build it: medagent index build)"}})
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
-    table = Table(title="medagent experts")
-    for column in ("expert", "accepts", "weights", "device", "what it does"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        weights = row["weights"]
-        if weights.get("weightless"):
-            where = "none needed"
-        elif weights["present"]:
-            where = f"[green]present[/] {safe(weights['path'])}"
-        else:
-            where = f"[red]missing[/]: put {safe(weights['expected_path'])}"
-        accepts = row["modalities"] if isinstance(row["modalities"], str) else ", ".join(row["modalities"])
-        table.add_row(safe(row["name"]), safe(accepts), where, safe(row["device"]), safe(row["summary"]))
-    console.print(table)
+experts_app.command("list")(experts_list)
 
 
 async def _inspect_one(toolbox: Any, path: Path, modality: str | None, out: Path | None) -> dict[str, Any]:
