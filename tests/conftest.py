@@ -99,8 +99,8 @@ def fresh_cache() -> Iterator[None]:
     from medagent.runtime import cache
 
     yield
-    if cache._shared is not None:
-        cache._shared.clear()
+    for shared in cache._shared.values():
+        shared.clear()
 
 
 @pytest.fixture(scope="session")

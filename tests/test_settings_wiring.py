@@ -131,3 +131,71 @@ async def test_the_classifier_loads_the_file_found_in_the_weights_dir(tmp_path: 
         assert result.provenance.weights_sha256 == sha256_file(mine / DEFAULT_WEIGHTS_FILE)
     finally:
         suite.close()
+
+
+# -- every field reaches what it configures (a new field without a check here fails) ----------------------
+
+# fields whose effect needs a running component, each tested where that component is
+TESTED_ELSEWHERE = {
+    "send_burned_in_images": "tests/test_phi_at_rest.py (burned-in images withheld from the planner)",
+    "plugins": "tests/test_plugin_api.py (entry-point tools offered or not)",
+}
+
+
+def test_every_settings_field_changes_the_parts_built_from_it(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from medagent.imaging.limits import ImageLimits
+    from medagent.retrieval.documents import EmbedderInfo, IndexManifest
+    from medagent.retrieval.index import MANIFEST_FILE
+    from medagent.tools.builtin import Toolbox
+
+    from medagent.runtime.cache import shared_cache
+
+    monkeypatch.delenv("MEDAGENT_DEID_SECRET", raising=False)
+    shared_cache()  # another session of this process already made a cache of the default size
+    image_index = tmp_path / "image-index"  # an index built with the learned encoder: its folder is needed
+    image_index.mkdir()
+    manifest = IndexManifest(kind="image", count=0, vectors_sha256="0", documents_sha256="0",
+                             embedder=EmbedderInfo(name="rad-dino", kind="image", dimension=8, model_id="m"))
+    (image_index / MANIFEST_FILE).write_text(manifest.model_dump_json())
+    limits = ImageLimits(max_file_bytes=1234, max_pixels=5678)
+    values = {
+        "home": tmp_path / "home", "weights_dir": tmp_path / "weights", "xrv_cache_dir": tmp_path / "xrv",
+        "workspace": tmp_path, "device": "cuda:7", "model_cache_mb": 3, "max_batch_size": 3,
+        "max_batch_wait_ms": 7.5, "allow_untrained_test_only": True, "limits": limits, "plugins": False,
+        "send_burned_in_images": True, "bundles_dir": tmp_path / "bundles", "volume_bundle": "my_bundle",
+        "text_index_dir": tmp_path / "text-index", "image_index_dir": image_index,
+        "image_encoder_dir": tmp_path / "encoder", "grounding_model_dir": tmp_path / "grounder",
+        "deid_secret": OTHER_SECRET,
+    }
+    settings = Settings(**values)  # type: ignore[arg-type]
+    toolbox = Toolbox(settings)
+    suite = toolbox.experts
+    try:
+        classifier = suite.classifier
+        checks = {
+            "home": toolbox.store.root == settings.home / "artifacts",
+            "weights_dir": classifier.search_dirs[0] == tmp_path / "weights",
+            "xrv_cache_dir": classifier.search_dirs[-1] == suite.anatomy.search_dirs[-1] == tmp_path / "xrv",
+            "workspace": toolbox.loader.workspace == tmp_path,
+            "device": {expert.device for expert in (classifier, suite.anatomy, suite.volume)} == {"cuda:7"},
+            "model_cache_mb": classifier.cache.budget_bytes == 3 * 1024 * 1024,
+            "max_batch_size": classifier.max_batch_size == 3,
+            "max_batch_wait_ms": classifier.max_wait_ms == 7.5,
+            "allow_untrained_test_only": classifier.ready() and suite.anatomy.ready(),  # no weights anywhere
+            "limits": toolbox.loader.limits == limits,
+            "bundles_dir": suite.volume.weights_status().expected_path.startswith(str(tmp_path / "bundles")),
+            "volume_bundle": "/my_bundle/" in suite.volume.weights_status().expected_path,
+            "text_index_dir": suite.text_retriever is not None
+                              and suite.text_retriever.index_dir == tmp_path / "text-index",
+            "image_index_dir": suite.image_retriever.index_dir == image_index,
+            "image_encoder_dir": getattr(suite.image_retriever.embedder, "folder", None) == tmp_path / "encoder",
+            "grounding_model_dir": suite.learned_grounder is not None
+                                   and suite.learned_grounder.model_dir == tmp_path / "grounder",
+            "deid_secret": toolbox.loader.deidentifier.pseudonym("P")
+                           == Deidentifier(OTHER_SECRET.encode()).pseudonym("P"),
+        }
+    finally:
+        toolbox.close()
+    assert set(checks) | set(TESTED_ELSEWHERE) == set(Settings.model_fields) == set(values)
+    assert [field for field, wired in checks.items() if not wired] == []

@@ -88,14 +88,14 @@ class ModelCache:
             self._entries.clear()
 
 
-_shared: ModelCache | None = None
+_shared: dict[int, ModelCache] = {}
 _shared_lock = threading.Lock()
 
 
 def shared_cache(budget_mb: int = 4096) -> ModelCache:
-    """The cache all sessions in this process share (created on first use)."""
-    global _shared
+    """The cache all sessions of this budget (``Settings.model_cache_mb``) share in this process, created on
+    first use: a session configured with another budget gets its own instead of silently sharing the first."""
     with _shared_lock:
-        if _shared is None:
-            _shared = ModelCache(budget_mb * 1024 * 1024)
-        return _shared
+        if budget_mb not in _shared:
+            _shared[budget_mb] = ModelCache(budget_mb * 1024 * 1024)
+        return _shared[budget_mb]
