@@ -8,13 +8,17 @@ diagnosis. Images are file paths here; a dialogue attaches them as artifacts whe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Temperament = Literal["sanguine", "choleric", "melancholic", "phlegmatic"]
-TEMPERAMENTS: tuple[Temperament, ...] = ("sanguine", "choleric", "melancholic", "phlegmatic")
+TEMPERAMENTS: tuple[Temperament, ...] = get_args(Temperament)
+# Case file layouts, defined once: a case's source, and the format a loader is asked for ("auto" detects it)
 CaseSource = Literal["agentclinic", "3mdbench", "medagent"]
+CaseFormat = Literal["auto", CaseSource]
+CASE_SOURCES: tuple[CaseSource, ...] = get_args(CaseSource)
+CASE_FORMATS: tuple[CaseFormat, ...] = ("auto", *CASE_SOURCES)
 
 
 class _Frozen(BaseModel):

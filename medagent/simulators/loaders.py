@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from medagent.dialogue.cases import CASE_SOURCES, CaseFormat, DialogueCase
 from medagent.simulators.agentclinic import demographic_subgroups, load_agentclinic
 from medagent.simulators.case_files import CaseFileError, bounded_lines, open_case_file
-from medagent.dialogue.cases import DialogueCase
 from medagent.simulators.threemdbench import load_3mdbench
-from medagent.yaml_located import LocatedDocument, Problem, StudyConfigError, problems_from_validation
 from medagent.yaml_io import CASE_FILE_LIMITS
+from medagent.yaml_located import LocatedDocument, Problem, StudyConfigError, problems_from_validation
 
 if TYPE_CHECKING:
     from medagent.imaging.deid import Deidentifier
 
-CaseFormat = Literal["auto", "agentclinic", "3mdbench", "medagent"]
 LABEL_SET_SUFFIXES = (".yaml", ".yml", ".json")
 _RESOURCE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
@@ -136,7 +135,7 @@ def _detect(path: Path) -> CaseFormat:
             return "agentclinic"
         if "general_complaint" in first:
             return "3mdbench"
-    raise CaseFileError(f"{path.name}: cannot tell the case format; name it (agentclinic, 3mdbench or medagent)",
+    raise CaseFileError(f"{path.name}: cannot tell the case format; name it ({', '.join(CASE_SOURCES)})",
                         file=path.name)
 
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medagent.dialogue.cases import CaseFormat, DialogueCase
 from medagent.imaging.record import Modality
-from medagent.dialogue.cases import DialogueCase
 from medagent.simulators.case_files import too_many_cases
 from medagent.yaml_located import StudyConfigError
 
@@ -52,7 +52,7 @@ class DatasetSpec(BaseModel):
 
     type: Literal["folder", "manifest", "cases"]
     path: str = Field(min_length=1, description="relative to the study file's folder; cases: also 'builtin'")
-    format: Literal["auto", "agentclinic", "3mdbench", "medagent"] = Field(
+    format: CaseFormat = Field(
         default="auto", description="cases only: the case file's layout")
     columns: ColumnMapping = Field(default_factory=ColumnMapping, description="manifest only")
     recursive: bool = Field(default=True, description="folder only: also look in subfolders")
