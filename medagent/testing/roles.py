@@ -27,6 +27,7 @@ from medagent.dialogue.protocol import (
     Turn,
     run_dialogue,
 )
+from medagent.dialogue.protocol import Role as Speaker
 from medagent.errors import MedagentError
 from medagent.testing.base import Conformance, NotApplicable, expect, produced
 
@@ -35,8 +36,7 @@ RoleFactory = Callable[[DialogueCase], Any]
 _DOCTOR_ACTIONS = ("ask", "request_test", "diagnose")
 
 
-def _turn(index: int, speaker: Literal["doctor", "patient", "measurement"], action: Any, text: str,
-          note: str = "") -> Turn:
+def _turn(index: int, speaker: Speaker, action: Any, text: str, note: str = "") -> Turn:
     return Turn(index=index, speaker=speaker, action=action, text=text, note=note, elapsed_s=0.0)
 
 
