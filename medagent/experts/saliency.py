@@ -17,6 +17,7 @@ from medagent.cards import ModelCard
 from medagent.experts.cxr_classifier import CxrClassifier
 from medagent.experts.grounding import GroundedRegion, Grounding, GroundingRequest, pixel_box
 from medagent.runtime.expert import Expert, LoadedModel, WeightsStatus
+from medagent.runtime.results import Provenance
 from medagent.imaging.record import Modality
 
 
@@ -28,6 +29,11 @@ class SaliencyMap(BaseModel):
     grounding: Grounding
     heatmap: np.ndarray = Field(exclude=True, description="float32 [0, 1], input image shape, 1 = the map's peak")
     probability: float = Field(description="the classifier's probability for the target label")
+
+    @property
+    def provenance(self) -> Provenance:
+        """The grounding's provenance: every expert result carries one."""
+        return self.grounding.provenance
 
 
 def _cam_layers(model: Any) -> tuple[Any, Any]:

@@ -135,15 +135,25 @@ class Expert(ABC, Generic[InputT, OutputT]):
         except MemoryError:
             return [ExpertOutOfMemory(f"{self.name}: out of memory while loading") for _ in items]
         try:
-            return self.predict_batch(loaded, items)
+            results = self.predict_batch(loaded, items)
         except MedagentError:
             raise
-        except MemoryError as exc:
-            raise ExpertOutOfMemory(f"{self.name}: out of memory during inference") from exc
         except Exception as exc:
-            if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
-                raise ExpertOutOfMemory(f"{self.name}: accelerator out of memory") from exc
-            raise ExpertCrashed(f"{self.name}: inference failed ({type(exc).__name__})") from exc
+            raise self._typed(exc) from exc
+        # an exception returned in an item's slot reaches its caller: typed like a raised one
+        return [self._typed(result) if isinstance(result, Exception) else result for result in results]
+
+    def _typed(self, exc: Exception) -> MedagentError:
+        if isinstance(exc, MedagentError):
+            return exc
+        if isinstance(exc, MemoryError):
+            error: MedagentError = ExpertOutOfMemory(f"{self.name}: out of memory during inference")
+        elif type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+            error = ExpertOutOfMemory(f"{self.name}: accelerator out of memory")
+        else:
+            error = ExpertCrashed(f"{self.name}: inference failed ({type(exc).__name__})")
+        error.__cause__ = exc
+        return error
 
     async def __call__(self, item: InputT) -> OutputT:
         return await self._ensure_runtime().submit(item)

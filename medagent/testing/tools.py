@@ -138,6 +138,8 @@ class ExpertConformance(Conformance):
         self.items = list(items) if items is not None else list(accepted)
         self.accepted, self.refused = list(accepted), list(refused)
         self.bad_item = bad_item
+        self._bad_at = len(self.items) // 2 + 1 if len(self.items) > 1 else 1  # between good items when it can be
+        self._batched: tuple[list[object], list[int]] | None = None
 
     @property
     def label(self) -> str:
@@ -154,32 +156,37 @@ class ExpertConformance(Conformance):
         expect(isinstance(ready, bool), f"ready() returned {type(ready).__name__}, not bool")
         expect(cached or key not in cache.keys(), "ready() put a model in the cache")  # noqa: SIM118
 
+    async def _batch(self) -> tuple[list[object], list[int]]:
+        """The items and the bad one submitted together, once per suite (models are slow): their outcomes and the
+        batch sizes the expert formed for them."""
+        if self._batched is None:
+            if not self.items:
+                raise NotApplicable("no items given")
+            before = len(self.expert.batch_sizes)
+            submitted = [*self.items[: self._bad_at], self.bad_item, *self.items[self._bad_at:]]
+            outcomes = list(await asyncio.gather(*(_outcome(self.expert(item)) for item in submitted)))
+            self._batched = outcomes, self.expert.batch_sizes[before:]
+        return self._batched
+
     async def check_provenance(self) -> None:
         """Every result carries provenance naming this expert (see :func:`assert_provenance`)."""
-        if not self.items:
-            raise NotApplicable("no items given")
-        for index, item in enumerate(self.items):
-            assert_provenance(await self.expert(item), f"item {index}", self.expert.name)
+        outcomes, _ = await self._batch()
+        for index, outcome in enumerate(outcomes):
+            if index != self._bad_at and not isinstance(outcome, BaseException):
+                assert_provenance(outcome, f"item {index}", self.expert.name)
 
     async def check_bad_item_fails_alone_in_a_batch(self) -> None:
         """Calls submitted together are batched; one bad input fails its own caller with a typed error and
         every other caller gets its result."""
-        if not self.items:
-            raise NotApplicable("no items given")
-        before = len(self.expert.batch_sizes)
-        middle = len(self.items) // 2 + 1
-        submitted = [*self.items[:middle], self.bad_item, *self.items[middle:]]
-        outcomes = await asyncio.gather(*(_outcome(self.expert(item)) for item in submitted))
+        outcomes, sizes = await self._batch()
         for index, outcome in enumerate(outcomes):
-            if index == middle:
+            if index == self._bad_at:
                 _expect_typed(outcome, "the bad item in a batch")
             else:
                 expect(not isinstance(outcome, BaseException),
                        f"a good item failed because a bad one shared its batch: {type(outcome).__name__}: {outcome}")
-                assert_provenance(outcome, f"item {index} of the batch", self.expert.name)
         if self.expert.batchable and self.expert.max_batch_size > 1:
-            expect(any(size > 1 for size in self.expert.batch_sizes[before:]),
-                   f"calls submitted together were not batched (batch sizes {self.expert.batch_sizes[before:]})")
+            expect(any(size > 1 for size in sizes), f"calls submitted together were not batched (batch sizes {sizes})")
 
     async def check_typed_errors(self) -> None:
         """An input the expert cannot process raises a typed :class:`MedagentError` with a message."""
@@ -225,6 +232,7 @@ class ToolConformance(Conformance):
         ]
         self.experts = list(experts)
         self.loaded = loaded
+        self._outcomes: list[object] | None = None
 
     @property
     def label(self) -> str:
@@ -241,15 +249,24 @@ class ToolConformance(Conformance):
         expect(isinstance(ready, bool), f"tool.ready() returned {type(ready).__name__}, not bool")
         expect(self.loaded is None or not self.loaded(), "tool.ready() left a model in memory")
 
+    async def _together(self) -> list[object]:
+        """Every valid call and every failing one (refused images, bad calls) made together, once per suite: their
+        outcomes, valid calls first."""
+        if self._outcomes is None:
+            failing = [*(self.arguments(i) for i in self.refused), *self.bad_calls]
+            self._outcomes = list(await asyncio.gather(*(_outcome(self._call(a)) for a in [*self.calls, *failing])))
+        return self._outcomes
+
     async def check_provenance(self) -> None:
         """Every result is the tool's output model and carries provenance."""
         if not self.calls:
             raise NotApplicable("no valid call given")
-        for arguments in self.calls:
-            result = await self._call(arguments)
+        for arguments, result in zip(self.calls, await self._together(), strict=False):
+            where = f"{self.tool.name}({', '.join(arguments)})"
+            expect(not isinstance(result, BaseException), f"{where} failed: {type(result).__name__}: {result}")
             expect(isinstance(result, self.tool.output_model),
-                   f"the result is {type(result).__name__}, not {self.tool.output_model.__name__}")
-            assert_provenance(result, f"{self.tool.name}({', '.join(arguments)})")
+                   f"{where}: the result is {type(result).__name__}, not {self.tool.output_model.__name__}")
+            assert_provenance(result, where)
 
     async def check_card_matches_modality_check(self) -> None:
         """On every given image the card's summary test and ``check_image`` agree with ``accepted``/``refused``,
@@ -274,12 +291,10 @@ class ToolConformance(Conformance):
     async def check_bad_call_fails_alone(self) -> None:
         """Calls made together: the failing ones (refused images, bad arguments) raise typed errors and every
         valid one still returns its result."""
-        failing = [*(self.arguments(i) for i in self.refused), *self.bad_calls]
-        if not self.calls or not failing:
+        if not self.calls or not (self.refused or self.bad_calls):
             raise NotApplicable("needs a valid call and a failing one")
-        submitted = [*self.calls, *failing]
-        outcomes = await asyncio.gather(*(_outcome(self._call(arguments)) for arguments in submitted))
-        for arguments, outcome in zip(submitted[: len(self.calls)], outcomes, strict=False):
+        outcomes = await self._together()
+        for arguments, outcome in zip(self.calls, outcomes, strict=False):
             expect(not isinstance(outcome, BaseException), f"a valid call ({', '.join(arguments)}) failed beside "
                                                            f"failing ones: {type(outcome).__name__}: {outcome}")
         for outcome in outcomes[len(self.calls):]:
