@@ -18,7 +18,7 @@ from medagent.simulators.human import HumanDoctor, HumanPatient
 from medagent.simulators.measurement import MeasurementAgent
 from medagent.simulators.patient import SimulatedPatient
 from medagent.simulators.scripted import scripted_role
-from medagent.testing import RoleConformance
+from medagent.testing import RoleConformance, parametrize_checks
 
 
 def _down(request: PlannerRequest) -> str:
@@ -56,6 +56,14 @@ async def test_every_builtin_role_passes_the_role_suite(name: str) -> None:
     report = await RoleConformance(role, make, failing=failing).verify()
     expected_skips = {"patient": 0, "measurement": 1, "doctor": 1, "assessor": 2}[role] + (failing is None)
     assert len(report.skipped) == expected_skips, report.skipped  # every check that applies ran
+
+
+@pytest.mark.asyncio
+@parametrize_checks(RoleConformance)
+async def test_one_check_at_a_time(check: str) -> None:
+    """The pytest helper: one test per check of a suite (here on the simulated patient)."""
+    make, failing = BUILTIN["simulated-patient"][1:]
+    await RoleConformance("patient", make, failing=failing).run(check)  # every check applies to a patient
 
 
 # -- broken roles: each breaks one contract, and the suite says so ----------------------------------------
