@@ -1,62 +1,43 @@
-"""Every planner backend passes medagent.testing's planner suite: the scripted planner, the real embedded llama.cpp
-planner and the real vLLM server (three short completions each); a broken planner fails it."""
+"""Every planner backend passes medagent.testing's planner suite, built the way medagent builds them (the planner
+factory): ``scripted``, ``embedded`` (the real llama.cpp server) and ``openai`` (the real vLLM server), with three
+short completions each; a broken planner fails it."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
+from medagent.agents.factory import PlannerFactory
 from medagent.agents.openai_backend import OpenAICompatiblePlanner
 from medagent.agents.planner import Planner, PlannerConfig, PlannerTurn, ToolCall
-from medagent.agents.scripted import PlannerRequest, ScriptedPlanner, ScriptResult, tool_call
+from medagent.agents.scripted import PlannerRequest, ScriptedPlanner
 from medagent.testing import PlannerConformance, garbage_server, unreachable_endpoint
 from tests.vllm_server import SERVED_NAME, TEST_TIMEOUT_S
 
 SHORT = {"max_tokens": 48, "temperature": 0.0, "read_timeout_s": 120}
 
 
-def _first_choice(schema: dict[str, Any]) -> Any:
-    """The first value a schema allows: how a scripted model honours ``response_schema``."""
-    options = schema.get("anyOf")
-    if options:
-        return _first_choice(options[0])
-    if "enum" in schema:
-        return schema["enum"][0]
-    if schema.get("type") == "object":
-        return {name: _first_choice(value) for name, value in schema.get("properties", {}).items()
-                if name in schema.get("required", [])}
-    return "text"
-
-
-def _model(request: PlannerRequest) -> ScriptResult:
-    """A scripted planner that behaves like a served model: honours schemas and calls an offered tool."""
-    if request.response_schema is not None:
-        return json.dumps(_first_choice(request.response_schema))
-    if request.tools and request.tool_choice != "none":
-        function = request.tools[0]["function"]
-        return [tool_call(function["name"], _first_choice(function["parameters"]))]
-    return "Hello there, doctor."
+def _garbage_script(request: PlannerRequest) -> Any:
+    return 42  # a script returning neither text, tool calls nor a turn
 
 
 @pytest.mark.asyncio
-async def test_the_scripted_planner_passes_the_planner_suite() -> None:
-    def failing_script(request: PlannerRequest) -> Any:
-        return 42  # a script returning neither text, tool calls nor a turn
-
-    await PlannerConformance(ScriptedPlanner(_model),
-                             failing={"script returns garbage": lambda: ScriptedPlanner(failing_script)}).verify()
+async def test_the_scripted_backend_passes_the_planner_suite() -> None:
+    async with PlannerFactory() as planners:
+        planner = await planners.build(PlannerConfig(backend="scripted"))
+        await PlannerConformance(planner, failing={
+            "script returns garbage": lambda: ScriptedPlanner(_garbage_script)}).verify()
 
 
 @pytest.mark.asyncio
 async def test_a_dead_or_garbled_openai_compatible_server_fails_with_typed_errors() -> None:
-    """The suite's typed-error check on the OpenAI-compatible client alone (no model needed): nothing listening,
-    a server speaking garbage, a model the server does not serve."""
+    """The typed-error check on the openai backend's client alone (no model needed): nothing listening, a server
+    speaking garbage, a model the server does not serve."""
     with garbage_server() as garbled:
-        suite = PlannerConformance(ScriptedPlanner(_model), failing={
+        suite = PlannerConformance(ScriptedPlanner(_garbage_script), failing={
             "nothing listens": lambda: OpenAICompatiblePlanner(PlannerConfig(endpoint=unreachable_endpoint(),
                                                                              max_retries=0)),
             "garbage stream": lambda: OpenAICompatiblePlanner(PlannerConfig(endpoint=garbled, max_retries=0)),
@@ -69,21 +50,18 @@ async def test_a_dead_or_garbled_openai_compatible_server_fails_with_typed_error
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def embedded() -> AsyncIterator[tuple[Planner, Any]]:
-    from medagent.agents.pool import PlannerPool
-
-    async with PlannerPool() as pool:
-        planner = await pool.planner(PlannerConfig(**SHORT))  # type: ignore[arg-type]
-        yield planner, pool
+async def embedded() -> AsyncIterator[tuple[Planner, PlannerFactory]]:
+    async with PlannerFactory() as planners:
+        yield await planners.build(PlannerConfig(backend="embedded", **SHORT)), planners  # type: ignore[arg-type]
 
 
 @pytest.mark.llama
 @pytest.mark.asyncio(loop_scope="module")
-async def test_the_embedded_llama_cpp_planner_passes_the_planner_suite(embedded: tuple[Planner, Any]) -> None:
-    planner, pool = embedded
-    (server,) = pool._servers.values()
+async def test_the_embedded_backend_passes_the_planner_suite(embedded: tuple[Planner, PlannerFactory]) -> None:
+    planner, planners = embedded
+    (server,) = planners.embedded_servers()
     await PlannerConformance(planner, failing={
-        # the embedded backend's client, diagnosing with its real server's log, aimed at a dead port
+        # the embedded backend's client, diagnosing with its real server's log, once the server is gone
         "server gone": lambda: OpenAICompatiblePlanner(planner.config, endpoint=unreachable_endpoint(),
                                                        diagnose=server.failure),
     }).verify()
@@ -92,15 +70,13 @@ async def test_the_embedded_llama_cpp_planner_passes_the_planner_suite(embedded:
 @pytest.mark.vllm
 @pytest.mark.timeout(TEST_TIMEOUT_S)
 @pytest.mark.asyncio
-async def test_the_vllm_planner_passes_the_planner_suite(vllm_url: str) -> None:
-    config = PlannerConfig(endpoint=vllm_url, model=SERVED_NAME, tool_calling="structured", seed=0, **SHORT)
-    planner = OpenAICompatiblePlanner(config)
-    try:
-        await PlannerConformance(planner, failing={
+async def test_the_openai_backend_on_vllm_passes_the_planner_suite(vllm_url: str) -> None:
+    config = PlannerConfig(backend="openai", endpoint=vllm_url, model=SERVED_NAME, tool_calling="structured", seed=0,
+                           **SHORT)  # type: ignore[arg-type]
+    async with PlannerFactory() as planners:
+        await PlannerConformance(await planners.build(config), failing={
             "model not served": lambda: OpenAICompatiblePlanner(config.model_copy(update={"model": "medgemma"})),
         }).verify()
-    finally:
-        await planner.aclose()
 
 
 # -- broken planners: each breaks one contract, and the suite says so -----------------------------------------
@@ -110,7 +86,9 @@ class Broken:
     """A scripted planner with one fault."""
 
     def __init__(self, fault: str) -> None:
-        self.inner = ScriptedPlanner(_model)
+        from medagent.agents.dry_run import scripted_planner
+
+        self.inner = scripted_planner()
         self.config = self.inner.config
         self.fault = fault
 
@@ -152,5 +130,5 @@ async def test_a_planner_raising_raw_errors_fails_the_typed_error_check() -> Non
     def raw(request: PlannerRequest) -> str:
         raise ConnectionRefusedError(111, "Connection refused")
 
-    report = await PlannerConformance(ScriptedPlanner(_model), failing={"raw": lambda: ScriptedPlanner(raw)}).report()
+    report = await PlannerConformance(ScriptedPlanner(raw), failing={"raw": lambda: ScriptedPlanner(raw)}).report()
     assert "typed_errors" in report.failed and "ConnectionRefusedError" in report.failed["typed_errors"]

@@ -41,7 +41,7 @@ LOOKUP_TOOL: dict[str, Any] = {
 }
 TOOL_MESSAGES = [
     {"role": "system", "content": "You answer by calling the tool lookup_finding with the code the user names."},
-    {"role": "user", "content": "Look up finding CXR-1."},
+    {"role": "user", "content": "Call lookup_finding for finding CXR-1."},
 ]
 STREAM_MESSAGES = [{"role": "user", "content": "Say hello in three words."}]
 SCHEMA_MESSAGES = [{"role": "system", "content": 'Reply with one JSON object: {"answer": "yes"} or {"answer": "no"}.'},

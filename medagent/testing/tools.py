@@ -45,14 +45,17 @@ BAD_ITEM: Any = _BadItem()
 
 def attach(store_dir: Path, images: Mapping[str, tuple[str | Path, Modality | str | None]], *,
            secret: bytes = b"medagent-conformance-secret-0123456789") -> tuple[ToolContext, dict[str, str]]:
-    """Load, de-identify and store ``{key: (path, modality or None)}`` in an artifact store under ``store_dir``;
-    returns the context a tool is called with and ``{key: image id}``."""
+    """Load, de-identify and store ``{key: (path, modality or None)}`` in an artifact store under ``store_dir``, as
+    ``Toolbox.attach`` does (an undeclared frontal chest radiograph is detected as DX); returns the context a tool
+    is called with and ``{key: image id}``."""
+    from medagent.experts.cxr_detect import with_detected_modality
     from medagent.imaging import Deidentifier, ImageLoader
     from medagent.tools.artifacts import ArtifactStore
 
     loader = ImageLoader(Deidentifier(secret))
     store = ArtifactStore(store_dir)
-    ids = {key: store.put_image(loader.load(path, modality=modality)).id for key, (path, modality) in images.items()}
+    ids = {key: store.put_image(with_detected_modality(loader.load(path, modality=modality))).id
+           for key, (path, modality) in images.items()}
     return ToolContext(artifacts=store, image_ids=list(ids.values())), ids
 
 
@@ -138,7 +141,7 @@ class ExpertConformance(Conformance):
         self.items = list(items) if items is not None else list(accepted)
         self.accepted, self.refused = list(accepted), list(refused)
         self.bad_item = bad_item
-        self._bad_at = len(self.items) // 2 + 1 if len(self.items) > 1 else 1  # between good items when it can be
+        self._bad_at = (len(self.items) + 1) // 2  # between good items when there are two
         self._batched: tuple[list[object], list[int]] | None = None
 
     @property
@@ -172,7 +175,9 @@ class ExpertConformance(Conformance):
         """Every result carries provenance naming this expert (see :func:`assert_provenance`)."""
         outcomes, _ = await self._batch()
         for index, outcome in enumerate(outcomes):
-            if index != self._bad_at and not isinstance(outcome, BaseException):
+            if index != self._bad_at:
+                expect(not isinstance(outcome, BaseException), f"item {index} failed: {type(outcome).__name__}: "
+                                                               f"{outcome}")
                 assert_provenance(outcome, f"item {index}", self.expert.name)
 
     async def check_bad_item_fails_alone_in_a_batch(self) -> None:
