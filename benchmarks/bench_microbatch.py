@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medagent.runtime.cache import ModelCache
 from medagent.experts.cxr_classifier import CxrClassifier
 from medagent.imaging.record import ImageRecord, Modality
+from medagent.runtime.cache import ModelCache
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "torchxrayvision-nih"
 

@@ -26,8 +26,8 @@ from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, ConfigDict
 
 from medagent.agents.scripted import PlannerRequest, ScriptedPlanner, tool_call
-from medagent.config import Settings
 from medagent.cards import ModelCard
+from medagent.config import Settings
 from medagent.imaging.record import ImageRecord, Modality
 from medagent.tools import ImageId, Tool, ToolContext, ToolPolicy
 from medagent.tools.builtin import Toolbox

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from medagent.runtime.cache import ModelCache
 from medagent.experts.volume_segmentation import VolumeRequest, VolumeSegmenter
 from medagent.imaging import Deidentifier, ImageLoader
+from medagent.runtime.cache import ModelCache
 
 NETWORK = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [16, 32, 64, 128, 256],
            "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch"}

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict
 from medagent.agents.prompts import SYSTEM_PROMPT
 from medagent.agents.scripted import PlannerRequest, ScriptedPlanner, tool_call
 from medagent.api import Agent, AgentConfig
-from medagent.config import Settings
 from medagent.cards import ModelCard
+from medagent.config import Settings
 from medagent.tools import ImageId, Tool, ToolContext, ToolPolicy
 
 

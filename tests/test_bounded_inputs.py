@@ -15,17 +15,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.conftest import NIH_NO_FINDING
 
+from medagent.dialogue.labels import LabelSet
 from medagent.errors import ConfigurationError, MedagentError, ResourceExhausted
 from medagent.reports.bootstrap import BootstrapConfig, CaseResampler
 from medagent.simulators.agentclinic import load_agentclinic
 from medagent.simulators.case_files import CaseFileError
-from medagent.dialogue.labels import LabelSet
 from medagent.simulators.loaders import load_cases
 from medagent.studies import load_study, parse_study
-from medagent.yaml_located import StudyConfigError
 from medagent.yaml_io import YamlFileError, YamlLimits, load_yaml, load_yaml_string
+from medagent.yaml_located import StudyConfigError
+from tests.conftest import NIH_NO_FINDING
 
 MAX_SECONDS = 1.0
 MAX_PEAK_BYTES = 16 * 2**20
@@ -425,6 +425,7 @@ def test_a_case_dataset_beyond_max_cases_is_refused_before_writing_its_images(
     import pyarrow as pa
     import pyarrow.parquet as pq
     from PIL import Image
+
     from tests.conftest import TEST_SECRET
 
     monkeypatch.setenv("MEDAGENT_HOME", str(tmp_path / "home"))

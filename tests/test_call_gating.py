@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medagent.agents.scripted import PlannerRequest, ScriptedPlanner, tool_call
 from medagent.api import Agent, AgentConfig
+from medagent.cards import ModelCard
 from medagent.config import Settings
 from medagent.errors import PlannerMisbehaved
-from medagent.cards import ModelCard
 from medagent.imaging import Modality
 from medagent.tools import ImageId, Tool, ToolContext, ToolPolicy
 from medagent.workflows.agent_loop import LoopSettings

@@ -12,12 +12,12 @@ from PIL import Image
 
 from medagent.config import Settings
 from medagent.errors import PreconditionFailed
-from medagent.runtime.cache import ModelCache
 from medagent.experts.dicom_header import DicomHeaderReader
 from medagent.experts.lungs import LungLocalizer
 from medagent.experts.quality import QualityAssessor
 from medagent.imaging import ImageLoader
 from medagent.imaging.record import ImageRecord
+from medagent.runtime.cache import ModelCache
 from medagent.tools.builtin import Toolbox
 from tests.dicom_files import cr_dicom
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from medagent.errors import ConfigurationError, PreconditionFailed, WeightsUnavailable
-from medagent.runtime.cache import ModelCache
 from medagent.experts.cxr_classifier import DEFAULT_WEIGHTS_FILE, CxrClassifier, weight_names
-from medagent.runtime.weights import sha256_file
 from medagent.imaging import ImageLoader
+from medagent.runtime.cache import ModelCache
+from medagent.runtime.weights import sha256_file
 
 pytestmark = pytest.mark.torch
 

@@ -14,15 +14,15 @@ from PIL import Image
 
 from medagent.config import Settings
 from medagent.errors import InvalidToolArguments, ModelRetry, PreconditionFailed, WeightsUnavailable
-from medagent.runtime.cache import ModelCache
 from medagent.experts.cxr_anatomy import STRUCTURES, WEIGHTS_FILE, CxrAnatomySegmenter
 from medagent.experts.lung_fields import LungFieldSegmenter
-from medagent.runtime.expert import LoadedModel
 from medagent.experts.segmentation import HEART, LEFT_LUNG, RIGHT_LUNG, Segmentation, cardiothoracic_ratio
-from medagent.runtime.weights import sha256_file
 from medagent.imaging import ImageLoader
 from medagent.imaging.mask_overlay import MASK_COLOURS, masks_overlay_png
 from medagent.imaging.record import ImageRecord
+from medagent.runtime.cache import ModelCache
+from medagent.runtime.expert import LoadedModel
+from medagent.runtime.weights import sha256_file
 from medagent.tools.artifacts import ArtifactKind, ArtifactStore
 from medagent.tools.builtin import Toolbox
 from medagent.tools.registry import ToolRegistry

@@ -22,10 +22,10 @@ from medagent.agents.prompts import (
 from medagent.agents.scripted import PlannerRequest, ScriptedPlanner, tool_call
 from medagent.api import Agent, AgentConfig
 from medagent.config import Settings
-from medagent.simulators.assessor import assessment_messages
 from medagent.dialogue.cases import DialogueCase, ExaminerFacts, PatientFacts
-from medagent.dialogue.protocol import DialogueOutcome, DoctorBrief, ExpertHint, Turn
 from medagent.dialogue.labels import Label, LabelSet
+from medagent.dialogue.protocol import DialogueOutcome, DoctorBrief, ExpertHint, Turn
+from medagent.simulators.assessor import assessment_messages
 from medagent.simulators.measurement import MeasurementAgent
 from medagent.simulators.patient import SimulatedPatient
 

@@ -13,9 +13,9 @@ import pytest
 from medagent.agents.doctor import DoctorAgent, diagnosis_choices
 from medagent.agents.planner import PlannerConfig
 from medagent.agents.pool import PlannerPool
-from medagent.simulators.assessor import Assessment, AssessmentFailed, assess
-from medagent.dialogue.protocol import DialogueSettings, Turn, run_dialogue
 from medagent.dialogue.labels import Label, LabelSet
+from medagent.dialogue.protocol import DialogueSettings, Turn, run_dialogue
+from medagent.simulators.assessor import Assessment, AssessmentFailed, assess
 from medagent.simulators.loaders import load_agentclinic
 from medagent.simulators.measurement import MeasurementAgent
 from medagent.simulators.patient import SimulatedPatient

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
+from medagent.dialogue.labels import Label, LabelSet
 from medagent.reports.bootstrap import BootstrapConfig, CaseResampler
 from medagent.reports.dialogue_metrics import (
     DialogueRow,
@@ -16,7 +17,6 @@ from medagent.reports.dialogue_metrics import (
     rubric_means,
     weighted_f1,
 )
-from medagent.dialogue.labels import Label, LabelSet
 
 SKIN = LabelSet(name="skin", labels=[
     Label(name="hives", synonyms=["urticaria"]), Label(name="eczema", synonyms=["atopic dermatitis"]),

@@ -11,9 +11,8 @@ import pytest
 
 from medagent.agents.doctor import DoctorAgent, DoctorReplyInvalid, doctor_schema
 from medagent.agents.scripted import PlannerRequest, ScriptedPlanner
-from medagent.errors import ConfigurationError, PlannerTimeout
-from medagent.simulators.assessor import AssessmentFailed, RubricScores, assess, rubric_schema
 from medagent.dialogue.cases import DialogueCase, ExaminerFacts, PatientFacts
+from medagent.dialogue.labels import Label, LabelSet
 from medagent.dialogue.protocol import (
     DialogueOutcome,
     DialogueSettings,
@@ -24,8 +23,9 @@ from medagent.dialogue.protocol import (
     extract_diagnosis,
     run_dialogue,
 )
+from medagent.errors import ConfigurationError, PlannerTimeout
+from medagent.simulators.assessor import AssessmentFailed, RubricScores, assess, rubric_schema
 from medagent.simulators.human import HumanDoctor, HumanPatient
-from medagent.dialogue.labels import Label, LabelSet
 from medagent.simulators.measurement import NORMAL_READINGS, MeasurementAgent
 from medagent.simulators.patient import REDACTED, STOP_SIGNAL, SimulatedPatient
 from medagent.simulators.personas import (

@@ -19,17 +19,17 @@ from medagent.errors import (
     PreconditionFailed,
     WeightsUnavailable,
 )
-from medagent.runtime.cache import ModelCache
 from medagent.experts.cxr_classifier import CxrClassifier
 from medagent.experts.grounding import AnatomyPhrase, GroundingRequest, PathologyPhrase, parse_phrase
 from medagent.experts.learned_grounder import LearnedGrounder, parse_box_output, to_image_box
 from medagent.experts.lung_phrases import LungMasks, LungPhraseGrounder, view_assumption
 from medagent.experts.lungs import LungLocalizer
-from medagent.runtime.results import Provenance
 from medagent.experts.saliency import SaliencyGrounder, cam_to_image_grid
 from medagent.imaging import Deidentifier, ImageLoader
 from medagent.imaging.heatmap import heatmap_overlay_png
 from medagent.imaging.record import ImageRecord
+from medagent.runtime.cache import ModelCache
+from medagent.runtime.results import Provenance
 from medagent.tools.artifacts import ArtifactKind, ArtifactStore
 from medagent.tools.builtin import Toolbox
 from medagent.tools.grounding_tools import grounding_tools

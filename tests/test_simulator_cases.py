@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medagent.dialogue.cases import TEMPERAMENTS
 from medagent.errors import ConfigurationError
 from medagent.imaging import ImageLoader
 from medagent.simulators.builtin import (
@@ -20,7 +21,6 @@ from medagent.simulators.builtin import (
     label_set_named,
     open_label_set,
 )
-from medagent.dialogue.cases import TEMPERAMENTS
 from medagent.simulators.loaders import (
     CaseFileError,
     demographic_subgroups,

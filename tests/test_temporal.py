@@ -20,6 +20,7 @@ from medagent.tools.builtin import Toolbox
 from medagent.tools.spec import ToolContext
 from medagent.tools.temporal_tools import compare_studies_tool
 
+
 def _moved(record: ImageRecord, dx: float, dy: float, degrees: float) -> ImageRecord:
     """The same radiograph repositioned: rotated about its centre and shifted, as at a follow-up visit."""
     import cv2

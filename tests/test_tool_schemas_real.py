@@ -203,8 +203,8 @@ async def test_a_refusal_reaches_the_caller_typed_with_the_servers_words_bounded
 def _role_schemas() -> list[dict[str, Any]]:
     """The doctor's step (open and closed label sets, its longest text bound) and the assessor's rubric."""
     from medagent.agents.doctor import MAX_TEXT_CHARS_LIMIT, doctor_schema
-    from medagent.simulators.assessor import rubric_schema
     from medagent.dialogue.labels import Label, LabelSet
+    from medagent.simulators.assessor import rubric_schema
 
     closed = LabelSet(name="t", labels=[Label(name="Pneumonia"), Label(name="Pleural effusion")])
     return [doctor_schema(label_set, final=final, max_text_chars=MAX_TEXT_CHARS_LIMIT)

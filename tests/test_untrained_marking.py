@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from medagent.config import Settings
-from medagent.runtime.untrained import UNTRAINED_WEIGHTS, answer_is_untrained, untrained_experts
 from medagent.reports import BootstrapConfig, ReportOptions, build_report, render_html, render_markdown
+from medagent.runtime.untrained import UNTRAINED_WEIGHTS, answer_is_untrained, untrained_experts
 from medagent.tools.artifacts import ArtifactKind, ArtifactStore
 from tests.conftest import TEST_SECRET
 

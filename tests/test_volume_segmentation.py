@@ -28,13 +28,13 @@ from medagent.errors import (
     PreconditionFailed,
     WeightsUnavailable,
 )
-from medagent.runtime.cache import ModelCache
 from medagent.experts.monai_bundle import BundleUnavailable, MonaiBundle
 from medagent.experts.volume_geometry import VolumeGrid, run_sliding_window
 from medagent.experts.volume_segmentation import VolumeRequest, VolumeSegmentation, VolumeSegmenter
 from medagent.imaging import Deidentifier, ImageLimits, ImageLoader
 from medagent.imaging.record import ImageRecord
 from medagent.imaging.series import list_dicom_series, load_dicom_series
+from medagent.runtime.cache import ModelCache
 from medagent.tools.artifacts import ArtifactKind, ArtifactStore
 from medagent.tools.registry import ToolRegistry
 from medagent.tools.spec import ToolContext

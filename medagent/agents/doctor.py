@@ -17,10 +17,9 @@ from pydantic import BaseModel, ValidationError
 
 from medagent.agents.planner import Message, Planner
 from medagent.agents.prompts import fence_data, one_line
-from medagent.errors import ConfigurationError, PlannerMisbehaved
-from medagent.dialogue.protocol import DoctorBrief, ExpertHint, Reply, Strategy, Turn
 from medagent.dialogue.labels import NONE_LABEL, LabelSet, canonical_text
-
+from medagent.dialogue.protocol import DoctorBrief, ExpertHint, Reply, Strategy, Turn
+from medagent.errors import ConfigurationError, PlannerMisbehaved
 
 #: The longest ``maxLength`` a doctor step may carry: llama.cpp's grammar parser refuses the nested
 #: repetition its json-schema converter builds for bounds of about 1,500 and more.

@@ -16,8 +16,8 @@ from rich.console import Console
 
 from medagent.agents.planner import PlannerConfig
 from medagent.cli.terminal import safe
-from medagent.errors import ConfigurationError
 from medagent.dialogue.cases import DialogueCase, PatientFacts
+from medagent.errors import ConfigurationError
 
 console = Console()
 
@@ -60,8 +60,8 @@ async def consult(*, case_id: str | None, human_patient: bool, cases_file: Path 
     """``planner``: role name -> that role's planner configuration (the CLI's --backend, --endpoint, --model)."""
     from medagent.agents.doctor import DoctorAgent
     from medagent.agents.pool import PlannerPool
-    from medagent.simulators.builtin import builtin_label_set, open_label_set
     from medagent.dialogue.protocol import DialogueSettings, run_dialogue
+    from medagent.simulators.builtin import builtin_label_set, open_label_set
     from medagent.simulators.human import HumanDoctor, HumanPatient
     from medagent.simulators.measurement import MeasurementAgent
     from medagent.simulators.patient import SimulatedPatient

@@ -17,9 +17,9 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medagent.errors import ConfigurationError, PlannerTimeout
 from medagent.dialogue.cases import DialogueCase
 from medagent.dialogue.labels import NONE_LABEL, LabelSet, canonical_text
+from medagent.errors import ConfigurationError, PlannerTimeout
 
 Strategy = Literal["one_shot", "dialogue", "dialogue_with_experts"]
 Role = Literal["doctor", "patient", "measurement"]

@@ -10,14 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from medagent.errors import ConfigurationError, MissingDependency, WeightsUnavailable
-from medagent.runtime.cache import torch_module_bytes
 from medagent.cards import ModelCard
-from medagent.runtime.results import Provenance
-from medagent.runtime.expert import Expert, LoadedModel, WeightsStatus
+from medagent.errors import ConfigurationError, MissingDependency, WeightsUnavailable
 from medagent.experts.segmentation import Segmentation
-from medagent.runtime.weights import WeightsFile, sha256_file
 from medagent.imaging.record import ImageRecord, Modality
+from medagent.runtime.cache import torch_module_bytes
+from medagent.runtime.expert import Expert, LoadedModel, WeightsStatus
+from medagent.runtime.results import Provenance
+from medagent.runtime.weights import WeightsFile, sha256_file
 
 # As torchxrayvision.baseline_models.chestx_det.PSPNet names and fetches them (1.5.x).
 WEIGHTS_URL = "https://github.com/mlmed/torchxrayvision/releases/download/v1/pspnet_chestxray_best_model_4.pth"

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from medagent.errors import ConfigurationError, MissingDependency, WeightsUnavailable
-from medagent.runtime.cache import torch_module_bytes
 from medagent.cards import ModelCard
-from medagent.runtime.results import ExpertResult, Provenance
-from medagent.runtime.expert import Expert, LoadedModel, WeightsStatus
-from medagent.runtime.weights import WeightsFile, sha256_file
+from medagent.errors import ConfigurationError, MissingDependency, WeightsUnavailable
 from medagent.imaging.record import ImageRecord, Modality
+from medagent.runtime.cache import torch_module_bytes
+from medagent.runtime.expert import Expert, LoadedModel, WeightsStatus
+from medagent.runtime.results import ExpertResult, Provenance
+from medagent.runtime.weights import WeightsFile, sha256_file
 
 DEFAULT_WEIGHTS = "densenet121-res224-all"
 # torchxrayvision.models.model_urls[DEFAULT_WEIGHTS]["weights_url"]'s file name (a test keeps them equal)

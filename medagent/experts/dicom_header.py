@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from medagent.errors import PreconditionFailed
 from medagent.cards import ModelCard
-from medagent.runtime.results import ExpertResult, Provenance
-from medagent.runtime.expert import Expert, LoadedModel
+from medagent.errors import PreconditionFailed
 from medagent.imaging.record import ImageRecord, SafeMetadata
+from medagent.runtime.expert import Expert, LoadedModel
+from medagent.runtime.results import ExpertResult, Provenance
 
 
 class DeidSummary(BaseModel):

@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from medagent.errors import InvalidToolArguments
-from medagent.runtime.results import BoundingBox, ExpertResult
 from medagent.imaging.record import ImageRecord
+from medagent.runtime.results import BoundingBox, ExpertResult
 
 RegionKind = Literal["anatomy", "saliency", "detection"]
 Side = Literal["right", "left", "both"]

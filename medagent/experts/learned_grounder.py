@@ -15,13 +15,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from medagent.errors import ConfigurationError, MissingDependency, WeightsUnavailable
 from medagent.cards import ModelCard
+from medagent.errors import ConfigurationError, MissingDependency, WeightsUnavailable
 from medagent.experts.grounding import GroundedRegion, Grounding, GroundingRequest
-from medagent.runtime.results import BoundingBox, Provenance
-from medagent.runtime.expert import Expert, LoadedModel, WeightsStatus
-from medagent.runtime.weights import sha256_file
 from medagent.imaging.record import Modality
+from medagent.runtime.expert import Expert, LoadedModel, WeightsStatus
+from medagent.runtime.results import BoundingBox, Provenance
+from medagent.runtime.weights import sha256_file
 
 CoordinateFrame = Literal["full_image", "center_square_crop"]
 EXPECTED_FILES = ["config.json", "model.safetensors (or model.safetensors.index.json with its shards)",

@@ -6,12 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from medagent.errors import MissingDependency
 from medagent.cards import ModelCard
-from medagent.runtime.results import Provenance
-from medagent.runtime.expert import Expert, LoadedModel
+from medagent.errors import MissingDependency
 from medagent.experts.segmentation import LEFT_LUNG, RIGHT_LUNG, Segmentation
 from medagent.imaging.record import ImageRecord, Modality
+from medagent.runtime.expert import Expert, LoadedModel
+from medagent.runtime.results import Provenance
 
 _WORKING_SIZE = 256  # long side; lungs are large, and one scale keeps the morphology sizes meaningful
 _MIN_LUNG_FRACTION = 0.01  # smaller dark blobs are bowel gas, trachea or noise, not a lung field

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medagent.errors import ConfigurationError, PreconditionFailed, ToolFailure
 from medagent.cards import ModelCard
+from medagent.errors import ConfigurationError, PreconditionFailed, ToolFailure
 from medagent.experts.grounding import (
     AnatomyPhrase,
     AnatomyRegion,
@@ -24,8 +24,8 @@ from medagent.experts.grounding import (
     pixel_box,
 )
 from medagent.experts.lungs import LungLocalizer
-from medagent.runtime.results import Provenance
 from medagent.imaging.record import ImageRecord
+from medagent.runtime.results import Provenance
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1, half-open
 MASK_LABELS = {"right": "Right Lung", "left": "Left Lung"}

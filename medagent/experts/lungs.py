@@ -8,11 +8,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from medagent.errors import MissingDependency, ToolFailure
 from medagent.cards import ModelCard
-from medagent.runtime.results import BoundingBox, ExpertResult, Provenance
-from medagent.runtime.expert import Expert, LoadedModel
+from medagent.errors import MissingDependency, ToolFailure
 from medagent.imaging.record import ImageRecord, Modality
+from medagent.runtime.expert import Expert, LoadedModel
+from medagent.runtime.results import BoundingBox, ExpertResult, Provenance
 
 _WORKING_SIZE = 512  # the detectors find both lungs reliably on 512-pixel radiographs
 _finder_lock = threading.Lock()  # lungs-finder mutates one module-level HOG descriptor

@@ -8,9 +8,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from medagent.cards import ModelCard
-from medagent.runtime.results import ExpertResult, Provenance
-from medagent.runtime.expert import Expert, LoadedModel
 from medagent.imaging.record import ImageRecord
+from medagent.runtime.expert import Expert, LoadedModel
+from medagent.runtime.results import ExpertResult, Provenance
 
 FlagCode = Literal[
     "constant", "too_dark", "too_bright", "low_contrast", "clipped_dark", "clipped_bright", "noisy", "blurred", "cropped"

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from medagent.errors import ConfigurationError, InvalidToolArguments
 from medagent.cards import ModelCard
+from medagent.errors import ConfigurationError, InvalidToolArguments
 from medagent.experts.cxr_classifier import CxrClassifier
 from medagent.experts.grounding import GroundedRegion, Grounding, GroundingRequest, pixel_box
+from medagent.imaging.record import Modality
 from medagent.runtime.expert import Expert, LoadedModel, WeightsStatus
 from medagent.runtime.results import Provenance
-from medagent.imaging.record import Modality
 
 
 class SaliencyMap(BaseModel):

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, PrivateAttr
 
-from medagent.runtime.results import BoundingBox, ExpertResult, Provenance
 from medagent.imaging.record import ImageRecord
+from medagent.runtime.results import BoundingBox, ExpertResult, Provenance
 
 HEART = "Heart"
 RIGHT_LUNG = "Right Lung"  # patient's right: on the image's left in a PA/AP frontal view

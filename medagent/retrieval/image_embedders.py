@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 
 from medagent.errors import MissingDependency, WeightsUnavailable
-from medagent.runtime.cache import ModelCache, shared_cache, torch_module_bytes
-from medagent.runtime.results import Provenance
-from medagent.runtime.expert import pick_device
-from medagent.runtime.weights import WeightsFile, sha256_file
 from medagent.imaging.record import ImageRecord
 from medagent.retrieval.documents import EmbedderInfo
+from medagent.runtime.cache import ModelCache, shared_cache, torch_module_bytes
+from medagent.runtime.expert import pick_device
+from medagent.runtime.results import Provenance
+from medagent.runtime.weights import WeightsFile, sha256_file
 
 _THUMB_SIDE, _HIST_BINS, _HOG_SIDE = 32, 32, 64
 # Share of the squared norm each part gets: cosine = 0.5 cos(thumb) + 0.35 cos(HOG) + 0.15 cos(histogram).

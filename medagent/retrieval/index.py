@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from medagent.errors import ConfigurationError, MissingDependency
-from medagent.runtime.weights import sha256_file
 from medagent.files import private_dir
 from medagent.retrieval.documents import (
     Document,
@@ -34,6 +33,7 @@ from medagent.retrieval.documents import (
     IndexManifest,
     write_documents,
 )
+from medagent.runtime.weights import sha256_file
 
 VECTORS_FILE = "vectors.faiss"
 DOCUMENTS_FILE = "documents.sqlite"

@@ -11,11 +11,11 @@ from typing import Literal, Self
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from medagent.runtime.results import ExpertResult
 from medagent.imaging.record import ImageRecord
 from medagent.retrieval.documents import Document, DocumentKind
 from medagent.retrieval.embedders import ImageEmbedder, TextEmbedder
 from medagent.retrieval.index import VectorIndex
+from medagent.runtime.results import ExpertResult
 
 SNIPPET_CHARS = 400
 _TIE = 1e-6  # drops closer than this count as equal (float noise in cosine similarities)

@@ -11,10 +11,10 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from medagent.cards import ModelCard
 from medagent.errors import ExpertCrashed, ExpertOutOfMemory, MedagentError
 from medagent.runtime.batching import MicroBatcher
 from medagent.runtime.cache import ModelCache, shared_cache
-from medagent.cards import ModelCard
 from medagent.runtime.results import Provenance
 
 InputT = TypeVar("InputT")

@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from medagent.simulators.case_files import CaseFileError, bounded_lines, open_case_file
 from medagent.dialogue.cases import DialogueCase, ExaminerFacts, PatientFacts
+from medagent.simulators.case_files import CaseFileError, bounded_lines, open_case_file
 from medagent.yaml_located import format_field
 
 _AGE = re.compile(r"\b(\d{1,3})-year-old\b", re.IGNORECASE)

@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medagent.agents.planner import Message, Planner
 from medagent.agents.prompts import fence_data
-from medagent.errors import InfrastructureError
 from medagent.dialogue.cases import DialogueCase
 from medagent.dialogue.protocol import DialogueOutcome, extract_diagnosis, render_transcript
+from medagent.errors import InfrastructureError
 
 __all__ = ["Assessment", "AssessmentFailed", "RubricScores", "assess", "extract_diagnosis", "rubric_schema"]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from medagent.errors import ConfigurationError
 from medagent.dialogue.cases import DialogueCase
 from medagent.dialogue.labels import Label, LabelSet, canonical_text
+from medagent.errors import ConfigurationError
 from medagent.simulators.loaders import LABEL_SET_SUFFIXES, CaseFileError, load_medagent_cases
 
 BUILTIN_LABEL_SET = "medagent-builtin"

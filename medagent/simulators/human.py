@@ -10,8 +10,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from medagent.dialogue.protocol import DoctorBrief, Reply, Turn
 from medagent.dialogue.labels import NONE_LABEL
+from medagent.dialogue.protocol import DoctorBrief, Reply, Turn
 from medagent.simulators.patient import STOP_SIGNAL, split_stop
 
 AskFunction = Callable[[str], Awaitable[str]]

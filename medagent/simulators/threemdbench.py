@@ -11,11 +11,11 @@ from typing import Any, cast
 
 from pydantic import ValidationError
 
+from medagent.dialogue.cases import TEMPERAMENTS, DialogueCase, PatientFacts, Temperament
 from medagent.errors import ConfigurationError, MissingDependency
 from medagent.imaging.deid import Deidentifier, load_or_create_secret
 from medagent.simulators.case_files import MAX_CASES, CaseFileError, bounded_lines, open_case_file, too_many_cases
 from medagent.simulators.case_images import EmbeddedImageError, located, write_case_image
-from medagent.dialogue.cases import TEMPERAMENTS, DialogueCase, PatientFacts, Temperament
 from medagent.yaml_located import format_field
 
 _FOLDER_TABLES = ("cases.jsonl", "cases.csv", "metadata.jsonl")

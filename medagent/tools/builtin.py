@@ -16,10 +16,10 @@ from medagent.experts.cxr_detect import with_detected_modality
 from medagent.experts.dicom_header import DicomHeader
 from medagent.experts.lungs import LungLocalization
 from medagent.experts.quality import QualityReport
-from medagent.runtime.expert import Expert
 from medagent.experts.suite import TEXT_EMBEDDER_MODULES, ExpertSuite, installed
 from medagent.imaging import Deidentifier, ImageLoader, Modality, load_or_create_secret
 from medagent.imaging.overlay import boxes_overlay_png
+from medagent.runtime.expert import Expert
 from medagent.tools.artifacts import Artifact, ArtifactKind, ArtifactStore
 from medagent.tools.grounding_tools import grounding_tools
 from medagent.tools.plugin import ImageInput, UnavailableTool, discover_plugins, expert_tool

@@ -22,9 +22,9 @@ from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict
 
+from medagent.cards import ModelCard
 from medagent.config import Settings
 from medagent.errors import ConfigurationError, MedagentError
-from medagent.cards import ModelCard
 from medagent.runtime.expert import Expert
 from medagent.tools.spec import ImageId, Tool, ToolContext, ToolPolicy
 

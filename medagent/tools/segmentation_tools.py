@@ -12,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from medagent.errors import InvalidToolArguments
 from medagent.experts.cxr_anatomy import CxrAnatomySegmenter
 from medagent.experts.lung_fields import LungFieldSegmenter
-from medagent.runtime.expert import Expert
 from medagent.experts.segmentation import Segmentation
 from medagent.imaging.mask_overlay import masks_overlay_png
 from medagent.imaging.record import ImageRecord
+from medagent.runtime.expert import Expert
 from medagent.tools.artifacts import ArtifactKind
 from medagent.tools.spec import ImageId, Tool, ToolContext, ToolPolicy
 

@@ -165,9 +165,9 @@ def _data_targets() -> list[Target]:
 def _reply_targets() -> list[Target]:
     from medagent.agents.doctor import DoctorAgent
     from medagent.agents.scripted import ScriptedPlanner
+    from medagent.dialogue.protocol import DialogueOutcome
     from medagent.simulators.assessor import RubricScores, assess
     from medagent.simulators.builtin import builtin_cases, builtin_label_set
-    from medagent.dialogue.protocol import DialogueOutcome
     from medagent.workflows.agent_loop import AgentLoop
 
     def planner(data: bytes) -> ScriptedPlanner:
