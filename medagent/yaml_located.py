@@ -101,12 +101,13 @@ class LocatedDocument:
 
         A trailing part that does not exist (a missing field) is kept in the path so the field is named.
         """
-        current, matched = self.data, ()
+        current: Any = self.data
+        matched: Loc = ()
         parts = list(loc)
         for position, part in enumerate(parts):
-            if isinstance(current, dict) and part in current:
-                current, matched = current[part], (*matched, part)
-            elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            exists = (isinstance(current, dict) and part in current) or (
+                isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current))
+            if exists:
                 current, matched = current[part], (*matched, part)
             elif position == len(parts) - 1 and isinstance(current, dict) and isinstance(part, str):
                 return (*matched, part), self.lines.get(matched, 1)

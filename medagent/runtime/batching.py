@@ -81,7 +81,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 results = await loop.run_in_executor(self._executor, self._run_isolated, [item for item, _ in live])
                 if len(results) != len(live):
                     raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} items")
-            except Exception as exc:  # never leave a caller waiting on a dead drainer
+            except Exception as exc:  # noqa: BLE001 - never leave a caller waiting on a dead drainer
                 results = [exc] * len(live)
             for (_, future), result in zip(live, results, strict=True):
                 if future.done():
@@ -97,13 +97,13 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             if len(results) != len(items):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
             return results
-        except Exception as batch_error:
+        except Exception as batch_error:  # noqa: BLE001 - a model raises anything; retried item by item below
             if len(items) == 1:
                 return [batch_error]
             isolated: list[ResultT | BaseException] = []
             for item in items:
                 try:
                     isolated.extend(self._process([item]))
-                except Exception as item_error:
+                except Exception as item_error:  # noqa: BLE001 - the item's own failure is its result
                     isolated.append(item_error)
             return isolated

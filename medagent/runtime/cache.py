@@ -55,14 +55,14 @@ class ModelCache:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                return self._entries[key].value  # type: ignore[no-any-return]
+                return self._entries[key].value
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:  # one loader per key; others wait and then hit
             with self._lock:
                 if key in self._entries:
                     self._entries.move_to_end(key)
                     self.hits += 1
-                    return self._entries[key].value  # type: ignore[no-any-return]
+                    return self._entries[key].value
             value = loader()
             size = int(size_of(value))
             with self._lock:
