@@ -18,7 +18,7 @@ from medagent.agents.factory import PlannerFactoryFunction
 from medagent.agents.planner import Planner, PlannerConfig
 from medagent.agents.pool import PlannerPool
 from medagent.config import Settings
-from medagent.errors import ConfigurationError
+from medagent.errors import ConfigurationError, ExpertToolsMismatch
 from medagent.tools.builtin import Toolbox
 from medagent.tools.plugin import tools_from
 from medagent.tools.spec import Tool
@@ -62,8 +62,8 @@ class Assembly:
         if expected is not None and names != sorted(expected):
             for item in made:
                 item.close()
-            raise ConfigurationError(f"the tool factory provides {', '.join(names) or 'no tools'}; the study "
-                                     f"declares {', '.join(sorted(expected))}")
+            raise ExpertToolsMismatch(f"the tool factory provides {', '.join(names) or 'no tools'}; the study "
+                                      f"declares {', '.join(sorted(expected))}")
         return made
 
     async def planner(self, config: PlannerConfig, *, factory: PlannerFactoryFunction | None = None,

@@ -26,7 +26,7 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from medagent.agents.planner import Backend, Planner, PlannerConfig
 from medagent.errors import BackendConflict, ComponentContract
@@ -144,7 +144,7 @@ class PlannerFactory:
         for server in servers.values():
             server.stop()
 
-    async def __aenter__(self) -> PlannerFactory:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *_: object) -> None:

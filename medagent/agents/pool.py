@@ -87,6 +87,3 @@ class PlannerPool(PlannerFactory):
     async def planner(self, config: PlannerConfig) -> Planner:
         """The planner ``config`` describes (its ``backend``), bounded by its endpoint's limit."""
         return await self.build(config)
-
-    async def __aenter__(self) -> PlannerPool:
-        return self

@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import Any, Literal
+from typing import Any
 
-from medagent.agents.planner import PlannerConfig
+from medagent.agents.planner import PlannerConfig, Role
 from medagent.agents.scripted import PlannerRequest, ScriptedPlanner
 from medagent.simulators.measurement import NORMAL_READINGS
 from medagent.simulators.patient import STOP_SIGNAL
 
-ScriptedRole = Literal["planner", "patient", "measurement", "assessor"]
+ScriptedRole = Role  # "planner" is the doctor
 _WORD = re.compile(r"[a-z]{4,}")
 _QUESTIONS = ("What brings you in today?", "When did it start, and has it changed since?",
               "Have you taken anything for it, and did it help?")

@@ -66,6 +66,10 @@ class PlannerSpec(PlannerConfig):
 Planners = dict[Role, PlannerSpec]
 
 
+def _default_planners() -> Planners:
+    return {"planner": PlannerSpec()}
+
+
 class Arm(_Strict):
     """One configuration compared in a study; roles it does not name use the study's top-level planners."""
 
@@ -131,7 +135,7 @@ class MetricsSpec(_Strict):
 class StudyConfig(_Strict):
     name: str = Field(min_length=1, max_length=100, description="also names its runs: safe characters only")
     description: str = ""
-    planners: Planners = Field(default_factory=lambda: {"planner": PlannerSpec()})
+    planners: Planners = Field(default_factory=lambda: _default_planners())
     arms: list[Arm] = Field(default_factory=list, description="configurations compared; none: one arm 'default'")
     experts: list[str | ExpertRef] = Field(default_factory=list, description="tools offered/used; empty: all")
     graph: Graph
@@ -171,7 +175,7 @@ class StudyConfig(_Strict):
     def seed_for(self, repeat: int) -> int:
         return self.seeds[repeat] if isinstance(self.seeds, list) else self.seeds + repeat
 
-    def arm_planners(self) -> dict[str, dict[str, PlannerSpec]]:
+    def arm_planners(self) -> dict[str, Planners]:
         """Arm name -> role -> planner, with the top-level planners filling roles an arm leaves out."""
         if not self.arms:
             return {"default": dict(self.planners)}

@@ -11,10 +11,28 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from medagent.agents.planner import Role
 from medagent.dialogue.cases import TEMPERAMENTS, DialogueCase, Temperament
+from medagent.dialogue.protocol import Strategy
+from medagent.studies.components import TargetRef
 
-Strategy = Literal["one_shot", "dialogue", "dialogue_with_experts"]
 NO_BIAS = "none"
+
+# The contract of a role implementation (``graph.roles.<role>: {_target_: ..., kwargs: {...}}``): it is called
+# with these keyword arguments plus its ``kwargs``, once per consultation, and returns
+# - planner (the doctor): a doctor speaker: ``served_model()``, ``begin(brief)``, ``respond(turns, *, final)``;
+#   what the doctor knows (strategy, label set, expert hints, image summaries) arrives in ``begin``'s brief;
+# - patient, measurement: a speaker: ``served_model()``, ``respond(turns) -> Reply`` (the patient's
+#   ``respond([])`` is its opening);
+# - assessor: an awaitable of an ``Assessment`` (so an ``async def`` scoring function fits).
+# ``planner`` is the role's planner (``planners.<role>``); the built-ins are the defaults: DoctorAgent,
+# SimulatedPatient, MeasurementAgent and simulators.assessor.assess.
+ROLE_ARGUMENTS: dict[Role, tuple[str, ...]] = {
+    "planner": ("planner",),
+    "patient": ("planner", "case", "temperament", "biases"),
+    "measurement": ("planner", "case"),
+    "assessor": ("planner", "case", "outcome", "max_reasks"),
+}
 
 
 class DialogueGraph(BaseModel):
@@ -38,6 +56,10 @@ class DialogueGraph(BaseModel):
                                                                 "'none' for an unbiased run")
     assess: bool = Field(default=True, description="score each transcript with the assessor's rubric")
     max_reasks: int = Field(default=2, ge=0, le=5, description="assessor re-asks when its output does not parse")
+    roles: dict[Role, TargetRef] = Field(
+        default_factory=dict, description="your own implementation of a role (planner: the doctor, patient, "
+                                          "measurement, assessor), called as ROLE_ARGUMENTS says; unnamed roles "
+                                          "are the built-ins")
 
     @field_validator("biases")
     @classmethod

@@ -17,7 +17,7 @@ _TIMEOUT_S = 10.0  # listing models is instant on a live server; a dead one shou
 def served_endpoints(config: StudyConfig) -> list[tuple[str, str, PlannerSpec]]:
     """(arm, role, spec) of every role played by an OpenAI-compatible server, once per endpoint and model."""
     seen: set[tuple[str, str | None]] = set()
-    found = []
+    found: list[tuple[str, str, PlannerSpec]] = []
     for arm, roles in config.arm_planners().items():
         for role, spec in roles.items():
             if spec.resolved_backend() != "openai" or spec.endpoint is None:
