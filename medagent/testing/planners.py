@@ -43,7 +43,7 @@ TOOL_MESSAGES = [
     {"role": "system", "content": "You answer by calling the tool lookup_finding with the code the user names."},
     {"role": "user", "content": "Call lookup_finding for finding CXR-1."},
 ]
-STREAM_MESSAGES = [{"role": "user", "content": "Say hello in three words."}]
+STREAM_MESSAGES = [{"role": "user", "content": "Say hello."}]
 SCHEMA_MESSAGES = [{"role": "system", "content": 'Reply with one JSON object: {"answer": "yes"} or {"answer": "no"}.'},
                    {"role": "user", "content": "Is the heart in the chest?"}]
 
