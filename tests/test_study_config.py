@@ -221,15 +221,14 @@ def test_conditions_and_for_each_evaluate_over_step_outputs(tmp_path: Path) -> N
     config = load_study(WORKFLOWS / "cxr-triage.yaml")
     assert isinstance(config.graph, PipelineGraph)
     quality, _, ground, anatomy, lung_fields = config.graph.steps
-    outputs = {"quality": {"usable": True},
-               "classify": {"findings": [{"label": "Effusion", "probability": 0.2},
-                                         {"label": "Cardiomegaly", "probability": 0.81},
-                                         {"label": "Mass", "probability": 0.55}]}}
+    outputs = {"quality": {"usable": True}, "classify": {"scores": "any shape: conditions read declared labels"}}
+    labels = {"classify": {"Effusion": 0.2, "Cardiomegaly": 0.81, "Mass": 0.55}}
     assert quality.gate is not None and quality.gate.evaluate(outputs)
     assert not quality.gate.evaluate({"quality": {"usable": False}})
-    assert ground.for_each is not None and ground.for_each.findings(outputs, "classify") == ["Cardiomegaly", "Mass"]
-    assert anatomy.when is not None and anatomy.when.evaluate(outputs)
-    assert lung_fields.when is not None and not lung_fields.when.evaluate(outputs)
+    assert ground.for_each is not None and ground.for_each.findings(labels["classify"]) == ["Cardiomegaly", "Mass"]
+    assert anatomy.when is not None and anatomy.when.evaluate(outputs, labels)
+    assert lung_fields.when is not None and not lung_fields.when.evaluate(outputs, labels)
+    assert not anatomy.when.evaluate(outputs)  # no declared labels: no finding reaches a threshold
     assert render_arguments(ground.arguments, {"image": "img-1", "finding": "Mass", "case_id": "c"}) == {
         "image_id": "img-1", "phrase": "Mass"}
 

@@ -224,6 +224,29 @@ def test_schema_version_is_recorded_and_checked(store_url: str | None, home: Pat
         StudyStore.open(store_url, home)
 
 
+def test_a_version_1_store_is_migrated_and_keeps_tool_call_records_as_made(store_url: str | None,
+                                                                          home: Path) -> None:
+    """A store written before tool calls carried their call id opens, keeps its rows, and then stores
+    every field of a call record; the record read back equals the one written."""
+    from sqlalchemy import text
+
+    with StudyStore.open(store_url, home) as store:
+        store.create_run("run", "study", {}, HASH_A)
+        store.record_case("run", "old", 0, _succeeded(), [], [_tool_call(1)])
+        with store._transaction(write=True) as connection:  # turn it into a version-1 store
+            connection.execute(text("ALTER TABLE study_tool_calls DROP COLUMN call_id"))
+            connection.execute(text("UPDATE study_schema_version SET version = 1"))
+    with StudyStore.open(store_url, home) as store:
+        assert [c.call_id for c in store.tool_calls("run", "old", 0)] == [None]
+        call = _tool_call(2).model_copy(update={"call_id": "ground:Mass",
+                                                "started_at": datetime(2025, 3, 1, 12, 0, tzinfo=UTC)})
+        store.record_case("run", "new", 0, _succeeded(), [], [call])
+        stored = store.tool_calls("run", "new", 0)[0]
+        assert ToolCallRecord.model_validate(stored.model_dump(include=set(ToolCallRecord.model_fields))) == call
+        with store._transaction() as connection:
+            assert connection.execute(text("SELECT version FROM study_schema_version")).scalar_one() == 2
+
+
 WRITER = """
 import sys, time
 from pathlib import Path

@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, select, text, update
 from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
@@ -102,7 +102,12 @@ def ensure_schema(engine: Engine) -> int:
                 connection.execute(SchemaVersionRow.__table__.insert().values(  # type: ignore[attr-defined]
                     id=1, version=SCHEMA_VERSION, created_at=now()))
                 return SCHEMA_VERSION
-    # future migrations go here: upgrade ``recorded`` step by step, then update the row
+            # migrations: upgrade ``recorded`` step by step in the same transaction, then update the row
+            if recorded == 1:  # tool calls keep who asked for them
+                connection.execute(text("ALTER TABLE study_tool_calls ADD COLUMN call_id VARCHAR(200)"))
+                recorded = 2
+                versions = SchemaVersionRow.__table__  # type: ignore[attr-defined]
+                connection.execute(update(versions).values(version=recorded))
     if recorded != SCHEMA_VERSION:
         raise StoreSchemaMismatch(f"the study store has schema version {recorded}; this medagent reads version "
                                   f"{SCHEMA_VERSION} and does not migrate it", recorded=recorded,

@@ -1,8 +1,9 @@
 """Typed inputs and outputs of the study store, and its errors.
 
-The runner hands :class:`CaseResult`, planner message dicts and :class:`ToolCallRecord`
-objects to :meth:`StudyStore.record_case`; readers get :class:`RunRecord`,
-:class:`CaseRecord` and :class:`StoredToolCall` back, never ORM rows.
+The runner hands :class:`CaseResult`, planner message dicts and the tool calls' own records
+(:class:`~medagent.tools.invoke.ToolCallRecord`, kept as the invocation path made them) to
+:meth:`StudyStore.record_case`; readers get :class:`RunRecord`, :class:`CaseRecord` and
+:class:`StoredToolCall` back, never ORM rows.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medagent.errors import ConfigurationError, ErrorFamily, MedagentError
+from medagent.errors import ConfigurationError
+from medagent.tools.invoke import ErrorRecord, ToolCallRecord
 
 CaseStatus = Literal["succeeded", "failed"]
 RunStatus = Literal["running", "finished", "failed", "cancelled"]
@@ -68,52 +70,8 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-class CaseError(BaseModel):
-    """A typed error as :meth:`medagent.errors.MedagentError.to_dict` describes it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    code: str
-    family: ErrorFamily
-    message: str
-    details: dict[str, Any] = Field(default_factory=dict)
-
-    @classmethod
-    def from_exception(cls, error: BaseException) -> CaseError:
-        if isinstance(error, MedagentError):
-            return cls(code=error.code, family=error.family, message=error.message,
-                       details={k: v for k, v in error.details.items() if _json_scalar(v)})
-        # an unexpected exception is a bug or a crash of the machinery: name its type only,
-        # its text may quote inputs
-        return cls(code="unexpected_error", family="infrastructure", message=type(error).__name__)
-
-
-def _json_scalar(value: object) -> bool:
-    return value is None or isinstance(value, str | int | bool) or (isinstance(value, float) and math.isfinite(value))
-
-
-class ToolCallRecord(BaseModel):
-    """One tool call of a case: what the planner sent, what came back, how long it took."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tool: str
-    arguments: dict[str, Any] = Field(default_factory=dict)
-    output: Any = None
-    ok: bool
-    error: CaseError | None = None
-    duration_s: float | None = Field(default=None, ge=0)
-    started_at: datetime | None = None
-
-    @model_validator(mode="after")
-    def _error_matches_ok(self) -> ToolCallRecord:
-        if self.ok and self.error is not None:
-            raise ValueError("a successful tool call carries no error")
-        return self
-
-    @property
-    def error_code(self) -> str | None:
-        return self.error.code if self.error else None
+#: A typed error of a case or of a tool call: one model, defined with the tool call record it belongs to.
+CaseError = ErrorRecord
 
 
 class StoredToolCall(ToolCallRecord):

@@ -32,7 +32,8 @@ def case_record(row: Mapping[str, Any]) -> CaseRecord:
 def stored_tool_call(row: Mapping[str, Any]) -> StoredToolCall:
     return StoredToolCall(
         run_id=row["run_id"], case_id=row["case_id"], repeat=row["repeat"], position=row["position"],
-        tool=row["tool"], arguments=row["arguments"] or {}, output=row["output"], ok=bool(row["ok"]),
+        tool=row["tool"], call_id=row["call_id"], arguments=row["arguments"] or {}, output=row["output"],
+        ok=bool(row["ok"]),
         error=CaseError.model_validate(row["error"]) if row["error"] else None, duration_s=row["duration_s"],
         started_at=utc(row["started_at"]))
 

@@ -209,7 +209,8 @@ class StudyStore:
             if tool_calls:
                 connection.execute(_TOOL_CALLS.insert(), [
                     {"case_pk": case_pk, "run_id": run_id, "case_id": case_id, "repeat": repeat, "position": position,
-                     "tool": call.tool, "arguments": call.arguments, "output": call.output, "ok": call.ok,
+                     "tool": call.tool, "call_id": call.call_id, "arguments": call.arguments, "output": call.output,
+                     "ok": call.ok,
                      "error": call.error.model_dump(mode="json") if call.error else None,
                      "error_code": call.error_code, "duration_s": call.duration_s, "started_at": call.started_at}
                     for position, call in enumerate(tool_calls)])

@@ -19,7 +19,7 @@ from typing import Any, Final
 from sqlalchemy import JSON, Column, DateTime, ForeignKey, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2: study_tool_calls.call_id (a version-1 store is migrated on open)
 
 
 def _json_column(nullable: bool = True) -> Any:
@@ -116,6 +116,7 @@ class ToolCallRow(SQLModel, table=True):
     repeat: int = 0
     position: int
     tool: str = Field(max_length=200)
+    call_id: str | None = Field(default=None, max_length=200)
     arguments: dict[str, Any] | None = _json_column()
     output: Any = _json_column()
     ok: bool

@@ -12,10 +12,11 @@ from medagent.errors import MedagentError
 from medagent.runtime.untrained import expert_weights
 from medagent.dialogue.cases import DialogueCase
 from medagent.dialogue.labels import LabelSet
-from medagent.store import CaseError, CaseResult, ToolCallRecord
+from medagent.store import CaseError, CaseResult
 from medagent.studies.config import PlannerSpec
 from medagent.studies.dialogue_graph import NO_BIAS, DialogueGraph
 from medagent.tools.builtin import Toolbox
+from medagent.tools.invoke import ToolCallRecord, invoke
 
 ROLES = ("planner", "patient", "measurement", "assessor")
 
@@ -46,7 +47,8 @@ class DialogueCaseRunner:
         self.modality = modality
 
     async def _hints(self, image_ids: list[str]) -> tuple[list[Any], list[ToolCallRecord]]:
-        """The expert's top-k predictions for the doctor's context, and the calls that produced them."""
+        """The expert's top-k labels (the label probabilities its output declares) for the doctor's context, and
+        the calls that produced them; a failed call is recorded and the doctor goes on without its hints."""
         from medagent.dialogue.protocol import ExpertHint
 
         hints: list[ExpertHint] = []
@@ -57,20 +59,12 @@ class DialogueCaseRunner:
         for image_id in image_ids:
             if card is not None and not card.accepts_summary(summaries[image_id]):
                 continue  # the expert does not read this kind of image (a CT for a chest X-ray classifier)
-            arguments = {"image_id": image_id}
-            started = time.perf_counter()
-            try:
-                output = (await self.toolbox.call(self.graph.expert, arguments, context)).model_dump(mode="json")
-            except MedagentError as exc:  # the doctor goes on without hints; the failure is recorded
-                calls.append(ToolCallRecord(tool=self.graph.expert, arguments=arguments, ok=False,
-                                            error=CaseError.from_exception(exc),
-                                            duration_s=time.perf_counter() - started))
-                continue
-            calls.append(ToolCallRecord(tool=self.graph.expert, arguments=arguments, output=output, ok=True,
-                                        duration_s=time.perf_counter() - started))
-            findings = sorted(output.get("findings", []), key=lambda item: -float(item.get("probability", 0)))
-            hints += [ExpertHint(label=str(item["label"]), probability=float(item["probability"]),
-                                 tool=self.graph.expert) for item in findings[: self.graph.top_k]]
+            done = await invoke(self.toolbox.registry, self.graph.expert, {"image_id": image_id}, context,
+                                call_id=f"hint:{image_id}")
+            calls.append(done.record)
+            ranked = sorted((done.probabilities() or {}).items(), key=lambda item: -item[1])
+            hints += [ExpertHint(label=str(label), probability=float(probability), tool=self.graph.expert)
+                      for label, probability in ranked[: self.graph.top_k]]
         return hints, calls
 
     async def run(self, case: DialogueCase, planners: dict[str, Planner], *, temperament: str, bias: str,

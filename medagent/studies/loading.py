@@ -132,10 +132,9 @@ def _pipeline_problems(graph: PipelineGraph, known: set[str], offered: set[str])
         elif step.tool not in offered:
             problems.append(Problem((*loc, "tool"), f"tool '{step.tool}' is not among this study's experts"))
         source = step.for_each.from_step if step.for_each else None
-        if step.for_each and source is None:
-            classifiers = [sid for sid, tool in earlier.items() if tool == "classify_chest_xray"]
-            if not classifiers:
-                problems.append(Problem((*loc, "for_each"), "no earlier classify_chest_xray step; name from_step"))
+        if step.for_each and source is None and not earlier:
+            # which earlier step's tool declares label probabilities is checked when the tools are built
+            problems.append(Problem((*loc, "for_each"), "no earlier step to take findings from; name from_step"))
         elif source is not None and source not in earlier:
             problems.append(Problem((*loc, "for_each", "from_step"), f"'{source}' is not an earlier step"))
         for key, condition, allowed in (("when", step.when, set(earlier)), ("gate", step.gate, {*earlier, step.id})):

@@ -2,7 +2,9 @@
 
 The condition language is data, not code: each condition is one pydantic model with exactly one
 key (``step_succeeded``, ``output_equals``, ``finding_probability_at_least``, ``all_of``, ``any_of``,
-``not``), evaluated by :meth:`Condition.evaluate` over the outputs of earlier steps. Argument
+``not``), evaluated by :meth:`Condition.evaluate` over the outputs of earlier steps and the label
+probabilities their tools declare (:class:`~medagent.tools.invoke.LabelProbabilities`): no condition
+reads one tool's output fields. Argument
 templates accept only the placeholders ``{image}``, ``{case_id}`` and (inside ``for_each``) ``{finding}``.
 """
 
@@ -23,6 +25,8 @@ Scalar = bool | int | float | str | None
 # step id -> that step's output as JSON data (None when it failed or was skipped); a for_each
 # step's entry maps each finding to its output
 StepOutputs = Mapping[str, Any]
+# step id -> the label probabilities its output declares (only steps whose tool declares them)
+StepLabels = Mapping[str, Mapping[str, float]]
 PLACEHOLDERS = ("image", "case_id", "finding")
 
 
@@ -30,13 +34,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-def probability_of(output: Any, finding: str) -> float | None:
-    """A classifier output's probability for ``finding`` (labels compared case-insensitively)."""
-    if not isinstance(output, Mapping):
-        return None
-    for item in output.get("findings", []):
-        if str(item.get("label", "")).lower() == finding.lower():
-            return float(item["probability"])
+def probability_of(labels: Mapping[str, float] | None, finding: str) -> float | None:
+    """``finding``'s probability among a step's declared label probabilities (compared case-insensitively)."""
+    wanted = finding.lower()
+    for label, probability in (labels or {}).items():
+        if label.lower() == wanted:
+            return float(probability)
     return None
 
 
@@ -57,7 +60,7 @@ class OutputEquals(_Strict):
 
 
 class FindingAtLeast(_Strict):
-    """A named finding's probability in a classification step's output is at least ``threshold``."""
+    """A named finding's probability, as the step's tool declares it, is at least ``threshold``."""
 
     step: StepId
     finding: str = Field(min_length=1)
@@ -82,27 +85,30 @@ class Condition(_Strict):
             raise ValueError(f"a condition needs exactly one of: {keys} (got {len(given)})")
         return self
 
-    def evaluate(self, outputs: StepOutputs, *, finding: str | None = None, source_step: str | None = None) -> bool:
-        """``finding``/``source_step``: the current for_each item and the classification step it came from."""
+    def evaluate(self, outputs: StepOutputs, labels: StepLabels | None = None, *, finding: str | None = None,
+                 source_step: str | None = None) -> bool:
+        """``labels``: the steps' declared label probabilities; ``finding``/``source_step``: the current for_each
+        item and the step it came from."""
+        labels = labels or {}
         if self.step_succeeded is not None:
             return outputs.get(self.step_succeeded) is not None
         if self.output_equals is not None:
             return self.output_equals.evaluate(outputs)
         if isinstance(self.finding_probability_at_least, FindingAtLeast):
             rule = self.finding_probability_at_least
-            probability = probability_of(outputs.get(rule.step), rule.finding)
+            probability = probability_of(labels.get(rule.step), rule.finding)
             return probability is not None and probability >= rule.threshold
         if self.finding_probability_at_least is not None:
             if finding is None or source_step is None:
                 raise ValueError("a bare finding_probability_at_least needs the current for_each finding")
-            probability = probability_of(outputs.get(source_step), finding)
+            probability = probability_of(labels.get(source_step), finding)
             return probability is not None and probability >= self.finding_probability_at_least
         if self.all_of is not None:
-            return all(c.evaluate(outputs, finding=finding, source_step=source_step) for c in self.all_of)
+            return all(c.evaluate(outputs, labels, finding=finding, source_step=source_step) for c in self.all_of)
         if self.any_of is not None:
-            return any(c.evaluate(outputs, finding=finding, source_step=source_step) for c in self.any_of)
+            return any(c.evaluate(outputs, labels, finding=finding, source_step=source_step) for c in self.any_of)
         assert self.not_ is not None
-        return not self.not_.evaluate(outputs, finding=finding, source_step=source_step)
+        return not self.not_.evaluate(outputs, labels, finding=finding, source_step=source_step)
 
     def referenced_steps(self) -> list[str]:
         steps = [self.step_succeeded] if self.step_succeeded else []
@@ -122,22 +128,19 @@ class Condition(_Strict):
 
 
 class ForEach(_Strict):
-    """Repeat the step once per finding of a classification step whose probability is at least ``findings_above``."""
+    """Repeat the step once per label of an earlier step whose probability is at least ``findings_above``."""
 
     findings_above: Probability
-    from_step: StepId | None = Field(default=None, description="the classification step; default: the nearest "
-                                     "earlier classify_chest_xray step")
+    from_step: StepId | None = Field(default=None, description="the step whose tool declares label probabilities "
+                                     "(a classifier); default: the earliest earlier step whose tool declares them")
     only: list[str] | None = Field(default=None, description="consider only these findings")
     max_items: int | None = Field(default=None, ge=1, description="at most this many, most probable first")
 
-    def findings(self, outputs: StepOutputs, source_step: str) -> list[str]:
-        output = outputs.get(source_step)
-        if not isinstance(output, Mapping):
-            return []
+    def findings(self, labels: Mapping[str, float] | None) -> list[str]:
+        """The source step's labels to repeat over, most probable first."""
         wanted = {name.lower() for name in self.only} if self.only else None
-        chosen = [(float(item["probability"]), str(item["label"])) for item in output.get("findings", [])
-                  if float(item["probability"]) >= self.findings_above
-                  and (wanted is None or str(item["label"]).lower() in wanted)]
+        chosen = [(float(probability), str(label)) for label, probability in (labels or {}).items()
+                  if float(probability) >= self.findings_above and (wanted is None or str(label).lower() in wanted)]
         chosen.sort(key=lambda pair: (-pair[0], pair[1]))
         return [label for _, label in chosen[: self.max_items]]
 

@@ -3,45 +3,62 @@
 from __future__ import annotations
 
 import operator
-import time
 from typing import Annotated, Any, Literal, TypedDict
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, Field
 
-from medagent.errors import MedagentError
 from medagent.studies.pipeline import PipelineGraph, PipelineStep, render_arguments
 from medagent.tools.builtin import Toolbox
+from medagent.tools.invoke import ErrorRecord, ToolCallRecord, declares_label_probabilities, invoke
+from medagent.tools.registry import ToolRegistry
 from medagent.tools.spec import ToolContext
+from medagent.yaml_located import StudyConfigError
+
+
+def _merge(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
+    return {**left, **right}
+
 
 CaseStatus = Literal["succeeded", "gated", "failed"]
-
-
-class StepCall(BaseModel):
-    step: str
-    tool: str
-    finding: str | None = None
-    arguments: dict[str, Any]
-    ok: bool
-    output: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    duration_s: float
 
 
 class PipelineOutcome(BaseModel):
     status: CaseStatus
     outputs: dict[str, Any] = Field(description="step id -> output JSON (per finding for for_each steps)")
-    tool_calls: list[StepCall]
+    tool_calls: list[ToolCallRecord] = Field(description="every call in order; call_id: the step id, or "
+                                             "'<step>:<finding>' in a for_each step")
     summary: str
-    error: dict[str, Any] | None = None
+    error: ErrorRecord | None = None
 
 
 class _State(TypedDict, total=False):
-    outputs: Annotated[dict[str, Any], lambda left, right: {**left, **right}]
-    calls: Annotated[list[dict[str, Any]], operator.add]
+    outputs: Annotated[dict[str, Any], _merge]
+    labels: Annotated[dict[str, dict[str, float]], _merge]  # step id -> the label probabilities its tool declares
+    calls: Annotated[list[tuple[str, ToolCallRecord]], operator.add]  # (step id, record); no checkpointer: kept live
     stopped: str | None  # "gated" or "failed"
-    error: dict[str, Any] | None
+    error: ErrorRecord | None
+
+
+def for_each_sources(graph: PipelineGraph, registry: ToolRegistry) -> dict[str, str]:
+    """Each for_each step's source step: the one it names, else the earliest earlier step whose tool declares
+    label probabilities. Raises StudyConfigError when a source declares none (its labels would never come)."""
+    sources: dict[str, str] = {}
+    for index, step in enumerate(graph.steps):
+        if step.for_each is None:
+            continue
+        earlier = graph.steps[:index]
+        declaring = [s.id for s in earlier if s.tool in registry
+                     and declares_label_probabilities(registry.get(s.tool).output_model)]
+        source = step.for_each.from_step or (declaring[0] if declaring else None)
+        if source is None or source not in declaring:
+            where = f"'{source}'" if source else "no earlier step"
+            raise StudyConfigError(f"for_each of step '{step.id}': {where} has a tool that declares label "
+                                   "probabilities (a classifier); name one in from_step",
+                                   field=f"graph.steps[{index}].for_each")
+        sources[step.id] = source
+    return sources
 
 
 class PipelineRunner:
@@ -50,6 +67,7 @@ class PipelineRunner:
     def __init__(self, graph: PipelineGraph, toolbox: Toolbox) -> None:
         self.spec = graph
         self.toolbox = toolbox
+        self.sources = for_each_sources(graph, toolbox.registry)
         builder = StateGraph(_State)
         previous = START
         for step in graph.steps:
@@ -68,75 +86,64 @@ class PipelineRunner:
             return END if state.get("stopped") else next_step
         return route
 
-    def _source_step(self, step: PipelineStep) -> str | None:
-        if step.for_each is None:
-            return None
-        if step.for_each.from_step:
-            return step.for_each.from_step
-        earlier = [s.id for s in self.spec.steps[: self.spec.steps.index(step)] if s.tool == "classify_chest_xray"]
-        return earlier[-1] if earlier else None
-
     def _node(self, step: PipelineStep) -> Any:
+        registry = self.toolbox.registry
+        source = self.sources.get(step.id)
+
         async def node(state: _State, config: RunnableConfig) -> dict[str, Any]:
             context: ToolContext = config["configurable"]["context"]
             variables: dict[str, str] = config["configurable"]["variables"]
-            outputs = state.get("outputs", {})
-            source = self._source_step(step)
-            if step.when is not None and not step.when.evaluate(outputs, source_step=source):
+            outputs, labels = state.get("outputs", {}), state.get("labels", {})
+            if step.when is not None and not step.when.evaluate(outputs, labels, source_step=source):
                 return {"outputs": {step.id: None}}
             findings: list[str | None] = [None]
             if step.for_each is not None:
-                findings = list(step.for_each.findings(outputs, source or ""))
+                findings = list(step.for_each.findings(labels.get(source or "")))
             results: dict[str, Any] = {}
-            calls: list[dict[str, Any]] = []
+            calls: list[tuple[str, ToolCallRecord]] = []
+            update: dict[str, Any] = {"calls": calls}
             for finding in findings:
                 arguments = render_arguments(step.arguments, {**variables, "finding": finding or ""})
-                record = await self._call(step, finding, arguments, context)
-                calls.append(record.model_dump(mode="json"))
+                call_id = step.id if finding is None else f"{step.id}:{finding}"
+                done = await invoke(registry, step.tool, arguments, context, call_id=call_id)
+                record = done.record
+                calls.append((step.id, record))
                 if not record.ok and not step.optional:
-                    return {"calls": calls, "stopped": "failed", "error": record.error,
-                            "outputs": {step.id: None}}
+                    return {**update, "stopped": "failed", "error": record.error, "outputs": {step.id: None}}
                 if finding is None:
                     results[step.id] = record.output
+                    probabilities = done.probabilities()
+                    if probabilities is not None:
+                        update["labels"] = {step.id: probabilities}
                 else:
                     results.setdefault(step.id, {})[finding] = record.output
-            update: dict[str, Any] = {"calls": calls, "outputs": {step.id: results.get(step.id, {})}}
-            if step.gate is not None and not step.gate.evaluate({**outputs, **update["outputs"]}):
+            update["outputs"] = {step.id: results.get(step.id, {})}
+            if step.gate is not None and not step.gate.evaluate({**outputs, **update["outputs"]},
+                                                                 {**labels, **update.get("labels", {})}):
                 update["stopped"] = "gated"
             return update
         return node
 
-    async def _call(self, step: PipelineStep, finding: str | None, arguments: dict[str, Any],
-                    context: ToolContext) -> StepCall:
-        started = time.perf_counter()
-        try:
-            output = await self.toolbox.call(step.tool, arguments, context)
-        except MedagentError as exc:
-            return StepCall(step=step.id, tool=step.tool, finding=finding, arguments=arguments, ok=False,
-                                  error=exc.to_dict(), duration_s=round(time.perf_counter() - started, 4))
-        return StepCall(step=step.id, tool=step.tool, finding=finding, arguments=arguments, ok=True,
-                              output=output.model_dump(mode="json"),
-                              duration_s=round(time.perf_counter() - started, 4))
-
     async def run(self, image_id: str, case_id: str) -> PipelineOutcome:
         context = self.toolbox.context([image_id])
         config = {"configurable": {"context": context, "variables": {"image": image_id, "case_id": case_id}}}
-        state = await self.graph.ainvoke({"outputs": {}, "calls": []}, config)
+        start: _State = {"outputs": {}, "labels": {}, "calls": []}
+        state = await self.graph.ainvoke(start, config)  # type: ignore[call-overload]
         stopped = state.get("stopped")
         status: CaseStatus = "failed" if stopped == "failed" else "gated" if stopped == "gated" else "succeeded"
-        calls = [StepCall.model_validate(call) for call in state.get("calls", [])]
-        return PipelineOutcome(status=status, outputs=state.get("outputs", {}), tool_calls=calls,
-                               summary=self._summary(state.get("outputs", {}), calls, status),
-                               error=state.get("error"))
+        calls: list[tuple[str, ToolCallRecord]] = state.get("calls", [])
+        return PipelineOutcome(status=status, outputs=state.get("outputs", {}),
+                               tool_calls=[record for _, record in calls],
+                               summary=self._summary(calls, status), error=state.get("error"))
 
-    def _summary(self, outputs: dict[str, Any], calls: list[StepCall], status: CaseStatus) -> str:
+    def _summary(self, calls: list[tuple[str, ToolCallRecord]], status: CaseStatus) -> str:
         include = self.spec.summary.include or [step.id for step in self.spec.steps]
         lines = [f"pipeline {status}"]
-        by_step = {call.step: call for call in calls}
+        by_step = dict(calls)  # the last call of each step
         for step_id in include:
-            if step_id not in by_step:
+            call = by_step.get(step_id)
+            if call is None:
                 lines.append(f"{step_id}: skipped")
                 continue
-            call = by_step[step_id]
-            lines.append(f"{step_id}: " + ("ok" if call.ok else f"error {call.error.get('code') if call.error else ''}"))
+            lines.append(f"{step_id}: " + ("ok" if call.ok else f"error {call.error.code if call.error else ''}"))
         return "; ".join(lines)

@@ -10,7 +10,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -21,7 +21,7 @@ from medagent.config import Settings
 from medagent.errors import MedagentError, PreconditionFailed
 from medagent.runtime.untrained import expert_weights
 from medagent.names import check_name
-from medagent.store import CaseError, CaseResult, StudyStore, ToolCallRecord
+from medagent.store import CaseError, CaseResult, StudyStore
 from medagent.store.leases import DEFAULT_LEASE_TTL_S, new_owner
 from medagent.studies.components import TargetPolicy
 from medagent.studies.config import PlannerSpec, StudyConfig
@@ -29,11 +29,13 @@ from medagent.studies.datasets import Case
 from medagent.studies.dialogue_graph import DialogueGraph
 from medagent.studies.dialogue_runner import DialogueCaseRunner, resolve_label_set, role_specs
 from medagent.studies.loading import config_hash
-from medagent.studies.pipeline import AgentLoopGraph, probability_of
+from medagent.studies.pipeline import AgentLoopGraph
 from medagent.studies.pipeline_graph import PipelineRunner
 from medagent.studies.preflight import check_planner_endpoints
 from medagent.studies.scheduling import StartupGate
 from medagent.tools.builtin import Toolbox
+from medagent.tools.invoke import ToolCallRecord, label_probabilities
+from medagent.tools.registry import ToolRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +60,14 @@ class _WorkItem(BaseModel):
     variant: tuple[str, str] | None = None  # dialogue graphs: (temperament, bias)
 
 
-def _columns(case: Case, outputs: list[Any]) -> dict[str, Any]:
-    """Flat per-case values the reports read: truth, classifier probabilities, subgroups."""
+def _columns(case: Case, calls: Sequence[ToolCallRecord] = (), registry: ToolRegistry | None = None) -> dict[str, Any]:
+    """Flat per-case values the reports read: truth, the label probabilities tools declare (the first call
+    that scores a label gives its ``prob.<label>``), subgroups."""
     columns: dict[str, Any] = {f"truth.{name}": value for name, value in case.labels.items()}
     columns.update({f"subgroup.{name}": value for name, value in case.subgroups.items()})
-    for output in outputs:
-        for finding in output.get("findings", []) if isinstance(output, dict) else []:
-            label = str(finding.get("label"))
-            probability = probability_of(output, label)
-            if probability is not None:
-                columns.setdefault(f"prob.{label}", probability)
+    for call in calls:
+        for label, probability in ((label_probabilities(registry, call) if registry else None) or {}).items():
+            columns.setdefault(f"prob.{label}", probability)
     return columns
 
 
@@ -244,18 +244,16 @@ class StudyRunner:
             error = CaseError.from_exception(exc)
             return CaseResult(status="failed", error=error, seed=seed, latency_s=time.perf_counter() - started,
                               columns=_columns(item.case, [])), [], []
-        calls = [ToolCallRecord(tool=call.tool, arguments=call.arguments, output=call.output, ok=call.ok,
-                                error=_case_error(call.error) if call.error else None,
-                                duration_s=call.duration_s) for call in outcome.tool_calls]
-        outputs = [call.output for call in outcome.tool_calls if call.ok]
+        calls = outcome.tool_calls
+        outputs = [call.output for call in calls if call.ok]
         status: Literal["succeeded", "failed"] = "failed" if outcome.status == "failed" else "succeeded"
         return CaseResult(
             status=status, answer=outcome.summary, result={"outcome": outcome.status, "outputs": outcome.outputs},
-            error=_case_error(outcome.error) if status == "failed" and outcome.error else
+            error=outcome.error if status == "failed" and outcome.error else
             (CaseError(code="step_failed", family="tool_failure", message="a required step failed")
              if status == "failed" else None),
-            columns=_columns(item.case, outputs), seed=seed, latency_s=time.perf_counter() - started,
-            expert_weights=expert_weights(outputs),
+            columns=_columns(item.case, calls, self.toolbox.registry), seed=seed,
+            latency_s=time.perf_counter() - started, expert_weights=expert_weights(outputs),
         ), [], calls
 
     async def _agent_case(self, run_id: str, item: _WorkItem, seed: int, started: float) -> tuple[CaseResult, list[dict[str, Any]], list[ToolCallRecord]]:
@@ -276,12 +274,10 @@ class StudyRunner:
         for path in item.case.images:  # content-addressed: the artifacts already stored are reused
             await session.attach(path, self._modality)
         answer = await session.ask(self.config.graph.question)
-        calls = [ToolCallRecord(tool=call["tool"], arguments=_json_arguments(call.get("arguments")),
-                                output=call.get("output"), ok=bool(call.get("ok")),
-                                error=_case_error(call["error"]) if call.get("error") else None,
-                                duration_s=call.get("duration_s")) for call in answer.tool_calls]
+        calls = [ToolCallRecord.model_validate(call) for call in answer.tool_calls]  # the records as the loop made them
         outputs = [call.output for call in calls if call.ok]
-        return CaseResult(status="succeeded", answer=answer.text, columns=_columns(item.case, outputs), seed=seed,
+        return CaseResult(status="succeeded", answer=answer.text, seed=seed,
+                          columns=_columns(item.case, calls, self.toolbox.registry),
                           model_id=answer.model, latency_s=time.perf_counter() - started,
                           expert_weights=expert_weights(outputs)), await session.history(), calls
 
@@ -315,27 +311,6 @@ class StudyRunner:
         self._agents.clear()
         self._role_planners.clear()
         await self.planners.aclose()
-
-
-def _case_error(error: dict[str, Any]) -> CaseError:
-    """A stored error from :meth:`MedagentError.to_dict` (its details are already planner-safe)."""
-    details = error.get("details") if isinstance(error.get("details"), dict) else {
-        key: value for key, value in error.items() if key not in ("code", "family", "message")}
-    return CaseError(code=str(error.get("code", "error")), family=error.get("family", "infrastructure"),
-                     message=str(error.get("message", "")),
-                     details={k: v for k, v in details.items() if isinstance(v, str | int | float | bool) or v is None})
-
-
-def _json_arguments(arguments: Any) -> dict[str, Any]:
-    import json
-
-    if isinstance(arguments, dict):
-        return arguments
-    try:
-        parsed = json.loads(arguments or "{}")
-    except (TypeError, ValueError):
-        return {"raw": str(arguments)}
-    return parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
 async def run_study(config: StudyConfig, *, store: StudyStore | None = None, settings: Settings | None = None,

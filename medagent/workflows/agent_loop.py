@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import operator
-import time
 from typing import Annotated, Any, TypedDict
 
 from langgraph.config import get_stream_writer
@@ -21,8 +20,9 @@ from medagent.agents.prompts import (
     structured_step_schema,
     system_prompt,
 )
-from medagent.errors import ApprovalRejected, MedagentError, ModelRetry, PlannerMisbehaved
+from medagent.errors import ApprovalRejected, PlannerMisbehaved
 from medagent.tools.builtin import Toolbox
+from medagent.tools.invoke import ErrorRecord, invoke
 from medagent.workflows.call_gate import LoopSettings, gate_turn, offered_tools
 
 __all__ = ["AgentLoop", "AgentState", "LoopSettings"]
@@ -35,7 +35,7 @@ def _union(left: list[str], right: list[str]) -> list[str]:
 class AgentState(TypedDict, total=False):
     messages: Annotated[list[Message], operator.add]
     image_ids: Annotated[list[str], _union]
-    tool_records: Annotated[list[dict[str, Any]], operator.add]
+    tool_records: Annotated[list[dict[str, Any]], operator.add]  # ToolCallRecord dumps (JSON: checkpoint-safe)
     steps: int
     invalid_calls: int
     question_calls: int  # tool calls admitted this question
@@ -172,33 +172,27 @@ class AgentLoop:
 
         async def run(position: int, call: dict[str, Any]) -> tuple[Message, dict[str, Any], bool]:
             name, arguments = call["function"]["name"], call["function"]["arguments"]
-            record: dict[str, Any] = {"call_id": call["id"], "tool": name, "arguments": arguments}
             refusal = refusals[position]
-            if refusal is not None:  # refused by the gate: never ran, already counted as invalid
-                record.update(ok=False, error=refusal, duration_s=0.0)
-                _emit({"event": "tool_finished", **record})
-                return _answer(call, _retry_text(name, refusal)), record, False
-            _emit({"event": "tool_started", "call_id": call["id"], "tool": name, "arguments": arguments})
-            started = time.perf_counter()
-            invalid = False
-            try:
+            refused = None if refusal is None else ErrorRecord.from_dict(refusal)  # by the gate: already counted
+            if refusal is None:
+                _emit({"event": "tool_started", "call_id": call["id"], "tool": name, "arguments": arguments})
                 if decisions[position] is False:
-                    raise ApprovalRejected(f"a human rejected the call to {name}")
-                output = await registry.call(name, arguments, context, approved=decisions[position] is True,
-                                             offered=offered)
-                record.update(ok=True, output=output.model_dump(mode="json"))
-                summary = output.summary_text() if hasattr(output, "summary_text") else ""
-                content = fence_tool_result(name, compact_for_planner(output.model_dump(mode="json")), summary)
-            except ModelRetry as exc:
-                invalid = True
-                record.update(ok=False, error=exc.to_dict())
-                content = _retry_text(name, exc.to_dict())
-            except MedagentError as exc:
-                record.update(ok=False, error=exc.to_dict())
-                content = fence_tool_result(name, {"error": exc.code, "message": exc.message})
-            record["duration_s"] = round(time.perf_counter() - started, 4)
-            _emit({"event": "tool_finished", **record})
-            return _answer(call, content), record, invalid
+                    refused = ErrorRecord.from_exception(ApprovalRejected(f"a human rejected the call to {name}"))
+            done = await invoke(registry, name, arguments, context, call_id=call["id"], offered=offered,
+                                approved=decisions[position] is True, refused=refused)
+            record, error = done.record, done.record.error
+            invalid = False
+            if error is None:
+                summary = getattr(done.value, "summary_text", str)()  # what the tool says matters, if it says
+                content = fence_tool_result(name, compact_for_planner(record.output), summary)
+            elif refusal is not None or error.family == "retry":
+                invalid = refusal is None  # a refusal of the gate was counted when the turn came in
+                content = _retry_text(name, error)
+            else:
+                content = fence_tool_result(name, {"error": error.code, "message": error.message})
+            dumped = record.model_dump(mode="json")
+            _emit({"event": "tool_finished", **dumped})
+            return _answer(call, content), dumped, invalid
 
         outcomes = await asyncio.gather(*(run(position, call) for position, call in enumerate(calls)))
         invalid_calls = state.get("invalid_calls", 0) + sum(1 for _, _, invalid in outcomes if invalid)
@@ -214,7 +208,6 @@ def _answer(call: dict[str, Any], content: str) -> Message:
     return {"role": "tool", "tool_call_id": call["id"], "content": content}
 
 
-def _retry_text(name: str, error: dict[str, Any]) -> str:
-    fixable = error.get("code") in ("invalid_arguments", "arguments_too_large")
-    fix = " Correct the arguments and call again." if fixable else ""
-    return f"Invalid call to {name}: {error.get('message', '')}.{fix}"
+def _retry_text(name: str, error: ErrorRecord) -> str:
+    fix = " Correct the arguments and call again." if error.code in ("invalid_arguments", "arguments_too_large") else ""
+    return f"Invalid call to {name}: {error.message}.{fix}"

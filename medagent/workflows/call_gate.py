@@ -19,6 +19,7 @@ from medagent.errors import (
     TooManyToolCalls,
     UnknownTool,
 )
+from medagent.tools.invoke import ErrorRecord
 from medagent.tools.registry import ToolRegistry
 from medagent.tools.spec import ToolContext
 
@@ -75,7 +76,8 @@ def offered_tools(candidates: list[str], settings: LoopSettings) -> list[str]:
 @dataclass
 class GatedTurn:
     message: Message  # the assistant message to store: unique ids, refused calls' text cut to the echo cap
-    refusals: list[dict[str, Any] | None] = field(default_factory=list)  # per call position; None: may run
+    # per call position: the refusal as an ErrorRecord dump (checkpoint-safe JSON); None: may run
+    refusals: list[dict[str, Any] | None] = field(default_factory=list)
     admitted: int = 0  # calls that may run
 
     @property
@@ -133,7 +135,7 @@ def gate_turn(turn: PlannerTurn, *, offered: list[str], registry: ToolRegistry, 
             gated.admitted += 1
             gated.refusals.append(None)
             continue
-        gated.refusals.append(error.to_dict())
+        gated.refusals.append(ErrorRecord.from_exception(error).model_dump(mode="json"))
         function["name"] = shorten(function["name"], min(settings.max_echo_chars, settings.max_tool_name_chars))
         function["arguments"] = _echo(function["arguments"], settings.max_echo_chars)
     return gated
