@@ -125,3 +125,14 @@ async def test_a_broken_role_fails_the_suite(name: str) -> None:
     assert check in report.failed, (report.failed, report.passed)
     with pytest.raises(AssertionError, match=check):
         report.raise_for_failures()
+
+
+def test_the_suites_import_without_pytest() -> None:
+    """Users run the suites from any test runner: importing them must not need pytest."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['pytest'] = None; import medagent.testing as t; "
+            "[getattr(t, name) for name in t.__all__]")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
