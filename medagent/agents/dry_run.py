@@ -5,7 +5,8 @@ What it does, call by call (``replies`` replace all of it with fixed answers, in
 - offered tools: it calls, one per turn on the first attached image, the offered tools named in the latest
   user message, else every offered tool that needs nothing but an ``image_id``; then it answers with the
   results it received. ``medagent ask "run assess_image_quality" --backend scripted --image x.png`` calls
-  exactly that tool.
+  exactly that tool. A named tool's other arguments are the first JSON object in the message, over the
+  schema's first valid instance: ``medagent ask 'curb65_score {"age_years": 70, ...}' --backend scripted``.
 - a structured reply (a ``response_schema``: the doctor's step, the assessor's rubric): the first valid
   instance of the schema (first choices, minimal lengths), so every role's protocol runs through.
 - otherwise: a fixed sentence saying no model answered.
@@ -77,20 +78,41 @@ def _image_only(tool: dict[str, Any]) -> bool:
     return set(parameters.get("required", [])) == {"image_id"}
 
 
+def _question_object(question: str) -> dict[str, Any]:
+    """The first JSON object written in ``question`` (a dry run's tool arguments), or {}."""
+    start = question.find("{")
+    try:
+        found = json.JSONDecoder().raw_decode(question, start)[0] if start >= 0 else {}
+    except (ValueError, RecursionError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _arguments(tool: dict[str, Any], question: str, images: list[str]) -> dict[str, Any]:
+    parameters = tool["function"].get("parameters", {})
+    properties = parameters.get("properties", {})
+    arguments = schema_example(parameters) if set(parameters.get("required", [])) != {"image_id"} else {}
+    arguments.update({key: value for key, value in _question_object(question).items() if key in properties})
+    if "image_id" in properties and images:
+        arguments["image_id"] = images[0]
+    return arguments
+
+
 def _next_call(request: PlannerRequest) -> ScriptResult | None:
     """The next tool call for the current question, or None when every chosen tool has answered."""
     images = request.image_ids()
-    if not request.tools or not images:
+    if not request.tools:
         return None
     start, question = _question(request)
     named = [tool for tool in request.tools if tool["function"]["name"] in question]
-    chosen = [tool["function"]["name"] for tool in (named or [t for t in request.tools if _image_only(t)])]
+    chosen = named or ([t for t in request.tools if _image_only(t)] if images else [])
     called = {call["function"]["name"] for message in request.messages[start:]
               for call in message.get("tool_calls") or []}
-    remaining = [name for name in chosen if name not in called]
+    remaining = [tool for tool in chosen if tool["function"]["name"] not in called]
     if not remaining:
         return None
-    return [tool_call(remaining[0], {"image_id": images[0]}, call_id=f"call_{len(called)}")]
+    return [tool_call(remaining[0]["function"]["name"], _arguments(remaining[0], question, images),
+                      call_id=f"call_{len(called)}")]
 
 
 def scripted_planner(config: PlannerConfig | None = None, *, replies: list[str] | None = None) -> ScriptedPlanner:

@@ -7,7 +7,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from medagent.cli.terminal import safe
 from medagent.errors import MedagentError
 from medagent.files import private_dir, write_private
 from medagent.names import confined
+
+if TYPE_CHECKING:
+    from medagent.config import Settings
 
 console = Console()
 errors = Console(stderr=True)
@@ -54,10 +57,10 @@ def run(
     untrained: set[str] = set()  # experts that ran on random test-only weights
 
     async def go() -> str:
-        config = load_study(study)
+        settings = Settings()
+        config = load_study(study, known_tools=_known_tools(settings))
         if dataset is not None:
             config = with_dataset(config, dataset)
-        settings = Settings()
         store = StudyStore.open(store_url or config.store.url, settings.home)
         chosen = resume or retry_failed or run_id
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -100,6 +103,18 @@ def run(
     if untrained:
         console.print(f"[bold red]{escape(NOTICE)}[/] (experts: {escape(', '.join(sorted(untrained)))})",
                       soft_wrap=True)
+
+
+def _known_tools(settings: Settings) -> list[str]:
+    """The tool names a study may use: the built-in ones and those of installed plugins (entry-point group
+    medagent.experts). A broken plugin's tools stay unknown; ``medagent experts list`` says why."""
+    from medagent.studies import BUILTIN_TOOL_NAMES
+    from medagent.tools.plugin import discover_plugins
+
+    found = discover_plugins(settings)[0] if settings.plugins else []
+    for _, tool in found:
+        tool.close()
+    return [*BUILTIN_TOOL_NAMES, *(tool.name for _, tool in found)]
 
 
 def _codes(counts: Counter[str]) -> str:

@@ -165,11 +165,20 @@ def discover_plugins(settings: Settings) -> tuple[list[tuple[str, Tool[Any, Any]
             tools = tools_from(point.load(), settings)
         except Exception as exc:  # noqa: BLE001 - a broken plugin is listed with its error, the rest still work
             hint = (f"pip install the package that provides '{exc.name}'"
-                    if isinstance(exc, ModuleNotFoundError) and exc.name else None)
+                    if isinstance(exc, ModuleNotFoundError) and exc.name else _plugin_hint(exc))
             broken.append(UnavailableTool(name=point.name, reason=_reason(exc), hint=hint, source=point.name))
             continue
         found += [(point.name, item) for item in tools]
     return found, broken
+
+
+def _plugin_hint(exc: BaseException) -> str | None:
+    """The hint a plugin's typed error carries (``MissingDependency(..., hint="pip install ...")``), bounded and
+    printable like its reason."""
+    hint = exc.details.get("hint") if isinstance(exc, MedagentError) else None
+    if not isinstance(hint, str) or not hint.strip():
+        return None
+    return "".join(ch if ch.isprintable() else " " for ch in hint.strip().splitlines()[0])[:_MAX_REASON]
 
 
 def _reason(exc: BaseException) -> str:
