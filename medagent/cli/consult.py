@@ -59,7 +59,7 @@ async def consult(*, case_id: str | None, human_patient: bool, cases_file: Path 
                   biases: list[str], max_turns: int, planner: Callable[[str], PlannerConfig]) -> None:
     """``planner``: role name -> that role's planner configuration (the CLI's --backend, --endpoint, --model)."""
     from medagent.agents.doctor import DoctorAgent
-    from medagent.agents.pool import PlannerPool
+    from medagent.assembly import Assembly
     from medagent.dialogue.protocol import DialogueSettings, run_dialogue
     from medagent.simulators.builtin import builtin_label_set, open_label_set
     from medagent.simulators.human import HumanDoctor, HumanPatient
@@ -68,16 +68,16 @@ async def consult(*, case_id: str | None, human_patient: bool, cases_file: Path 
 
     case = find_case(case_id, cases_file) if case_id else _unknown_patient()
     label_set = (builtin_label_set() if cases_file is None else open_label_set([case])) if case_id else None
-    async with PlannerPool() as pool:
+    async with Assembly() as root:
         role = planner
 
-        measurement = MeasurementAgent(await pool.planner(role("measurement")), case)
+        measurement = MeasurementAgent(await root.planner(role("measurement")), case)
         if human_patient:
-            doctor = DoctorAgent(await pool.planner(role("planner")), label_set=label_set)
+            doctor = DoctorAgent(await root.planner(role("planner")), label_set=label_set)
             patient: HumanPatient | SimulatedPatient = HumanPatient(_terminal_ask)
         else:
             doctor = HumanDoctor(_terminal_ask)  # type: ignore[assignment]
-            patient = SimulatedPatient(await pool.planner(role("patient")), case,
+            patient = SimulatedPatient(await root.planner(role("patient")), case,
                                        temperament=temperament or case.temperament, biases=biases)
         outcome = await run_dialogue(case, doctor=doctor, patient=patient, measurement=measurement,
                                      label_set=label_set, settings=DialogueSettings(max_turns=max_turns))

@@ -169,13 +169,13 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Load, de-identify and assess images: quality, header, lung boxes, classifier where weights exist."""
-    from medagent.tools.builtin import Toolbox
+    from medagent.assembly import Assembly
 
     sources = [(str(path), path) for path in images or []]
     sources += [(f"example:{name}", _example_path(name)) for name in example or []]
     if not sources:
         raise typer.BadParameter("give at least one image or --example")
-    toolbox = Toolbox()
+    toolbox = Assembly().toolbox
     reports: dict[str, Any] = {}
     failed = 0
     try:
