@@ -110,6 +110,7 @@ class PlannerFactory:
         from medagent.agents.embedded import embedded_planner_config
 
         served = embedded_planner_config(config)
+        self._server(config.gguf_path)  # registered now: stopped on close even if closed before it starts
 
         async def connect() -> Planner:
             endpoint, server = await self._embedded_endpoint(config.gguf_path)
@@ -121,15 +122,18 @@ class PlannerFactory:
 
         return StartingPlanner(served, connect)
 
-    async def _embedded_endpoint(self, gguf_path: str | None) -> tuple[str, Any]:
+    def _server(self, gguf_path: str | None) -> Any:
+        """The one embedded server of ``gguf_path`` (created, not started, on first use)."""
         from medagent.agents.embedded import EmbeddedLlamaServer
 
         key = str(Path(gguf_path).resolve()) if gguf_path else "default"
-        async with self._lock:
-            server = self._servers.get(key)
-            if server is None:
-                server = EmbeddedLlamaServer(Path(gguf_path) if gguf_path else None, log_dir=self.log_dir)
-                self._servers[key] = server
+        if key not in self._servers:
+            self._servers[key] = EmbeddedLlamaServer(Path(gguf_path) if gguf_path else None, log_dir=self.log_dir)
+        return self._servers[key]
+
+    async def _embedded_endpoint(self, gguf_path: str | None) -> tuple[str, Any]:
+        async with self._lock:  # one start per server however many planners wait for it
+            server = self._server(gguf_path)
             return str(await server.start()), server
 
     def embedded_servers(self) -> list[Any]:
