@@ -135,6 +135,19 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 MEDAGENT = [sys.executable, "-m", "medagent.cli"]
 
 
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a real state dict of the plugin's network (seeded, so not a trained reading)."""
+    import torch
+    import torchvision  # type: ignore[import-untyped]
+
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), folder / "pneumonia_resnet18.pt")
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), folder / "three.pt")
+    return folder
+
+
 @pytest.mark.torch
 def test_the_full_install_lists_both_tools_and_ask_runs_the_classifier(
         plugin_path: Path, tmp_path: Path, nih_images: list[Path]) -> None:
@@ -155,14 +168,12 @@ def test_the_full_install_lists_both_tools_and_ask_runs_the_classifier(
 
 @pytest.mark.torch
 def test_the_classifier_loads_a_real_weights_file_and_checks_its_checksum(
-        plugin_path: Path, tmp_path: Path, nih_images: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+        plugin_path: Path, weights_dir: Path, tmp_path: Path, nih_images: list[Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A missing file is a typed weights_unavailable naming the file and the folder to put it in. A state dict in
-    MEDAGENT_WEIGHTS_DIR is found before <home>/weights and loaded (provenance carries its
-    sha256, not untrained); a pinned sha256 that differs is a typed checksum_mismatch, never papered over by
-    the test-only switch; a file of another network is a typed error."""
-    import torch
-    import torchvision  # type: ignore[import-untyped]
-
+    MEDAGENT_WEIGHTS_DIR is loaded (provenance carries its sha256, not
+    untrained); a pinned sha256 that differs is a typed checksum_mismatch, never papered over by the test-only
+    switch; a file of another network is a typed error."""
     from medagent.config import Settings
     from medagent.errors import ChecksumMismatch, ConfigurationError, WeightsUnavailable
     from medagent.tools.builtin import Toolbox
@@ -170,12 +181,9 @@ def test_the_classifier_loads_a_real_weights_file_and_checks_its_checksum(
     monkeypatch.syspath_prepend(str(plugin_path))
     from medagent_example_plugin.pneumonia import WEIGHTS_FILE, tools
 
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    torch.manual_seed(1)
-    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), weights / WEIGHTS_FILE)
-    digest = hashlib.sha256((weights / WEIGHTS_FILE).read_bytes()).hexdigest()
-    settings = Settings(home=tmp_path / "home", weights_dir=weights, allow_untrained_test_only=True, plugins=False)
+    digest = hashlib.sha256((weights_dir / WEIGHTS_FILE).read_bytes()).hexdigest()
+    settings = Settings(home=tmp_path / "home", weights_dir=weights_dir, allow_untrained_test_only=True,
+                        plugins=False)
 
     async def classify(where: Settings = settings, **kwargs: Any) -> Any:
         toolbox = Toolbox(where, tools=tools(where, **kwargs), plugins=False)
@@ -194,7 +202,6 @@ def test_the_classifier_loads_a_real_weights_file_and_checks_its_checksum(
     assert 0.0 <= result.probability <= 1.0
     with pytest.raises(ChecksumMismatch):
         asyncio.run(classify(weights_sha256="0" * 64))
-    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), weights / "three.pt")
     with pytest.raises(ConfigurationError, match="not a state dict"):
         asyncio.run(classify(weights_file="three.pt"))
     with pytest.raises(ConfigurationError, match="file name"):
@@ -220,16 +227,17 @@ def test_a_study_naming_the_plugin_tools_runs_its_cases(plugin_path: Path, tmp_p
 
 @pytest.mark.llama
 @pytest.mark.torch
-def test_the_embedded_planner_is_offered_the_plugin_tools(plugin_path: Path, tmp_path: Path,
+def test_the_embedded_planner_is_offered_the_plugin_tools(plugin_path: Path, weights_dir: Path, tmp_path: Path,
                                                           nih_images: list[Path]) -> None:
     """`medagent ask` on the real embedded planner (SmolLM2, llama.cpp): the tools it was offered for a chest
-    radiograph, as its session recorded them, include both plugin tools, and it called a tool."""
+    radiograph, as its session recorded them, include both plugin tools (the classifier's weights file in
+    MEDAGENT_WEIGHTS_DIR), and it called a tool."""
     from medagent.agents.scripted import ScriptedPlanner
     from medagent.api import Agent, AgentConfig
     from medagent.config import Settings
 
     home = tmp_path / "home"
-    environment = _environment(home, plugin_path, MEDAGENT_ALLOW_UNTRAINED_TEST_ONLY="1")
+    environment = _environment(home, plugin_path, MEDAGENT_WEIGHTS_DIR=str(weights_dir))
     command = [*MEDAGENT, "ask", "Does this chest X-ray show pneumonia?", "--image", str(nih_images[0]),
                "--modality", "DX", "--json"]
     answer = json.loads(_run(command, environment, timeout=600).stdout)
