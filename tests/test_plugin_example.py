@@ -209,6 +209,40 @@ def test_the_classifier_loads_a_real_weights_file_and_checks_its_checksum(
 
 
 @pytest.mark.torch
+def test_the_example_plugin_passes_the_expert_and_tool_conformance_suites(
+        plugin_path: Path, tmp_path: Path, nih_images: list[Path], pydicom_ct: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a plugin author runs in their own tests: medagent.testing's expert suite on the ResNet-18 expert
+    (untrained mode), the tool suite on both tools (CURB-65 takes no image; the classifier refuses a CT)."""
+    from medagent.config import Settings
+    from medagent.testing import ExpertConformance, ToolConformance, attach
+
+    monkeypatch.syspath_prepend(str(plugin_path))
+    from medagent_example_plugin.curb65 import curb65_score
+    from medagent_example_plugin.pneumonia import PneumoniaResNet, tools
+
+    context, ids = attach(tmp_path / "artifacts", {"cxr": (nih_images[0], "DX"), "cxr2": (nih_images[1], "DX"),
+                                                   "ct": (pydicom_ct, None)})
+    records = {key: context.artifacts.load_image(image_id) for key, image_id in ids.items()}
+    settings = Settings(home=tmp_path / "home", allow_untrained_test_only=True, plugins=False)
+    [classifier] = tools(settings)
+    expert = classifier.ready.__self__  # type: ignore[attr-defined]  # expert_tool hands the tool its expert's ready
+    assert isinstance(expert, PneumoniaResNet)
+
+    async def verify() -> None:
+        await ExpertConformance(expert, accepted=[records["cxr"], records["cxr2"]], refused=[records["ct"]]).verify()
+        await ToolConformance(classifier, context, accepted=[ids["cxr"]], refused=[ids["ct"]],
+                              experts=[expert]).verify()
+        await ToolConformance(curb65_score, context, calls=[CURB65],
+                              bad_calls=[{**CURB65, "age_years": -1}, {"confusion": True}]).verify()
+
+    try:
+        asyncio.run(verify())
+    finally:
+        classifier.close()
+
+
+@pytest.mark.torch
 def test_a_study_naming_the_plugin_tools_runs_its_cases(plugin_path: Path, tmp_path: Path,
                                                         nih_images: list[Path]) -> None:
     """`experts:` names the plugin's tools (registered through its entry points); the agent loop on the scripted
