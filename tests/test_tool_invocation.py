@@ -181,3 +181,16 @@ async def test_a_dialogue_hint_gives_the_one_record_and_ranks_declared_labels(
         assert [(hint.label, hint.probability) for hint in hints] == (
             [("Pneumonia", 0.9), ("Nodule", 0.6)] * 2 if ok else [])
     _stored_as_is(settings, calls)
+
+
+async def test_invoke_bounds_what_it_keeps_and_types_every_failure(toolbox: Toolbox, nih_images: list[Path]) -> None:
+    from medagent.tools.invoke import invoke
+
+    context = toolbox.context([toolbox.attach(nih_images[0], "DX").id])
+    broken = await invoke(toolbox.registry, "score_pneumonia", "[" + "x" * 5000, context, call_id="s:" + "F" * 500)
+    record = broken.record
+    assert (record.ok, record.error.code if record.error else None) == (False, "invalid_arguments")
+    assert record.arguments == {"raw": ("[" + "x" * 5000)[:200], "characters": 5001}
+    assert len(record.call_id or "") == 200 and ToolCallRecord.model_validate(record.as_json()) == record
+    unknown = await invoke(toolbox.registry, "no_such_tool", {"image_id": context.image_ids[0]}, context)
+    assert unknown.value is None and unknown.record.error is not None and unknown.record.error.family == "retry"

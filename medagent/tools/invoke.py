@@ -25,6 +25,7 @@ __all__ = ["ErrorRecord", "Invocation", "LabelProbabilities", "ToolCallRecord", 
            "parse_arguments"]
 
 _MAX_RAW_CHARS = 200  # arguments that are no JSON object are kept as this much text
+_MAX_CALL_ID = 200  # a pipeline's '<step>:<finding>' names a finding of any length
 
 
 def _json_scalar(value: object) -> bool:
@@ -68,7 +69,7 @@ class ToolCallRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tool: str
-    call_id: str | None = Field(default=None, max_length=200)
+    call_id: str | None = Field(default=None, max_length=_MAX_CALL_ID)
     arguments: dict[str, Any] = Field(default_factory=dict)
     output: Any = None
     ok: bool
@@ -85,6 +86,13 @@ class ToolCallRecord(BaseModel):
     @property
     def error_code(self) -> str | None:
         return self.error.code if self.error else None
+
+    def as_json(self) -> dict[str, Any]:
+        """This record as JSON data (events, checkpoints, answers); ``output`` is JSON data already, not walked
+        again (an expert's output can be large)."""
+        data = self.model_dump(mode="json", exclude={"output"})
+        data["output"] = self.output
+        return data
 
 
 @runtime_checkable
@@ -146,21 +154,23 @@ async def invoke(registry: ToolRegistry, name: str, arguments: str | Mapping[str
     ``refused``: the call was refused before it could run (by a gate or a human); it is recorded, not run.
     A :class:`MedagentError` becomes the record's typed error; anything else propagates (a bug)."""
     parsed = parse_arguments(arguments)
-    started_at = datetime.now(UTC)
+    kept, started_at = _kept(arguments, parsed), datetime.now(UTC)
+    call_id = None if call_id is None else call_id[:_MAX_CALL_ID]
     if refused is not None:
-        record = ToolCallRecord(tool=name, call_id=call_id, arguments=_kept(arguments, parsed), ok=False,
-                                error=refused, duration_s=0.0, started_at=started_at)
-        return Invocation(record)
+        return Invocation(_record(name, call_id, kept, started_at, None, refused, 0.0))
     started = time.perf_counter()
     try:
         sent = parsed if parsed is not None else arguments if isinstance(arguments, str) else "[]"  # "[]": no object
         value = await registry.call(name, sent, context, approved=approved, offered=offered)
     except MedagentError as exc:
-        record = ToolCallRecord(tool=name, call_id=call_id, arguments=_kept(arguments, parsed), ok=False,
-                                error=ErrorRecord.from_exception(exc),
-                                duration_s=round(time.perf_counter() - started, 4), started_at=started_at)
-        return Invocation(record)
+        return Invocation(_record(name, call_id, kept, started_at, None, ErrorRecord.from_exception(exc),
+                                  round(time.perf_counter() - started, 4)))
     duration = round(time.perf_counter() - started, 4)
-    record = ToolCallRecord(tool=name, call_id=call_id, arguments=_kept(arguments, parsed), ok=True,
-                            output=value.model_dump(mode="json"), duration_s=duration, started_at=started_at)
-    return Invocation(record, value)
+    return Invocation(_record(name, call_id, kept, started_at, value.model_dump(mode="json"), None, duration), value)
+
+
+def _record(tool: str, call_id: str | None, arguments: dict[str, Any], started_at: datetime, output: Any,
+            error: ErrorRecord | None, duration_s: float) -> ToolCallRecord:
+    # validated (pydantic-core's validator is faster than model_construct's Python loop); output is JSON already
+    return ToolCallRecord(tool=tool, call_id=call_id, arguments=arguments, output=output, ok=error is None,
+                          error=error, duration_s=duration_s, started_at=started_at)

@@ -33,6 +33,12 @@ def _shown(text: str) -> str:
 
 
 @functools.cache
+def _argument_names(model: type[BaseModel]) -> frozenset[str]:
+    """The keys a call may send (aliases where set): worked out once per input model, not per call."""
+    return frozenset(info.alias or name for name, info in model.model_fields.items())
+
+
+@functools.cache
 def _artifact_fields(model: type[BaseModel]) -> tuple[str, ...]:
     fields = []
     for name, info in model.model_fields.items():
@@ -163,8 +169,7 @@ class ToolRegistry:
                 raise InvalidToolArguments("arguments are nested too deeply") from None
         if not isinstance(arguments, dict):
             raise InvalidToolArguments("arguments must be a JSON object")
-        known = {info.alias or name for name, info in tool.input_model.model_fields.items()}
-        unexpected = sorted(set(arguments) - known)
+        unexpected = sorted(set(arguments) - _argument_names(tool.input_model))
         if unexpected:  # the exported schema forbids extra keys; enforce it whatever the model's config
             raise InvalidToolArguments(f"`{_shown(unexpected[0])}` is not an argument of this tool", tool=name)
         try:
@@ -217,7 +222,8 @@ class ToolRegistry:
         async with self._semaphore(tool):
             started = time.perf_counter()
             try:
-                result = await asyncio.wait_for(tool.run(parsed, context), timeout=tool.policy.timeout_s)
+                async with asyncio.timeout(tool.policy.timeout_s):  # no extra task per call, unlike wait_for
+                    result = await tool.run(parsed, context)
             except TimeoutError:
                 elapsed = time.perf_counter() - started
                 raise ToolTimeout(

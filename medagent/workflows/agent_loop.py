@@ -74,6 +74,9 @@ class AgentLoop:
         self.planner = planner
         self.toolbox = toolbox
         self.settings = settings or LoopSettings()
+        # per (offered tools, image ids): the schemas and the system prompt. Artifacts are content-addressed and a
+        # registered tool never changes, so both are built once instead of at every planner step
+        self._prompts: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[list[dict[str, Any]], str]] = {}
 
     def compile(self, checkpointer: Any = None) -> Any:
         graph = StateGraph(AgentState)
@@ -96,10 +99,12 @@ class AgentLoop:
         steps = 1 if fresh else state.get("steps", 0) + 1
         image_ids = state.get("image_ids", [])
         context = self.toolbox.context(image_ids)
-        summaries = self.toolbox.image_summaries(image_ids)
-        offered = offered_tools(self.toolbox.offered_tools(summaries), self.settings)
-        tools = self.toolbox.registry.openai_tools(context, names=offered) if offered else []
-        messages = [{"role": "system", "content": system_prompt(summaries)}, *state.get("messages", [])]
+        offered = None if fresh else state.get("offered")  # the offer holds for the whole question
+        if offered is None:
+            offered = offered_tools(self.toolbox.offered_tools(self.toolbox.image_summaries(image_ids)),
+                                    self.settings)
+        tools, prompt = self._prompt(offered, image_ids, context)
+        messages = [{"role": "system", "content": prompt}, *state.get("messages", [])]
         if self.planner.config.supports_images:
             messages = self.toolbox.with_image_parts(messages, image_ids)
         has_results = any(m["role"] == "tool" for m in _since_last_user(state.get("messages", [])))
@@ -127,6 +132,16 @@ class AgentLoop:
         self._check_invalid(invalid_calls)  # before any call of a doomed turn runs or asks for approval
         return {"messages": [gated.message], "steps": steps, "model": turn.model, "offered": offered,
                 "refusals": gated.refusals, "invalid_calls": invalid_calls, "question_calls": asked + gated.admitted}
+
+    def _prompt(self, offered: list[str], image_ids: list[str], context: Any) -> tuple[list[dict[str, Any]], str]:
+        key = (tuple(offered), tuple(image_ids))
+        cached = self._prompts.get(key)
+        if cached is None:
+            if len(self._prompts) >= 256:  # a long-lived agent sees many image sets: keep the cache bounded
+                self._prompts.clear()
+            tools = self.toolbox.registry.openai_tools(context, names=offered) if offered else []
+            cached = self._prompts[key] = (tools, system_prompt(self.toolbox.image_summaries(image_ids)))
+        return list(cached[0]), cached[1]  # a new list each turn; the entries are shared, read-only
 
     def _check_invalid(self, invalid_calls: int) -> None:
         if invalid_calls > self.settings.max_invalid_calls:
@@ -183,14 +198,16 @@ class AgentLoop:
             record, error = done.record, done.record.error
             invalid = False
             if error is None:
-                summary = getattr(done.value, "summary_text", str)()  # what the tool says matters, if it says
+                # looked up on the class: a missing attribute on a pydantic instance costs an exception
+                summarise = getattr(type(done.value), "summary_text", None)
+                summary = summarise(done.value) if summarise is not None else ""
                 content = fence_tool_result(name, compact_for_planner(record.output), summary)
             elif refusal is not None or error.family == "retry":
                 invalid = refusal is None  # a refusal of the gate was counted when the turn came in
                 content = _retry_text(name, error)
             else:
                 content = fence_tool_result(name, {"error": error.code, "message": error.message})
-            dumped = record.model_dump(mode="json")
+            dumped = record.as_json()
             _emit({"event": "tool_finished", **dumped})
             return _answer(call, content), dumped, invalid
 
