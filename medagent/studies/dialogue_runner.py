@@ -4,21 +4,22 @@ measurement agent, then the assessor; the transcript, tool calls and scores beco
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medagent.agents.planner import Planner
-from medagent.errors import MedagentError
-from medagent.runtime.untrained import expert_weights
+from medagent.agents.planner import ROLES, Planner, Role
 from medagent.dialogue.cases import DialogueCase
 from medagent.dialogue.labels import LabelSet
+from medagent.errors import ComponentContract, MedagentError
+from medagent.runtime.untrained import expert_weights
 from medagent.store import CaseError, CaseResult
+from medagent.studies.components import TargetPolicy
 from medagent.studies.config import PlannerSpec
 from medagent.studies.dialogue_graph import NO_BIAS, DialogueGraph
+from medagent.studies.roles import DialogueRoles
 from medagent.tools.builtin import Toolbox
 from medagent.tools.invoke import ToolCallRecord, invoke
-
-ROLES = ("planner", "patient", "measurement", "assessor")
 
 
 def resolve_label_set(graph: DialogueGraph, cases: list[DialogueCase], search_dirs: list[Path]) -> LabelSet:
@@ -27,24 +28,27 @@ def resolve_label_set(graph: DialogueGraph, cases: list[DialogueCase], search_di
     name = graph.label_set
     if name == "auto":  # the label set the cases name, when they agree on one; else each case's own diagnosis
         named = {case.label_set for case in cases}
-        name = named.pop() if len(named) == 1 and None not in named else "open"
+        name = (named.pop() if len(named) == 1 else None) or "open"
     if name == "open":
         return open_label_set(cases)
     return label_set_named(name, search_dirs)
 
 
-def role_specs(planners: dict[str, PlannerSpec], seed: int) -> dict[str, PlannerSpec]:
+def role_specs(planners: Mapping[Role, PlannerSpec], seed: int) -> dict[Role, PlannerSpec]:
     """Each role's planner; a role the study does not configure plays on the doctor's model."""
     doctor = planners["planner"]
     return {role: planners.get(role, doctor).model_copy(update={"role": role, "seed": seed}) for role in ROLES}
 
 
 class DialogueCaseRunner:
-    def __init__(self, graph: DialogueGraph, toolbox: Toolbox, label_set: LabelSet, modality: str | None) -> None:
+    def __init__(self, graph: DialogueGraph, toolbox: Toolbox, label_set: LabelSet, modality: str | None,
+                 targets: TargetPolicy | None = None) -> None:
+        """``targets``: the ``_target_`` policy the study was validated with (its ``graph.roles`` resolve under it)."""
         self.graph = graph
         self.toolbox = toolbox
         self.label_set = label_set
         self.modality = modality
+        self.roles = DialogueRoles(graph.roles, targets)
 
     async def _hints(self, image_ids: list[str]) -> tuple[list[Any], list[ToolCallRecord]]:
         """The expert's top-k labels (the label probabilities its output declares) for the doctor's context, and
@@ -70,11 +74,7 @@ class DialogueCaseRunner:
     async def run(self, case: DialogueCase, planners: dict[str, Planner], *, temperament: str, bias: str,
                   seed: int, subgroups: dict[str, str]) -> tuple[CaseResult, list[dict[str, Any]],
                                                                  list[ToolCallRecord]]:
-        from medagent.agents.doctor import DoctorAgent
-        from medagent.simulators.assessor import assess
         from medagent.dialogue.protocol import DialogueSettings, run_dialogue
-        from medagent.simulators.measurement import MeasurementAgent
-        from medagent.simulators.patient import SimulatedPatient
 
         started = time.perf_counter()
         image_ids = [self.toolbox.attach(path, self.modality).id for path in case.images]
@@ -86,10 +86,9 @@ class DialogueCaseRunner:
         biases = [] if bias == NO_BIAS else [bias]
         outcome = await run_dialogue(
             case,
-            doctor=DoctorAgent(planners["planner"], label_set=self.label_set, strategy=self.graph.strategy,
-                               hints=hints, image_summaries=summaries),
-            patient=SimulatedPatient(planners["patient"], case, temperament=temperament, biases=biases),
-            measurement=MeasurementAgent(planners["measurement"], case),
+            doctor=self.roles.doctor(planners["planner"]),  # strategy, labels, hints arrive in its brief
+            patient=self.roles.patient(planners["patient"], case, temperament=temperament, biases=biases),
+            measurement=self.roles.measurement(planners["measurement"], case),
             label_set=self.label_set, settings=settings, hints=hints, image_summaries=summaries)
         truth = self.label_set.normalise(case.diagnosis) or case.diagnosis
         columns: dict[str, Any] = {
@@ -104,7 +103,10 @@ class DialogueCaseRunner:
                                   "hints": [hint.model_dump() for hint in hints]}
         if self.graph.assess:
             try:
-                assessment = await assess(planners["assessor"], case, outcome, max_reasks=self.graph.max_reasks)
+                assessment = await self.roles.assess(planners["assessor"], case, outcome,
+                                                     max_reasks=self.graph.max_reasks)
+            except ComponentContract:
+                raise  # a role that breaks its contract is a configuration mistake: the case fails, typed
             except MedagentError as exc:  # a typed failure of the assessor, recorded; the dialogue still counts
                 result["assessment_error"] = CaseError.from_exception(exc).model_dump()
                 columns["assessment.failed"] = 1

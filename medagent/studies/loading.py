@@ -13,19 +13,24 @@ import json
 import os
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ValidationError
 
+from medagent.agents.planner import BACKENDS, Role
 from medagent.errors import ConfigurationError
-from medagent.agents.planner import BACKENDS
-from medagent.studies.components import DEFAULT_ALLOWED_PREFIXES, TargetPolicy, TargetRef, resolve_target, \
-    target_problem
+from medagent.studies.components import (
+    DEFAULT_ALLOWED_PREFIXES,
+    TargetPolicy,
+    TargetRef,
+    resolve_target,
+    target_problem,
+)
 from medagent.studies.config import BUILTIN_TOOL_NAMES, ExpertRef, PlannerSpec, StudyConfig
 from medagent.studies.datasets import BUILTIN_CASES
-from medagent.studies.dialogue_graph import DialogueGraph
+from medagent.studies.dialogue_graph import ROLE_ARGUMENTS, DialogueGraph
 from medagent.studies.pipeline import PipelineGraph
 from medagent.yaml_located import Loc, LocatedDocument, Problem, StudyConfigError, problems_from_validation
 
@@ -99,7 +104,7 @@ def _target_problems(ref: TargetRef, loc: Loc, prefixes: Sequence[str], allow_an
     return [Problem((*loc, "_target_"), problem)] if problem else []
 
 
-def _planner_problems(planners: dict[str, PlannerSpec], loc: Loc, prefixes: Sequence[str],
+def _planner_problems(planners: Mapping[Role, PlannerSpec], loc: Loc, prefixes: Sequence[str],
                       allow_any: bool) -> list[Problem]:
     problems = []
     for role, spec in planners.items():
@@ -192,6 +197,10 @@ def reference_problems(config: StudyConfig, *, known_tools: Iterable[str] = BUIL
     if isinstance(config.graph, PipelineGraph):
         problems += _pipeline_problems(config.graph, known, offered)
     problems += _dialogue_problems(config, offered)
+    if isinstance(config.graph, DialogueGraph):  # role implementations must accept what their role is given
+        for role, implementation in config.graph.roles.items():
+            problems += _target_problems(implementation, ("graph", "roles", role), allowed_prefixes,
+                                         allow_any_target, extra_kwargs=ROLE_ARGUMENTS[role])
     return problems
 
 

@@ -70,15 +70,15 @@ class DialogueRoles:
         return made
 
     def doctor(self, planner: Planner) -> DoctorSpeaker:
-        return self._make("planner", planner=planner)  # type: ignore[no-any-return]
+        return self._make("planner", planner=planner)
 
     def patient(self, planner: Planner, case: DialogueCase, *, temperament: str | None,
                 biases: list[str]) -> Speaker:
-        return self._make("patient", planner=planner, case=case, temperament=temperament,  # type: ignore[no-any-return]
+        return self._make("patient", planner=planner, case=case, temperament=temperament,
                           biases=biases)
 
     def measurement(self, planner: Planner, case: DialogueCase) -> Speaker:
-        return self._make("measurement", planner=planner, case=case)  # type: ignore[no-any-return]
+        return self._make("measurement", planner=planner, case=case)
 
     async def assess(self, planner: Planner, case: DialogueCase, outcome: DialogueOutcome, *,
                      max_reasks: int) -> Assessment:

@@ -10,21 +10,22 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from medagent.agents.planner import Planner
 from medagent.agents.pool import PlannerPool
+from medagent.assembly import Assembly
 from medagent.config import Settings
 from medagent.errors import MedagentError, PreconditionFailed
-from medagent.runtime.untrained import expert_weights
 from medagent.names import check_name
+from medagent.runtime.untrained import expert_weights
 from medagent.store import CaseError, CaseResult, StudyStore
 from medagent.store.leases import DEFAULT_LEASE_TTL_S, new_owner
 from medagent.studies.components import TargetPolicy
-from medagent.studies.config import PlannerSpec, StudyConfig
+from medagent.studies.config import ExpertRef, PlannerSpec, StudyConfig
 from medagent.studies.datasets import Case
 from medagent.studies.dialogue_graph import DialogueGraph
 from medagent.studies.dialogue_runner import DialogueCaseRunner, resolve_label_set, role_specs
@@ -82,17 +83,39 @@ async def _build_planner(spec: PlannerSpec, pool: PlannerPool, targets: TargetPo
     return await pool.build(spec.planner_config())
 
 
+def _add_study_tools(config: StudyConfig, root: Assembly) -> None:
+    """The tools of the study's ``experts:`` entries with a ``_target_``, into the root's toolbox: each factory,
+    resolved under the policy the study was validated with, is called as ``factory(settings, **kwargs)``
+    and must return exactly the tools the entry names in ``tools:`` (else a typed expert_tools_mismatch)."""
+    from medagent.errors import ExpertToolsMismatch
+
+    for index, ref in enumerate(config.experts):
+        if isinstance(ref, ExpertRef):
+            try:
+                tools = root.tool_factory(config.targets.resolve(ref.target), ref.kwargs, expected=ref.tools)
+            except ExpertToolsMismatch as exc:
+                raise ExpertToolsMismatch(f"experts[{index}] ({ref.target}): {exc.message}", **exc.details,
+                                          entry=index) from exc
+            root.add_tools(tools)
+
+
 class StudyRunner:
     def __init__(self, config: StudyConfig, store: StudyStore, settings: Settings | None = None,
                  toolbox: Toolbox | None = None, *, lease_ttl_s: float = DEFAULT_LEASE_TTL_S) -> None:
         self.config = config
         self.store = store
         self.settings = settings or Settings()
-        self.toolbox = toolbox or Toolbox(self.settings)
+        # the parts come from the composition root; the study's own tool factories join its toolbox
+        self.root = Assembly(self.settings, toolbox=toolbox, per_endpoint=config.concurrency.per_planner_endpoint)
+        try:
+            _add_study_tools(config, self.root)
+        except BaseException:
+            self.root.toolbox.close()
+            raise
+        self.toolbox = self.root.toolbox
         for tool, limit in config.concurrency.expert_limits(self.toolbox.registry.names()).items():
             self.toolbox.registry.set_concurrency(tool, limit)
-        self.planners = PlannerPool(per_endpoint=config.concurrency.per_planner_endpoint,
-                                    log_dir=self.settings.home / "logs")
+        self.planners: PlannerPool = self.root.planners
         self._agents: dict[tuple[str, int], Any] = {}
         self._agent_lock = asyncio.Lock()
         self._compiled: PipelineRunner | None = None
@@ -111,7 +134,8 @@ class StudyRunner:
 
     def work(self, limit: int | None = None) -> list[_WorkItem]:
         # with a limit only the first rows of a manifest are read
-        cases = list(itertools.islice(self.config.iter_cases(), limit)) if limit else self.config.cases()
+        cases = (list(itertools.islice(self.config.iter_cases(self.settings), limit)) if limit
+                 else self.config.cases(self.settings))
         arms = list(self.config.arm_planners())
         graph = self.config.graph
         items = []
@@ -133,13 +157,13 @@ class StudyRunner:
         """The dialogue runner, with the study's label set resolved once per run."""
         if self._dialogue is None:
             assert isinstance(self.config.graph, DialogueGraph)
-            cases = [case.dialogue for case in self.config.cases() if case.dialogue is not None]
+            cases = [case.dialogue for case in self.config.cases(self.settings) if case.dialogue is not None]
             folders = [self.config.base_dir]
             if self.config.dataset is not None:
                 folders.append((self.config.base_dir / self.config.dataset.path).resolve().parent)
             label_set = resolve_label_set(self.config.graph, cases, folders)
             self._dialogue = DialogueCaseRunner(self.config.graph, self.toolbox, label_set,
-                                                self._modality)
+                                                self._modality, self.config.targets)
         return self._dialogue
 
     async def run(self, run_id: str | None = None, *, resume: bool = False, retry_failed: bool = False,
@@ -179,7 +203,7 @@ class StudyRunner:
             await asyncio.to_thread(self.store.renew_lease, run_id, owner, self.lease_ttl_s)
 
     async def _run_items(self, run_id: str, items: list[_WorkItem], retry_failed: bool,
-                         keeper: asyncio.Task[None]) -> AsyncIterator[StudyProgress]:
+                         keeper: asyncio.Task[None]) -> AsyncGenerator[StudyProgress, None]:
         finished = await asyncio.to_thread(self.store.completed_keys, run_id)
         failed_before = await asyncio.to_thread(self.store.failed_keys, run_id)
         skip = finished | (set() if retry_failed else failed_before)
