@@ -137,11 +137,11 @@ async def test_a_dialogue_study_runs_with_a_target_planner_and_a_target_patient_
     text_ = """name: own-roles
 planners:
   planner: {backend: {_target_: tests.plugin_parts.doctor_planner}}
-  measurement: {backend: scripted}
+  measurement: {backend: {_target_: medagent.agents.dry_run.scripted_planner, kwargs: {replies: ["RESULTS: normal"]}}}
   assessor: {backend: scripted}
 graph:
   type: dialogue
-  max_turns: 3
+  max_turns: 4
   roles:
     patient: {_target_: tests.plugin_parts.EchoPatient, kwargs: {prefix: mine}}
 dataset: {type: cases, path: cases.jsonl}
@@ -155,6 +155,8 @@ dataset: {type: cases, path: cases.jsonl}
             assert case.result["assessment"]["scores"]["overall"] == "unsatisfactory"  # the scripted assessor
             spoken = [m for m in store.messages("roles", case.case_id, 0) if m["role"] == "patient"]
             assert spoken and all(m["content"].startswith("mine: ") for m in spoken)
+            tested = [m["content"] for m in store.messages("roles", case.case_id, 0) if m["role"] == "measurement"]
+            assert tested == ["RESULTS: normal"]  # the doctor's one test, answered by the fixed reply
     # a role implementation that cannot take its role's arguments is refused when the study loads, located
     study.write_text(text_.replace("EchoPatient, kwargs: {prefix: mine}", "SilentPatient"))
     with pytest.raises(StudyConfigError) as caught:
