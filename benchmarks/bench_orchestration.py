@@ -4,9 +4,14 @@ Both run the same scripted planner (no-op tool calls, then an answer) without a 
 A and B alternate (ABAB...) in one run so drift affects both alike. Two figures per graph:
 ``invoke_ms`` is a whole question with one tool step (graph start-up included), and ``ms_per_step``
 is the marginal cost of one more planner->tool round trip, (T(6 steps) - T(1 step)) / 5.
-Goal: medagent <= 1.3x the bare loop and under 2 ms per step.
+medagent's step is the whole contract: the offer, the gate, the one invocation path (validation,
+policy, timeout, a typed call record), the fenced result.
+Goal: medagent <= 1.1x the bare loop per step and under 2 ms per step.
 
-    .venv/bin/python benchmarks/bench_orchestration.py [--rounds 200]
+``--clock cpu`` times with the process's CPU clock instead of the wall clock: on a machine other
+processes keep busy, waiting for a core is not counted (threads of the process are).
+
+    .venv/bin/python benchmarks/bench_orchestration.py [--rounds 200] [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -81,7 +86,8 @@ def bare_graph(planner: ScriptedPlanner) -> Any:
     return graph.compile()
 
 
-async def main(rounds: int) -> dict[str, Any]:
+async def main(rounds: int, clock: str = "wall") -> dict[str, Any]:
+    now = time.process_time if clock == "cpu" else time.perf_counter
     home = Path(tempfile.mkdtemp())
     toolbox = Toolbox(Settings(home=home, xrv_cache_dir=home / "xrv"))
     toolbox.registry.register(Tool(name="noop", card=ModelCard(summary="does nothing", modalities=None),
@@ -100,23 +106,25 @@ async def main(rounds: int) -> dict[str, Any]:
     times: dict[tuple[str, int], list[float]] = {key: [] for key in graphs}
     for round_index in range(rounds + 20):  # the first 20 rounds warm up
         for key, (graph, inputs) in graphs.items():  # A B A B ...
-            started = time.perf_counter()
+            started = now()
             await graph.ainvoke(inputs)
             if round_index >= 20:
-                times[key].append(time.perf_counter() - started)
+                times[key].append(now() - started)
     toolbox.close()
     median = {key: statistics.median(values) * 1000 for key, values in times.items()}
-    result: dict[str, Any] = {"rounds": rounds}
+    result: dict[str, Any] = {"rounds": rounds, "clock": clock}
     for name in ("medagent", "bare"):
         result[f"{name}_invoke_ms"] = round(median[(name, 1)], 3)
         result[f"{name}_ms_per_step"] = round((median[(name, LONG)] - median[(name, 1)]) / (LONG - 1), 3)
     result["invoke_ratio"] = round(result["medagent_invoke_ms"] / result["bare_invoke_ms"], 2)
     result["step_ratio"] = round(result["medagent_ms_per_step"] / result["bare_ms_per_step"], 2)
-    result["goal"] = "ratio <= 1.3 and < 2 ms per step"
+    result["goal"] = "step_ratio <= 1.1 and < 2 ms per step"
     return result
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=200)
-    print(json.dumps(asyncio.run(main(parser.parse_args().rounds)), indent=2))
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    options = parser.parse_args()
+    print(json.dumps(asyncio.run(main(options.rounds, options.clock)), indent=2))

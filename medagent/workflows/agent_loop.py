@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import operator
+from collections.abc import Callable
 from typing import Annotated, Any, TypedDict
 
 from langgraph.config import get_stream_writer
@@ -46,10 +47,19 @@ class AgentState(TypedDict, total=False):
 
 
 def _emit(event: dict[str, Any]) -> None:
+    _writer()(event)
+
+
+def _writer() -> Callable[[dict[str, Any]], None]:
+    """Where this node's events go (looked up once per node, not per event)."""
     try:
-        get_stream_writer()(event)
+        return get_stream_writer()
     except RuntimeError:  # not running under a stream: nobody listens
-        pass
+        return _nobody
+
+
+def _nobody(event: dict[str, Any]) -> None:
+    pass
 
 
 def _correcting(state: AgentState) -> bool:
@@ -130,8 +140,11 @@ class AgentLoop:
                           settings=self.settings, step=steps, calls_so_far=asked)
         invalid_calls = (0 if fresh else state.get("invalid_calls", 0)) + gated.refused
         self._check_invalid(invalid_calls)  # before any call of a doomed turn runs or asks for approval
-        return {"messages": [gated.message], "steps": steps, "model": turn.model, "offered": offered,
-                "refusals": gated.refusals, "invalid_calls": invalid_calls, "question_calls": asked + gated.admitted}
+        update = {"messages": [gated.message], "steps": steps, "model": turn.model, "refusals": gated.refusals,
+                  "invalid_calls": invalid_calls, "question_calls": asked + gated.admitted}
+        if fresh or state.get("offered") is not offered:  # written when made: one channel write fewer a step
+            update["offered"] = offered
+        return update
 
     def _prompt(self, offered: list[str], image_ids: list[str], context: Any) -> tuple[list[dict[str, Any]], str]:
         key = (tuple(offered), tuple(image_ids))
@@ -185,12 +198,14 @@ class AgentLoop:
                                       "position": position, "calls": len(calls)})
                 decisions[position] = bool(decision.get("approved") if isinstance(decision, dict) else decision)
 
+        emit = _writer()
+
         async def run(position: int, call: dict[str, Any]) -> tuple[Message, dict[str, Any], bool]:
             name, arguments = call["function"]["name"], call["function"]["arguments"]
             refusal = refusals[position]
             refused = None if refusal is None else ErrorRecord.from_dict(refusal)  # by the gate: already counted
             if refusal is None:
-                _emit({"event": "tool_started", "call_id": call["id"], "tool": name, "arguments": arguments})
+                emit({"event": "tool_started", "call_id": call["id"], "tool": name, "arguments": arguments})
                 if decisions[position] is False:
                     refused = ErrorRecord.from_exception(ApprovalRejected(f"a human rejected the call to {name}"))
             done = await invoke(registry, name, arguments, context, call_id=call["id"], offered=offered,
@@ -208,10 +223,12 @@ class AgentLoop:
             else:
                 content = fence_tool_result(name, {"error": error.code, "message": error.message})
             dumped = record.as_json()
-            _emit({"event": "tool_finished", **dumped})
+            emit({"event": "tool_finished", **dumped})
             return _answer(call, content), dumped, invalid
 
-        outcomes = await asyncio.gather(*(run(position, call) for position, call in enumerate(calls)))
+        # one call (the usual turn) runs in this task: gather would wrap it in a task of its own
+        outcomes = ([await run(0, calls[0])] if len(calls) == 1 else
+                    await asyncio.gather(*(run(position, call) for position, call in enumerate(calls))))
         invalid_calls = state.get("invalid_calls", 0) + sum(1 for _, _, invalid in outcomes if invalid)
         self._check_invalid(invalid_calls)
         return {
