@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from tests.conftest import REPO_ROOT, TEST_SECRET
 
@@ -65,6 +66,41 @@ def _call(answer: dict[str, Any], tool: str) -> dict[str, Any]:
     calls = [call for call in answer["tool_calls"] if call["tool"] == tool]
     assert calls, f"{tool} was not called: {[call['tool'] for call in answer['tool_calls']]}"
     return calls[0]
+
+
+class Reading(BaseModel):
+    celsius: float
+
+
+class Fever(BaseModel):
+    fever: bool
+
+
+async def has_fever(reading: Reading) -> Fever:
+    """Whether a temperature in degrees Celsius is a fever."""
+    return Fever(fever=reading.celsius >= 38.0)
+
+
+def test_experts_list_names_your_own_tools_and_survives_one_that_cannot_say_if_it_is_ready(
+        settings: Any) -> None:
+    """Rows of `medagent experts list`: a user tool (Agent(tools=...)) is listed as yours; a tool whose readiness
+    check raises is listed as unavailable with the error's type, and every other row is still there."""
+    from medagent.cli.experts import rows
+    from medagent.tools import tool
+    from medagent.tools.builtin import Toolbox
+
+    def broken() -> bool:
+        raise RuntimeError("/secret/path/of/a/plugin")
+
+    toolbox = Toolbox(settings, tools=[tool(has_fever), tool(name="flaky", ready=broken)(has_fever)], plugins=False)
+    try:
+        listed = {row["name"]: row for row in rows(toolbox)}
+    finally:
+        toolbox.close()
+    assert listed["has_fever"]["source"] == "user" and listed["has_fever"]["weights"]["weightless"] is True
+    assert listed["flaky"]["available"] is False and "RuntimeError" in listed["flaky"]["reason"]
+    assert "/secret" not in json.dumps(listed["flaky"])  # a plugin's message may carry paths: only its type shows
+    assert listed["image_quality"]["available"] is True
 
 
 # -- a fresh virtual environment with medagent's core dependencies only ---------------------------------------

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medagent.cli.terminal import safe
-from medagent.errors import MissingDependency
+from medagent.errors import MedagentError, MissingDependency
 
 console = Console()
 
@@ -27,6 +27,9 @@ def _expert_row(expert: Any) -> dict[str, Any] | None:
         status = expert.weights_status()  # some experts ask their library for the file name
     except MissingDependency:
         return None  # its tools are listed as unavailable, with the install command
+    except MedagentError as exc:  # e.g. weights named wrong in the settings: say so, list the rest
+        return {"name": expert.name, "kind": "expert", "source": "builtin", "available": False,
+                "reason": f"{exc.code}: {exc.message}", "hint": None}
     return {"name": expert.name, "kind": "expert", "source": "builtin", "available": True,
             "summary": expert.card.summary, "device": expert.device, "modalities": _modalities(expert.card),
             "weights": status.model_dump(exclude_none=True)}
@@ -50,17 +53,19 @@ def _tool_row(tool: Any, source: str, plugin: str | None) -> dict[str, Any]:
     expert's weights (present, or where to put them) are shown; a plain function tool needs none."""
     from medagent.runtime.expert import Expert
 
-    expert = getattr(tool.ready, "__self__", None)
-    if isinstance(expert, Expert):
-        weights = expert.weights_status().model_dump(exclude_none=True)
-        if not weights["present"] and tool.ready():
-            weights["untrained"] = True  # MEDAGENT_ALLOW_UNTRAINED_TEST_ONLY: random weights stand in
-        device = expert.device
-    else:
-        weights, device = {"present": tool.ready(), "weightless": True}, "cpu"
     row = {"name": tool.name, "kind": "tool", "source": source, "available": True, "summary": tool.card.summary,
-           "device": device, "modalities": _modalities(tool.card), "weights": weights}
-    return row | _plugin_fields(plugin)
+           "modalities": _modalities(tool.card)} | _plugin_fields(plugin)
+    expert = getattr(tool.ready, "__self__", None)
+    try:
+        if isinstance(expert, Expert):
+            weights = expert.weights_status().model_dump(exclude_none=True)
+            if not weights["present"] and tool.ready():
+                weights["untrained"] = True  # MEDAGENT_ALLOW_UNTRAINED_TEST_ONLY: random weights stand in
+            return row | {"device": expert.device, "weights": weights}
+        return row | {"device": "cpu", "weights": {"present": bool(tool.ready()), "weightless": True}}
+    except Exception as exc:  # noqa: BLE001 - a tool that cannot say whether it is ready is listed so, not fatal
+        return row | {"available": False, "reason": f"its readiness check failed ({type(exc).__name__})",
+                      "hint": f"report it to {'the plugin ' + plugin if plugin else 'its author'}"}
 
 
 def rows(toolbox: Any) -> list[dict[str, Any]]:
