@@ -16,7 +16,7 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field
 
@@ -97,7 +97,7 @@ class Agent:
     def toolbox(self) -> Toolbox:
         return self.root.toolbox
 
-    async def start(self) -> Agent:
+    async def start(self) -> Self:
         if self._graph is not None:
             return self
         try:
@@ -122,7 +122,7 @@ class Agent:
         await self.root.aclose()  # the planners it built, the servers they started, the tools
         self._graph = None
 
-    async def __aenter__(self) -> Agent:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *_: object) -> None:

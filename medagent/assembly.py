@@ -12,7 +12,7 @@ install reaches every way in, and closing the root closes the tools, the planner
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 from medagent.agents.factory import PlannerFactoryFunction
 from medagent.agents.planner import Planner, PlannerConfig
@@ -77,7 +77,7 @@ class Assembly:
         if self._toolbox is not None:
             self._toolbox.close()
 
-    async def __aenter__(self) -> Assembly:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *_: object) -> None:

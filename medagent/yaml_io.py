@@ -71,7 +71,7 @@ class BoundedLoader(yaml.SafeLoader):
         try:
             if self._depth > self.limits.max_depth:
                 raise _Refused(f"nested deeper than {self.limits.max_depth} levels", self.peek_event().start_mark)
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 

@@ -113,8 +113,10 @@ class EmbeddedLlamaServer:
         self.log_path, self._log_read = Path(log_name), 0
         guard = [sys.executable, "-m", "medagent.agents.server_guard", "--remove-log", log_name, "--", *command]
         with os.fdopen(log_handle, "wb") as log:
-            # stdin=PIPE: the write end stays here (close-on-exec), its closing is the guard's signal to stop
-            self._process = subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
+            # stdin=PIPE: the write end stays here (close-on-exec), its closing is the guard's signal to stop.
+            # Started on the loop's thread on purpose (fork+exec returns at once; fixed argument list, no shell):
+            # in a worker thread, a cancelled await would lose the Popen and leave the server unowned.
+            self._process = subprocess.Popen(  # noqa: ASYNC220
                 guard, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
             )

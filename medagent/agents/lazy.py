@@ -38,7 +38,7 @@ class StartingPlanner:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - a start that failed left nothing to close
                 return
             return
         if not self._task.cancelled() and self._task.exception() is None:  # closed before: cancelled, nothing to close

@@ -109,8 +109,7 @@ def tool_sequence_planner(tools: list[str], *, answer_prefix: str = "Findings fr
         if latency_s:
             await asyncio.sleep(latency_s)
         if log_path is not None:
-            with open(log_path, "a", encoding="utf-8") as stream:  # one short line: atomic with O_APPEND
-                stream.write(f"{(request.image_ids() or ['-'])[0]}\n")
+            await asyncio.to_thread(_append_line, log_path, (request.image_ids() or ["-"])[0])
         done = sum(1 for message in request.messages if message["role"] == "tool")
         offered = set(request.tool_names)
         if done < len(tools) and (ignore_offer or tools[done] in offered) and request.image_ids():
@@ -119,6 +118,11 @@ def tool_sequence_planner(tools: list[str], *, answer_prefix: str = "Findings fr
         return " ".join([answer_prefix, *results]) if results else f"{answer_prefix} none were available."
 
     return ScriptedPlanner(script, model="scripted:tool-sequence", config=config)
+
+
+def _append_line(path: Path, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as stream:  # one short line: atomic with O_APPEND
+        stream.write(f"{line}\n")
 
 
 def _log_path(call_log: str) -> Path:

@@ -60,7 +60,8 @@ def guard(command: list[str], remove_log: Path | None = None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
-    server = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: S603, PLW1509
+    # preexec_fn is safe here: the guard is single-threaded
+    server = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: PLW1509
     stopped_by_us = True
     try:
         while server.poll() is None:

@@ -224,7 +224,7 @@ def planner_serve(
         else:
             console.print("[dim]no recipe for this model: add the tool-call parser its card names[/]")
         return
-    os.execvp(command[0], command)  # noqa: S606 - the user asked to run the server
+    os.execvp(command[0], command)  # the user asked to run the server
 
 
 def _register_conversation_commands() -> None:

@@ -88,8 +88,8 @@ class CxrAnatomySegmenter(Expert[ImageRecord, Segmentation]):
         ],
         references=[
             "https://github.com/mlmed/torchxrayvision",
-            "Lian J et al. A Structure-Aware Relation Network for Thoracic Diseases Detection and Segmentation. "
-            "IEEE TMI 2021 (arXiv:2104.10326)",
+            ("Lian J et al. A Structure-Aware Relation Network for Thoracic Diseases Detection and Segmentation. "
+             "IEEE TMI 2021 (arXiv:2104.10326)"),
             "https://github.com/Deepwise-AILab/ChestX-Det-Dataset",
         ],
     )
@@ -178,7 +178,7 @@ class CxrAnatomySegmenter(Expert[ImageRecord, Segmentation]):
             try:
                 inputs.append(self.preprocess(record))
                 positions.append(index)
-            except Exception as exc:  # a bad item fails alone
+            except Exception as exc:  # noqa: BLE001 - one bad item fails alone, returned in its slot
                 results[index] = exc
         if inputs:
             batch = torch.from_numpy(np.stack([tensor for tensor, _, _ in inputs])).to(loaded.provenance.device)
@@ -190,7 +190,7 @@ class CxrAnatomySegmenter(Expert[ImageRecord, Segmentation]):
             for maps, (_, offsets, side), index in zip(probabilities, inputs, positions, strict=True):
                 try:
                     results[index] = self._result(maps, offsets, side, items[index], loaded)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - one bad item fails alone, returned in its slot
                     results[index] = exc
         return results  # type: ignore[return-value]
 

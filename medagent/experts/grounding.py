@@ -96,8 +96,8 @@ PATHOLOGY_SYNONYMS: dict[str, tuple[str, ...]] = {
     "Pneumothorax": ("pneumothorax", "ptx"),
 }
 
-_SIDE_WORDS = {"right": "right", "rt": "right", "left": "left", "lt": "left", "both": "both",
-               "bilateral": "both", "bilaterally": "both"}
+_SIDE_WORDS: dict[str, Side] = {"right": "right", "rt": "right", "left": "left", "lt": "left", "both": "both",
+                                 "bilateral": "both", "bilaterally": "both"}
 _FILLER = {"the", "of", "in", "at", "on", "a", "an", "lung", "lungs", "pulmonary", "field", "fields", "region",
            "area", "side", "hemithorax", "hemithoraces", "sided"}
 # (words after removing sides and fillers, region, lobe name or None); matched as whole strings
@@ -197,7 +197,7 @@ def parse_phrase(phrase: str) -> ParsedPhrase:
     if lobe == "middle lobe" and sides != {"right"}:
         raise InvalidToolArguments("only the right lung has a middle lobe (the left has the lingula); ask for "
                                    "'right middle lobe', 'lingula' or a middle zone")
-    side: Side = "both" if not sides or len(sides) > 1 else next(iter(sides))  # type: ignore[assignment]
+    side: Side = "both" if not sides or len(sides) > 1 else next(iter(sides))
     if not sides:
         assumptions.append("No side was given: both lungs are grounded.")
     if lobe is not None:

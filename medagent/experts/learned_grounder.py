@@ -41,12 +41,12 @@ class ParsedBox(BaseModel):
     y1: float = Field(ge=0.0, le=1.0)
 
 
-_BOX = re.compile(r"(?:<box>|<\|box_start\|>)(.*?)(?:</box>|<\|box_end\|>)", re.S)
+_BOX = re.compile(r"(?:<box>|<\|box_start\|>)(.*?)(?:</box>|<\|box_end\|>)", re.DOTALL)
 _BINNED = re.compile(r"<x(\d+)><y(\d+)><x(\d+)><y(\d+)>")  # MAIRA-2: coordinate bins
 _LOC = re.compile(r"<loc(\d{4})><loc(\d{4})><loc(\d{4})><loc(\d{4})>([^<;]*)")  # PaliGemma: y0 x0 y1 x1 of 1024
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _PHRASE = re.compile(r"<obj>(.*?)(?=<box>|</obj>)|<ref>(.*?)</ref>|<\|object_ref_start\|>(.*?)<\|object_ref_end\|>",
-                     re.S)
+                     re.DOTALL)
 
 
 def _box(phrase: str | None, x0: float, y0: float, x1: float, y1: float) -> ParsedBox | None:
@@ -180,7 +180,8 @@ class LearnedGrounder(Expert[GroundingRequest, Grounding]):
         except ValueError as exc:  # e.g. an architecture that exists only as remote code
             raise ConfigurationError(f"{self.name}: the model in {self.model_dir} cannot be loaded without running "
                                      f"its own code, which medagent never does ({exc})") from exc
-        model = model.to(device).eval()
+        # transformers types .to() through a wrapping decorator that mypy reads as taking the model first
+        model = model.to(device).eval()  # type: ignore[arg-type]
         weights = self._weight_file()
         assert weights is not None
         provenance = Provenance(
@@ -195,7 +196,7 @@ class LearnedGrounder(Expert[GroundingRequest, Grounding]):
         for item in items:
             try:
                 results.append(self._ground(loaded, item))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one bad item fails alone, returned in its slot
                 results.append(exc)
         return results
 

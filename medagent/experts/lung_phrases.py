@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -129,7 +130,7 @@ class LungPhraseGrounder:
         self.localizer.card.check_image(record, self.name)
         assumptions = [view_assumption(record), *parsed.assumptions]
         height, width = record.as_2d().shape
-        sides = ["right", "left"] if parsed.side == "both" else [parsed.side]
+        sides: list[Literal["right", "left"]] = ["right", "left"] if parsed.side == "both" else [parsed.side]
         if self.mask_provider is None:
             lungs = await self.localizer(record)
             boxes = {lung.side: (lung.box.x0, lung.box.y0, lung.box.x1, lung.box.y1) for lung in lungs.lungs}

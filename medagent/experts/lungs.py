@@ -86,7 +86,7 @@ class LungLocalizer(Expert[ImageRecord, LungLocalization]):
         for record in items:
             try:
                 results.append(self._locate(loaded, record))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one bad item fails alone, returned in its slot
                 results.append(exc)
         return results
 
@@ -104,7 +104,7 @@ class LungLocalizer(Expert[ImageRecord, LungLocalization]):
                     if side not in found:
                         hit = _largest(getattr(finder, f"find_{side}_lung_{method}")(image))
                         if hit:
-                            found[side] = (hit, method)  # type: ignore[assignment]
+                            found[side] = (hit, method)
         if len(found) == 1:  # mirror the lung found across the spine, as lungs-finder does
             (side, ((x, y, w, h), _)), = found.items()
             spine = w / 5
@@ -130,5 +130,5 @@ class LungLocalizer(Expert[ImageRecord, LungLocalization]):
             x0, y0 = max(0, int(x / scale)), max(0, int(y / scale))
             x1, y1 = min(width, int((x + w) / scale)), min(height, int((y + h) / scale))
             box = BoundingBox.from_pixels(x0, y0, x1, y1, record.spacing_mm)
-            lungs.append(LungBox(side=side, box=box, method=method))  # type: ignore[arg-type]
+            lungs.append(LungBox(side=side, box=box, method=method))
         return LungLocalization(provenance=loaded.provenance, lungs=lungs, image_width=width, image_height=height)

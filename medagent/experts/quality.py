@@ -142,7 +142,7 @@ class QualityAssessor(Expert[ImageRecord, QualityReport]):
         for record in items:
             try:
                 results.append(self.assess(record, loaded.provenance))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one bad item fails alone, returned in its slot
                 results.append(exc)
         return results
 

@@ -170,7 +170,7 @@ class SaliencyGrounder(Expert[GroundingRequest, SaliencyMap]):
         for item in items:
             try:
                 results.append(self._ground(loaded, item))
-            except Exception as exc:  # a bad item fails alone
+            except Exception as exc:  # noqa: BLE001 - one bad item fails alone, returned in its slot
                 results.append(exc)
         return results
 

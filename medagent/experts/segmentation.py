@@ -59,7 +59,7 @@ class CardiothoracicRatio(BaseModel):
 
 def _row_widths(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row: leftmost column, rightmost column, and whether the row has any pixel."""
-    has = mask.any(axis=1)
+    has = np.asarray(mask.any(axis=1))
     left = np.where(has, mask.argmax(axis=1), -1)
     right = np.where(has, mask.shape[1] - 1 - mask[:, ::-1].argmax(axis=1), -1)
     return left, right, has

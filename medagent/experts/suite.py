@@ -55,7 +55,8 @@ class ExpertSuite:
 
         cache = shared_cache(settings.model_cache_mb)
         runtime: dict[str, Any] = {"device": settings.device, "cache": cache}
-        batching = {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_batch_wait_ms}
+        batching: dict[str, Any] = {"max_batch_size": settings.max_batch_size,
+                                    "max_wait_ms": settings.max_batch_wait_ms}
         untrained = settings.allow_untrained_test_only
         weights: dict[str, Any] = {"weight_dirs": settings.weight_dirs(), "cache_dir": settings.xrv_cache_dir}
         classifier = CxrClassifier(classifier_weights, allow_untrained_test_only=untrained, **weights, **batching,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any, Literal
 
 import numpy as np
@@ -94,10 +95,14 @@ def _register(prior: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, float
     before = float(cv2.computeECC(current, prior))
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 200, 1e-6)
     try:
-        after, warp = cv2.findTransformECC(current, prior, warp, cv2.MOTION_AFFINE, criteria, None, 5)
+        # opencv's stubs want an array for inputMask, but None (no mask) is what the C++ API takes with gaussFiltSize
+        after, warp = cv2.findTransformECC(current, prior, warp, cv2.MOTION_AFFINE,  # type: ignore[call-overload]
+                                           criteria, None, 5)
     except cv2.error:
         try:  # a poor start: retry from the identity before giving up
-            after, warp = cv2.findTransformECC(current, prior, identity.copy(), cv2.MOTION_AFFINE, criteria, None, 5)
+            start = identity.copy()
+            after, warp = cv2.findTransformECC(current, prior, start, cv2.MOTION_AFFINE,  # type: ignore[call-overload]
+                                               criteria, None, 5)
         except cv2.error as exc:
             raise ToolFailure("the prior and current images could not be aligned (registration did not converge)") from exc
     return warp, before, float(after)
@@ -133,11 +138,12 @@ class StudyDifferencer(Expert[tuple[ImageRecord, ImageRecord], ImageChange]):
     def load(self, device: str) -> LoadedModel:
         try:
             import cv2
-            import skimage
+            from skimage.exposure import match_histograms  # noqa: F401 - fail here, not mid-comparison
         except ImportError as exc:
             raise MissingDependency("study comparison needs opencv and scikit-image (the 'experts' extra)") from exc
         provenance = Provenance(expert=self.name, model_id="opencv-ecc-affine", device="cpu",
-                                library_versions={"opencv": cv2.__version__, "scikit-image": skimage.__version__})
+                                library_versions={"opencv": cv2.getVersionString(),
+                                                  "scikit-image": importlib.metadata.version("scikit-image")})
         return LoadedModel(model=None, provenance=provenance)
 
     def predict_batch(self, loaded: LoadedModel, items: list[tuple[ImageRecord, ImageRecord]]
@@ -146,7 +152,7 @@ class StudyDifferencer(Expert[tuple[ImageRecord, ImageRecord], ImageChange]):
         for prior, current in items:
             try:
                 results.append(self.compare(prior, current, loaded.provenance))
-            except Exception as exc:  # one bad pair fails alone
+            except Exception as exc:  # noqa: BLE001 - one bad pair fails alone, returned in its slot
                 results.append(exc)
         return results
 
@@ -182,8 +188,8 @@ class StudyDifferencer(Expert[tuple[ImageRecord, ImageRecord], ImageChange]):
             verdict: Verdict = "indeterminate"
             reason = f"alignment correlation {after:.2f} is below {self.thresholds.min_registration_correlation:.2f}"
         elif fraction >= self.thresholds.changed_fraction:
-            verdict, reason = "changed", f"{fraction:.2%} of aligned pixels differ by more than " \
-                                         f"{self.thresholds.pixel_difference:.2f}"
+            verdict, reason = "changed", (f"{fraction:.2%} of aligned pixels differ by more than "
+                                          f"{self.thresholds.pixel_difference:.2f}")
         else:
             verdict, reason = "unchanged", f"only {fraction:.2%} of aligned pixels differ"
         result = ImageChange(provenance=provenance, registration=registration, changed_fraction=round(fraction, 5),

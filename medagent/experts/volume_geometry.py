@@ -76,7 +76,7 @@ class SlidingWindowRun:
 
 
 def _resize(array: Any, shape: tuple[int, ...], mode: str) -> Any:
-    import torch.nn.functional as functional
+    from torch.nn import functional
 
     options = {"align_corners": False} if mode == "trilinear" else {}
     return functional.interpolate(array[None, None], size=shape, mode=mode, **options)[0, 0]
@@ -86,9 +86,9 @@ def run_sliding_window(pixels: np.ndarray, grid: VolumeGrid, plan: PreprocessPla
                        network: Any, window: SlidingWindowConfig, device: str, out_channels: int = 2
                        ) -> SlidingWindowRun:
     """Apply the bundle's preprocessing in order, infer with MONAI's sliding window, return to the input grid."""
-    import nibabel.orientations as orientations
     import torch
     from monai.inferers import sliding_window_inference
+    from nibabel import orientations
 
     volume = torch.tensor(pixels, dtype=torch.float32)  # a copy: some MONAI transforms write in place
     spacing = np.array(grid.spacing) if grid.spacing else None
@@ -142,6 +142,7 @@ def run_sliding_window(pixels: np.ndarray, grid: VolumeGrid, plan: PreprocessPla
             predictor=predictor, overlap=window.overlap, mode=window.mode, padding_mode=window.padding_mode,
             sw_device=device, device=stitch_on,
         )
+        assert isinstance(logits, torch.Tensor)  # the predictor returns one tensor, so the stitched result is one
         channels = int(logits.shape[1])
         labels = logits[0, 0] > 0 if channels == 1 else torch.argmax(logits[0], dim=0)
         label_map = labels.to(torch.int32).cpu()

@@ -54,7 +54,7 @@ def _check_declared_lengths(dataset: Dataset, file_size: int) -> None:
     """Refuse elements whose declared length reaches past the end of the file."""
     try:
         elements = list(dataset.elements())  # iterating converts sequences, which can fail on a malformed VR
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - hostile files raise anything; re-raised typed, without the path
         raise CorruptFile(f"DICOM data elements could not be parsed ({type(exc).__name__})") from None
     for element in elements:
         length = getattr(element, "length", 0) or 0
@@ -80,7 +80,7 @@ def convert_all(dataset: Dataset) -> None:
         if meta is not None:
             for _ in meta.iterall():
                 pass
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - hostile files raise anything; re-raised typed, without the path
         raise CorruptFile(f"DICOM data elements could not be parsed ({type(exc).__name__})") from None
 
 
@@ -184,11 +184,11 @@ def _decode_pixels(dataset: Dataset) -> np.ndarray:
         raise UnsupportedFormat(f"no installed decoder handles transfer syntax {_syntax_name(dataset)}") from exc
     except (ValueError, EOFError) as exc:
         raise TruncatedFile("pixel data could not be decoded in full") from exc
-    except Exception as exc:  # e.g. AttributeError for a file meta without a transfer syntax
+    except Exception as exc:  # noqa: BLE001 - e.g. AttributeError for a file meta without a transfer syntax
         raise CorruptFile(f"pixel data could not be decoded ({type(exc).__name__})") from None
     try:
         pixels = np.asarray(apply_modality_lut(raw, dataset), dtype=np.float32)
-    except Exception as exc:  # rescale or LUT attributes of the wrong type or shape
+    except Exception as exc:  # noqa: BLE001 - rescale or LUT attributes of the wrong type or shape
         raise CorruptFile(f"the modality rescale could not be applied ({type(exc).__name__})") from None
     if int(dataset.get("SamplesPerPixel", 1) or 1) > 1:
         pixels = pixels.mean(axis=-1, dtype=np.float32)

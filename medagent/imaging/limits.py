@@ -90,9 +90,8 @@ def sniff_format(path: Path, limits: ImageLimits) -> SourceFormat:
         detected = "jpeg"
     elif len(head) >= 132 and head[128:132] == b"DICM":
         detected = "dicom"
-    elif _looks_like_nifti(head):
-        detected = "nifti"
-    elif head.startswith(b"\x1f\x8b") and _looks_like_nifti(_gunzip_head(path, _NIFTI2_HEADER)):
+    elif _looks_like_nifti(head) or (
+            head.startswith(b"\x1f\x8b") and _looks_like_nifti(_gunzip_head(path, _NIFTI2_HEADER))):
         detected = "nifti"
     if detected is None:
         hint = " (named .dcm but has no DICOM preamble and 'DICM' marker)" if path.suffix.lower() == ".dcm" else ""

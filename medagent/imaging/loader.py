@@ -65,4 +65,4 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["ImageLoader", "ImageInputError"]
+__all__ = ["ImageInputError", "ImageLoader"]

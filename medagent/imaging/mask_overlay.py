@@ -45,7 +45,7 @@ def masks_overlay_png(image_2d: np.ndarray, masks: Mapping[str, np.ndarray], alp
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     grey = np.clip(np.nan_to_num(image_2d.astype(np.float32)), 0.0, 1.0)
     if scale < 1.0:
-        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+        grey = np.asarray(cv2.resize(grey, size, interpolation=cv2.INTER_AREA), dtype=np.float32)
     canvas = np.repeat(grey[:, :, None] * 255.0, 3, axis=2)
     outline_px = max(1, round(max(size) / 512))
     outlines = []

@@ -20,11 +20,13 @@ def load_nifti(path: Path, file_size: int, sha256: str, limits: ImageLimits, mod
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # header oddities are checked below, not printed
             image = nib.load(str(path))
+        if not isinstance(image, nib.Nifti1Image):  # NIfTI-2 images are Nifti1Image subclasses too
+            raise TypeError("not a NIfTI image")
         header = image.header
         shape = tuple(int(extent) for extent in header.get_data_shape())
         offset, itemsize = int(header.get_data_offset()), header.get_data_dtype().itemsize
         zooms = tuple(float(z) for z in header.get_zooms()[: min(3, len(shape))])
-    except Exception as exc:  # nibabel raises many types (HeaderDataError is not a ValueError)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types (HeaderDataError is not a ValueError)
         # from None: nibabel's messages name the file path, which may identify a patient
         raise CorruptFile(f"NIfTI header could not be parsed ({type(exc).__name__})") from None
     if not shape or min(shape) < 1:  # nibabel reads dim[0] = 0 as shape (0,): an image without voxels
@@ -43,7 +45,7 @@ def load_nifti(path: Path, file_size: int, sha256: str, limits: ImageLimits, mod
         raise TruncatedFile(f"NIfTI voxel data ends early or is corrupt ({type(exc).__name__})") from None
     except MemoryError:
         raise ResourceExhausted("not enough memory to read the NIfTI voxels") from None
-    except Exception as exc:  # e.g. OverflowError for a voxel offset beyond any file
+    except Exception as exc:  # noqa: BLE001 - e.g. OverflowError for a voxel offset beyond any file
         raise CorruptFile(f"NIfTI voxel data could not be read ({type(exc).__name__})") from None
 
     affine = image.affine

@@ -18,8 +18,10 @@ metadata or pixels are used, exactly as single files are in :mod:`medagent.imagi
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pydicom
@@ -75,7 +77,7 @@ class _Header:
 
 def _vector(value: object, length: int) -> np.ndarray | None:
     try:
-        vector = np.array([float(v) for v in value], dtype=np.float64)  # type: ignore[union-attr]
+        vector = np.array([float(v) for v in cast("Iterable[Any]", value)], dtype=np.float64)  # else TypeError
     except (TypeError, ValueError):
         return None
     return vector if vector.shape == (length,) and np.all(np.isfinite(vector)) else None
@@ -98,7 +100,7 @@ def _read_header(path: Path) -> _Header | None:
             shape=(int(dataset.Rows), int(dataset.Columns)), frames=int(dataset.get("NumberOfFrames", 1) or 1),
             gap_hint=float(gap) if gap not in (None, "") else None,
         )
-    except Exception:  # pydicom raises many types; the message must not name the file
+    except Exception:  # noqa: BLE001 - pydicom raises many types; the message must not name the file
         raise CorruptFile("a DICOM file in the series folder could not be parsed") from None
 
 
@@ -162,7 +164,7 @@ def _order_and_geometry(headers: list[_Header]) -> tuple[list[_Header], np.ndarr
         gap = float(np.mean(gaps))
         if float(np.max(np.abs(gaps - gap))) > _SPACING_TOLERANCE * gap:
             raise ImageInputError("slice positions are unevenly spaced (is a slice missing?)")
-        step = (ordered[-1].position - ordered[0].position) / (len(ordered) - 1)  # type: ignore[operator]
+        step = (ordered[-1].position - ordered[0].position) / (len(ordered) - 1)
         return ordered, step, gap  # the step keeps a gantry tilt that the normal alone would lose
     if any(h.instance is None for h in headers):
         raise CorruptFile("the series has neither ImagePositionPatient nor InstanceNumber on every image")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+from numpy.typing import ArrayLike
 from pydantic import BaseModel, Field
 
 from medagent.errors import ResourceExhausted
@@ -81,7 +82,7 @@ class CaseResampler:
         return float(low), float(high)
 
 
-def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+def ratio(numerator: ArrayLike, denominator: ArrayLike) -> np.ndarray:
     """Elementwise numerator / denominator, NaN where the denominator is 0 (the metric is undefined)."""
     numerator, denominator = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
     out = np.full(np.broadcast(numerator, denominator).shape, np.nan)

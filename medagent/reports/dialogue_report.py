@@ -74,9 +74,9 @@ def dialogue_tables(summary: DialogueSummary, assessor_failures: int) -> tuple[l
     rubric_items = sorted(overall.rubric)
     headers = ["n", *DIALOGUE_METRICS, *rubric_items]
     paragraphs = [
-        f"{overall.n_observations} dialogues over {overall.n_cases} cases; label set '{summary.label_set}'. "
-        "Weighted F1 averages per-diagnosis F1 weighted by how often each is the truth; a missing or 'none' "
-        "diagnosis counts as wrong and in the none rate. Rubric items are the share of dialogues scoring 1.",
+        (f"{overall.n_observations} dialogues over {overall.n_cases} cases; label set '{summary.label_set}'. "
+         "Weighted F1 averages per-diagnosis F1 weighted by how often each is the truth; a missing or 'none' "
+         "diagnosis counts as wrong and in the none rate. Rubric items are the share of dialogues scoring 1."),
         f"Assessor failures (output that did not parse after its re-asks): {assessor_failures}.",
     ]
     tables: list[Table] = [("Overall", headers, [[str(overall.n_observations),

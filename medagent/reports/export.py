@@ -13,7 +13,7 @@ from medagent.files import replacing
 ExportFormat = Literal["csv", "parquet"]
 
 
-def export(frame: pd.DataFrame, path: Path | str, format: ExportFormat = "csv") -> Path:  # noqa: A002 - CLI word
+def export(frame: pd.DataFrame, path: Path | str, format: ExportFormat = "csv") -> Path:  # 'format': the CLI's word
     """Write ``frame`` (without its index) to ``path``; the file appears whole or not at all.
 
     CSV is UTF-8 with a header row, nulls as empty fields. Parquet goes through pyarrow (the

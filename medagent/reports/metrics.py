@@ -101,7 +101,9 @@ def resolve_thresholds(thresholds: Thresholds, finding: str) -> list[float]:
     return values or [DEFAULT_THRESHOLD]
 
 
-def _value(point: float, samples: np.ndarray, n: int, resampler: CaseResampler, undefined: str) -> MetricValue:
+def _value(point: float | np.ndarray, samples: np.ndarray, n: int, resampler: CaseResampler,
+           undefined: str) -> MetricValue:
+    point = float(point)  # a 0-d array from ratio()
     if not np.isfinite(point):
         return MetricValue(value=None, n=n, reason=undefined)
     low, high = resampler.interval(samples)

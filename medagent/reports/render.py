@@ -93,8 +93,9 @@ def _sections(report: StudyReport, comparison: RunComparison | None) -> list[_Se
                              [("", _Table(tool_headers, tool_rows))] if tool_rows else []))
     t = report.tokens
     sections.append(_Section("Planner tokens", [
-        f"Total {t.total} ({t.prompt_total} prompt, {t.completion_total} completion) over {t.cases_counted} case runs;"
-        f" per case mean {_optional(t.per_case_mean)}, median {_optional(t.per_case_median)}, max {t.per_case_max}."]))
+        (f"Total {t.total} ({t.prompt_total} prompt, {t.completion_total} completion) over {t.cases_counted} case "
+         f"runs; per case mean {_optional(t.per_case_mean)}, median {_optional(t.per_case_median)}, "
+         f"max {t.per_case_max}.")]))
     failures = [[f.error_code, str(f.count)] for f in o.failures]
     sections.append(_Section("Failed cases", [] if failures else ["None."],
                              [("", _Table(["error code", "cases"], failures))] if failures else []))

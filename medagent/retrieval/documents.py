@@ -94,8 +94,8 @@ def write_documents(path: Path, documents: Iterable[tuple[int, Document]]) -> in
 
 def _document(row: tuple[object, ...]) -> Document:
     _, doc_id, kind, source, license_, text, labels, record_key, sha = row
-    return Document(doc_id=doc_id, kind=kind, source=source, license=license_, text=text,  # type: ignore[arg-type]
-                    labels=json.loads(str(labels)), record_key=record_key, source_sha256=sha)  # type: ignore[arg-type]
+    return Document(doc_id=doc_id, kind=kind, source=source, license=license_, text=text,
+                    labels=json.loads(str(labels)), record_key=record_key, source_sha256=sha)
 
 
 class DocumentStore:

@@ -80,8 +80,8 @@ class ClassicalImageEmbedder:
         thumbnail = thumbnail.astype(np.float32).ravel()
         thumbnail = _unit(thumbnail - thumbnail.mean())
         with self._lock:
-            hog = self._hog.compute(cv2.resize(equalised, (_HOG_SIDE, _HOG_SIDE), interpolation=cv2.INTER_AREA))
-        hog = _unit(np.asarray(hog, dtype=np.float32).ravel())
+            gradients = self._hog.compute(cv2.resize(equalised, (_HOG_SIDE, _HOG_SIDE), interpolation=cv2.INTER_AREA))
+        hog = _unit(np.asarray(gradients, dtype=np.float32).ravel())
         parts = [np.sqrt(_PART_WEIGHTS["thumbnail"]) * thumbnail, np.sqrt(_PART_WEIGHTS["hog"]) * hog,
                  np.sqrt(_PART_WEIGHTS["histogram"]) * histogram]
         return _unit(np.concatenate(parts)).astype(np.float32)

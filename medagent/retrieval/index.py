@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -172,7 +172,7 @@ class VectorIndex:
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> VectorIndex:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,7 +46,7 @@ class AdaptiveK(BaseModel):
 
     def choose(self, similarities: Sequence[float]) -> int:
         scores = [float(s) for s in similarities][: self.k_max]
-        if any(a < b for a, b in zip(scores, scores[1:], strict=False)):
+        if any(a < b for a, b in itertools.pairwise(scores)):
             raise ValueError("similarities must be sorted from most to least similar")
         n = len(scores)
         if n <= self.k_min:

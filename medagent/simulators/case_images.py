@@ -51,7 +51,7 @@ def _reencoded_raster(data: bytes, limits: ImageLimits) -> bytes:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our cap below is the one that counts
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             check_pixel_count((image.width, image.height, len(image.getbands())), limits)
             image.load()
     except MedagentError as exc:  # over the pixel cap

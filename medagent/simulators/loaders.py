@@ -60,10 +60,10 @@ def resolve_image_reference(reference: str, base: Path) -> Path:
         return resource
     try:
         image = (base / reference).resolve()
-        found = image.is_file()
+        exists = image.is_file()
     except OSError:  # a name longer than the file system allows, a loop of links
-        found = False
-    if not found:
+        exists = False
+    if not exists:
         raise ValueError("image file not found (relative paths start at the case file's folder)")
     return image
 

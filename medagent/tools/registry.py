@@ -32,6 +32,11 @@ def _shown(text: str) -> str:
     return text if len(text) <= _MAX_KEY_SHOWN else text[:_MAX_KEY_SHOWN] + "..."
 
 
+def _artifact_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The input model's image-id fields (a tool's ``type[Any]`` model is passed on as the class it is)."""
+    return _artifact_fields_of(model)
+
+
 @functools.cache
 def _argument_names(model: type[BaseModel]) -> frozenset[str]:
     """The keys a call may send (aliases where set): worked out once per input model, not per call."""
@@ -39,7 +44,7 @@ def _argument_names(model: type[BaseModel]) -> frozenset[str]:
 
 
 @functools.cache
-def _artifact_fields(model: type[BaseModel]) -> tuple[str, ...]:
+def _artifact_fields_of(model: type[BaseModel]) -> tuple[str, ...]:
     fields = []
     for name, info in model.model_fields.items():
         extra = info.json_schema_extra

@@ -49,7 +49,9 @@ def requested_structures(requested: list[str] | None, valid: list[str], tool: st
 def masks_npz(masks: dict[str, np.ndarray]) -> bytes:
     """Boolean masks keyed by label, compressed (``np.load(...)[label]`` reads one back)."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{label: np.asarray(mask, dtype=bool) for label, mask in masks.items()})
+    # typed Any: numpy's stub reads ** keys as possibly its allow_pickle flag (no expert names a mask that)
+    arrays: dict[str, Any] = {label: np.asarray(mask, dtype=bool) for label, mask in masks.items()}
+    np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
 
 

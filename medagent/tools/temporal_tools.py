@@ -37,7 +37,8 @@ def compare_studies_tool(differencer: StudyDifferencer, classifier: CxrClassifie
             except MedagentError:
                 scores = None  # the image comparison still stands; findings_compared says what is missing
         change = await change_task
-        comparison = combine(change, *(scores or (None, None)), differencer.thresholds)
+        pair: tuple[Classification | None, Classification | None] = scores or (None, None)
+        comparison = combine(change, pair[0], pair[1], differencer.thresholds)
         overlay = context.artifacts.put_png(
             differencer.overlay_png(change), ArtifactKind.OVERLAY,
             metadata={"source": arguments.current_image_id, "prior": arguments.prior_image_id,
