@@ -26,6 +26,7 @@ from tests.conftest import TEST_SECRET
 from tests.study_files import PIPELINE, SCRIPTED, ManifestRow, agent_loop, variants, write_manifest, write_study
 
 MEDAGENT = [sys.executable, "-m", "medagent.cli"]
+REPO = Path(__file__).resolve().parents[1]
 FINISHED = re.compile(r"run (\S+) finished")
 METRICS = "metrics: {findings: [Cardiomegaly], thresholds: 0.25, bootstrap: 200, subgroups: [sex]}\n"
 WITH_CI = re.compile(r"^\d\.\d{3} \(\d\.\d{3}-\d\.\d{3}\)$")  # "0.667 (0.333-1.000)"
@@ -360,3 +361,22 @@ async def test_run_study_gives_the_same_results_on_postgres_as_on_sqlite(
     assert outcomes["sqlite"][("a", 1)]["tools"][0][0] == "assess_image_quality"
     assert str(outcomes["sqlite"][("a", 1)]["answer"]).startswith("Findings from the expert tools:")
     assert outcomes["sqlite"][("broken", 0)]["status"] == "failed"
+
+
+def test_a_study_naming_its_own_tool_factory_runs_only_once_its_package_is_trusted(
+        tmp_path: Path, nih_images: list[Path]) -> None:
+    """`_target_` paths outside medagent are refused until --allow-target names their package; then the
+    factory's tool runs in every case."""
+    write_manifest(tmp_path, [(f"c{i}", path, "", "F") for i, path in enumerate(variants(nih_images[0], tmp_path, 2))])
+    study = write_study(tmp_path, agent_loop("How bright is it?"), planner="scripted", extra=(
+        "experts: [{_target_: tests.plugin_parts.brightness_tools, kwargs: {scale: 2.0}, tools: [mean_brightness]}]\n"))
+    home = tmp_path / "home"
+    refused = _medagent(["run", str(study)], home, cwd=REPO)
+    assert refused.returncode == 2 and "outside the allowed import prefixes" in _clean_error(refused)
+    ran = _medagent(["run", str(study), "--allow-target", "tests"], home, cwd=REPO)
+    run_id = FINISHED.search(_ok(ran))
+    assert run_id is not None and "2/2 cases, 0 failed" in ran.stdout
+    with StudyStore.open(None, home) as store:
+        calls = store.tool_calls(run_id.group(1))
+    assert [call.tool for call in calls] == ["mean_brightness", "mean_brightness"]
+    assert all(call.ok and call.output["scale"] == 2.0 for call in calls)

@@ -42,14 +42,22 @@ def run(
     store_url: StoreOption = None,
     dataset: Annotated[Path | None, typer.Option(
         "--dataset", help="use this folder, manifest or case file instead of the study's dataset.path")] = None,
+    allow_target: Annotated[list[str] | None, typer.Option(
+        "--allow-target", help="also allow _target_ paths under this package (e.g. mypkg); repeatable")] = None,
+    allow_any_target: Annotated[bool, typer.Option(
+        "--allow-any-target", help="allow any _target_ import path: only for a study file you trust")] = False,
 ) -> None:
-    """Run a study: cases concurrently, each result written to SQL as it finishes; resumable."""
+    """Run a study: cases concurrently, each result written to SQL as it finishes; resumable.
+
+    ``_target_`` paths (your tools, planners, roles) must be under medagent unless --allow-target names their
+    package: a study file is data, and importing a module runs its code."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from medagent.config import Settings
     from medagent.runtime.untrained import NOTICE, weights_are_untrained
     from medagent.store import StudyStore
     from medagent.studies import load_study, with_dataset
+    from medagent.studies.components import DEFAULT_ALLOWED_PREFIXES
     from medagent.studies.runner import run_study
 
     last: dict[str, int] = {}
@@ -58,7 +66,9 @@ def run(
 
     async def go() -> str:
         settings = Settings()
-        config = load_study(study, known_tools=_known_tools(settings))
+        prefixes = (*DEFAULT_ALLOWED_PREFIXES, *(prefix.rstrip(".") + "." for prefix in allow_target or []))
+        config = load_study(study, known_tools=_known_tools(settings), allowed_prefixes=prefixes,
+                            allow_any_target=allow_any_target)
         if dataset is not None:
             config = with_dataset(config, dataset)
         store = StudyStore.open(store_url or config.store.url, settings.home)
