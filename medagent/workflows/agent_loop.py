@@ -140,10 +140,12 @@ class AgentLoop:
                           settings=self.settings, step=steps, calls_so_far=asked)
         invalid_calls = (0 if fresh else state.get("invalid_calls", 0)) + gated.refused
         self._check_invalid(invalid_calls)  # before any call of a doomed turn runs or asks for approval
-        update = {"messages": [gated.message], "steps": steps, "model": turn.model, "refusals": gated.refusals,
-                  "invalid_calls": invalid_calls, "question_calls": asked + gated.admitted}
-        if fresh or state.get("offered") is not offered:  # written when made: one channel write fewer a step
-            update["offered"] = offered
+        update: dict[str, Any] = {"messages": [gated.message], "steps": steps, "refusals": gated.refusals,
+                                  "question_calls": asked + gated.admitted}
+        # what did not change is not written again: each channel written costs the graph a copy every step
+        for key, value in (("offered", offered), ("model", turn.model), ("invalid_calls", invalid_calls)):
+            if fresh or key not in state or state[key] != value:  # type: ignore[literal-required]
+                update[key] = value
         return update
 
     def _prompt(self, offered: list[str], image_ids: list[str], context: Any) -> tuple[list[dict[str, Any]], str]:
@@ -231,11 +233,11 @@ class AgentLoop:
                     await asyncio.gather(*(run(position, call) for position, call in enumerate(calls))))
         invalid_calls = state.get("invalid_calls", 0) + sum(1 for _, _, invalid in outcomes if invalid)
         self._check_invalid(invalid_calls)
-        return {
-            "messages": [message for message, _, _ in outcomes],
-            "tool_records": [record for _, record, _ in outcomes],
-            "invalid_calls": invalid_calls,
-        }
+        update: dict[str, Any] = {"messages": [message for message, _, _ in outcomes],
+                                  "tool_records": [record for _, record, _ in outcomes]}
+        if invalid_calls != state.get("invalid_calls", 0):
+            update["invalid_calls"] = invalid_calls
+        return update
 
 
 def _answer(call: dict[str, Any], content: str) -> Message:
