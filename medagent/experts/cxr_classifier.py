@@ -60,10 +60,6 @@ class Classification(ExpertResult):
         """Every label's probability, highest first: what study columns, for_each and hints read."""
         return {finding.label: finding.probability for finding in self.findings}
 
-    def label_probabilities(self) -> dict[str, float]:
-        """Every label's probability, highest first: what study columns, for_each and hints read."""
-        return {finding.label: finding.probability for finding in self.findings}
-
     def summary_text(self) -> str:
         top = ", ".join(f"{f.label} {f.probability:.2f}" for f in self.top(3))
         flagged = [f.label for f in self.findings if f.above_operating_threshold]
