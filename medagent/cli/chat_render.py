@@ -137,7 +137,9 @@ def evidence_lines(records: list[dict[str, Any]], locate: ArtifactPath,
 
 
 def tool_panel(data: dict[str, Any], locate: ArtifactPath) -> Panel:
-    lines = [f"arguments: {clean(data.get('arguments'))}", f"time: {data.get('duration_s', 0):.2f} s"]
+    arguments = data.get("arguments")  # a call record's JSON object; shown as the JSON the planner sent
+    shown_arguments = json.dumps(arguments) if isinstance(arguments, dict) else arguments
+    lines = [f"arguments: {clean(shown_arguments)}", f"time: {data.get('duration_s', 0):.2f} s"]
     if data.get("ok"):
         output = data["output"]
         shown = {k: v for k, v in output.items() if k not in ("provenance", "measures")}
