@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, create_engine, event, select, text, update
 from sqlalchemy.engine import make_url
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, col
 
 import medagent
 from medagent.files import private_dir, touch_private
@@ -97,7 +97,7 @@ def ensure_schema(engine: Engine) -> int:
             if engine.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
             SQLModel.metadata.create_all(connection, tables=list(STUDY_TABLES))
-            recorded = connection.execute(select(SchemaVersionRow.version)).scalar_one_or_none()
+            recorded = connection.execute(select(col(SchemaVersionRow.version))).scalar_one_or_none()
             if recorded is None:
                 connection.execute(SchemaVersionRow.__table__.insert().values(  # type: ignore[attr-defined]
                     id=1, version=SCHEMA_VERSION, created_at=now()))

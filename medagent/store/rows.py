@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from sqlalchemy import RowMapping
+
 from medagent.store.engine import git_sha, medagent_version
-from medagent.store.records import CaseError, CaseRecord, CaseResult, MetricValue, RunRecord, StoredToolCall, \
-    StoreError, now, utc
+from medagent.store.records import (
+    CaseError,
+    CaseRecord,
+    CaseResult,
+    MetricValue,
+    RunRecord,
+    StoredToolCall,
+    StoreError,
+    now,
+    utc,
+)
 
 
-def run_record(row: Mapping[str, Any]) -> RunRecord:
+def run_record(row: RowMapping) -> RunRecord:
     return RunRecord(run_id=row["run_id"], study=row["study"], config=row["config"] or {},
                      config_hash=row["config_hash"], medagent_version=row["medagent_version"],
                      git_sha=row["git_sha"], status=row["status"], created_at=utc(row["created_at"]),
                      finished_at=utc(row["finished_at"]))
 
 
-def case_record(row: Mapping[str, Any]) -> CaseRecord:
+def case_record(row: RowMapping) -> CaseRecord:
     return CaseRecord(
         run_id=row["run_id"], case_id=row["case_id"], repeat=row["repeat"], status=row["status"],
         answer=row["answer"], result=row["result"],
@@ -29,7 +39,7 @@ def case_record(row: Mapping[str, Any]) -> CaseRecord:
         medagent_version=row["medagent_version"], git_sha=row["git_sha"], recorded_at=utc(row["recorded_at"]))
 
 
-def stored_tool_call(row: Mapping[str, Any]) -> StoredToolCall:
+def stored_tool_call(row: RowMapping) -> StoredToolCall:
     return StoredToolCall(
         run_id=row["run_id"], case_id=row["case_id"], repeat=row["repeat"], position=row["position"],
         tool=row["tool"], call_id=row["call_id"], arguments=row["arguments"] or {}, output=row["output"],
@@ -38,7 +48,7 @@ def stored_tool_call(row: Mapping[str, Any]) -> StoredToolCall:
         started_at=utc(row["started_at"]))
 
 
-def metric_value(row: Mapping[str, Any]) -> MetricValue:
+def metric_value(row: RowMapping) -> MetricValue:
     return MetricValue(name=row["name"], value=row["value"], case_id=row["case_id"], repeat=row["repeat"],
                        details=row["details"] or {})
 

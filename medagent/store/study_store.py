@@ -25,12 +25,33 @@ from sqlalchemy.engine import make_url
 from medagent.names import check_name
 from medagent.redaction import redact, redact_text
 from medagent.store import leases
-from medagent.store.engine import WRITE_OPTION, create_store_engine, ensure_schema, git_sha, medagent_version, \
-    resolve_url
-from medagent.store.records import CaseRecord, CaseResult, CaseStatus, CaseWrite, ConfigChanged, MetricValue, \
-    RunExists, RunRecord, RunStatus, StoredToolCall, StoreError, StoreUnavailable, ToolCallRecord, UnknownRun, now
-from medagent.store.rows import case_record, case_values, metric_value, require_text, run_record, stored_tool_call
+from medagent.store.engine import (
+    WRITE_OPTION,
+    create_store_engine,
+    ensure_schema,
+    git_sha,
+    medagent_version,
+    resolve_url,
+)
 from medagent.store.leases import DEFAULT_LEASE_TTL_S
+from medagent.store.records import (
+    CaseRecord,
+    CaseResult,
+    CaseStatus,
+    CaseWrite,
+    ConfigChanged,
+    MetricValue,
+    RunExists,
+    RunRecord,
+    RunStatus,
+    StoredToolCall,
+    StoreError,
+    StoreUnavailable,
+    ToolCallRecord,
+    UnknownRun,
+    now,
+)
+from medagent.store.rows import case_record, case_values, metric_value, require_text, run_record, stored_tool_call
 from medagent.store.tables import CaseRow, MessageRow, MetricRow, RunLeaseRow, RunRow, ToolCallRow
 
 if TYPE_CHECKING:

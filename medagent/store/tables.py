@@ -155,5 +155,6 @@ class RunLeaseRow(SQLModel, table=True):
     expires_at: datetime | None = _time_column(nullable=False)
 
 
-STUDY_TABLES: Final = tuple(model.__table__ for model in  # type: ignore[attr-defined]
+# SQLAlchemy gives each table=True class its __table__ when the class is made; sqlmodel's metaclass does not declare it
+STUDY_TABLES: Final = tuple(model.__table__ for model in  # type: ignore[union-attr]
                             (SchemaVersionRow, RunRow, CaseRow, MessageRow, ToolCallRow, MetricRow, RunLeaseRow))

@@ -90,6 +90,12 @@ def _checked_name(name: str) -> str:
 FunctionT = TypeVar("FunctionT", bound=Callable[..., Awaitable[Any]])
 
 
+def _pydantic_model(hint: Any, function: Callable[..., Any], role: str) -> type[BaseModel]:
+    if not (inspect.isclass(hint) and issubclass(hint, BaseModel)):
+        raise ConfigurationError(f"@tool {function.__name__!r}: annotate its {role} with a pydantic model")
+    return hint
+
+
 @overload
 def tool(function: Callable[..., Awaitable[Any]], /) -> Tool[Any, Any]: ...
 
@@ -112,11 +118,8 @@ def tool(function: Callable[..., Awaitable[Any]] | None = None, /, *, name: str 
             raise ConfigurationError(f"@tool needs an async function; {function.__name__!r} is not one")
         hints = typing.get_type_hints(function)
         parameters = list(inspect.signature(function).parameters)
-        input_model = hints.get(parameters[0]) if parameters else None
-        output_model = hints.get("return")
-        for role, model in (("first argument", input_model), ("return value", output_model)):
-            if not (inspect.isclass(model) and issubclass(model, BaseModel)):
-                raise ConfigurationError(f"@tool {function.__name__!r}: annotate its {role} with a pydantic model")
+        input_model = _pydantic_model(hints.get(parameters[0]) if parameters else None, function, "first argument")
+        output_model = _pydantic_model(hints.get("return"), function, "return value")
         if len(parameters) > 2:
             raise ConfigurationError(f"@tool {function.__name__!r}: takes (arguments[, context]) only")
         takes_context = len(parameters) == 2

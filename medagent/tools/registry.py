@@ -174,7 +174,8 @@ class ToolRegistry:
                 raise InvalidToolArguments("arguments are nested too deeply") from None
         if not isinstance(arguments, dict):
             raise InvalidToolArguments("arguments must be a JSON object")
-        unexpected = sorted(set(arguments) - _argument_names(tool.input_model))
+        model: type[BaseModel] = tool.input_model  # a Tool[Any, Any]'s model, as the class it is
+        unexpected = sorted(set(arguments) - _argument_names(model))
         if unexpected:  # the exported schema forbids extra keys; enforce it whatever the model's config
             raise InvalidToolArguments(f"`{_shown(unexpected[0])}` is not an argument of this tool", tool=name)
         try:
