@@ -201,7 +201,7 @@ class CxrClassifier(Expert[ImageRecord, Classification]):
             try:
                 tensors.append(self.preprocess(record, state["resolution"]))
                 positions.append(index)
-            except Exception as exc:  # a bad item fails alone
+            except Exception as exc:  # noqa: BLE001 - one bad item fails alone, returned in its slot
                 results[index] = exc
         if tensors:
             batch = torch.from_numpy(np.stack(tensors)).to(loaded.provenance.device)
