@@ -117,7 +117,8 @@ def test_a_structured_planner_gets_a_corrective_retry_under_the_same_schema(
 
     config = PlannerConfig(endpoint="scripted://", model="scripted", tool_calling="structured")
     planner = ScriptedPlanner(script, config=config)
-    monkeypatch.setattr(chat_cli, "_agent", lambda endpoint, model: Agent(AgentConfig(planner=config), planner=planner))
+    monkeypatch.setattr(chat_cli, "_agent",
+                        lambda endpoint, model, backend: Agent(AgentConfig(planner=config), planner=planner))
     result = CliRunner().invoke(app, ["chat", "--image", str(nih_images[0]), "--modality", "DX"],
                                 input="Where are the lungs?\n")
     assert result.exit_code == 0, result.output
@@ -143,11 +144,14 @@ def test_tools_marks_ready_tools_missing_weights_missing_packages_and_what_is_of
     status = {name: (state, rest) for name, state, rest in TOOL_LINE.findall(out)}
     from medagent.tools.builtin import Toolbox
 
-    assert set(status) == set(Toolbox().registry.names())
+    toolbox = Toolbox()
+    assert set(status) == set(toolbox.registry.names()) | {"search_reports", "find_similar_images"}
     assert status["locate_lungs"] == ("ready", " · offered for the attached images")
     assert status["read_dicom_header"] == ("ready", " · not offered (no attached image suits it)")
     assert status["classify_chest_xray"][0] == "not ready" and "weights missing" in status["classify_chest_xray"][1]
-    assert status["search_reports"][0] == "not ready" and "missing package faiss" in status["search_reports"][1]
+    for name in ("search_reports", "find_similar_images"):  # faiss is missing: unavailable, with the fix
+        assert status[name][0] == "not ready" and "not installed: faiss" in status[name][1], status[name]
+        assert "pip install 'medagent[experts]'" in status[name][1]
 
 
 def test_unknown_slash_commands_are_refused_and_never_reach_the_planner(home: Path) -> None:

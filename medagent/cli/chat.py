@@ -165,7 +165,7 @@ async def _attach_command(session: Any, arguments: str, default_modality: str | 
 async def _tools_command(agent: Any, session: Any) -> None:
     toolbox = agent.toolbox
     offered = set(toolbox.offered_tools(toolbox.image_summaries(await session.image_ids())))
-    for line in tools_lines(toolbox.registry.tools(), offered):
+    for line in tools_lines(toolbox.registry.tools(), offered, toolbox.unavailable):
         console.print(line, soft_wrap=True)
 
 

