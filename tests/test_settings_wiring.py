@@ -80,9 +80,9 @@ def test_a_case_dataset_writes_embedded_images_with_the_callers_home_and_key(
 def test_weight_files_are_searched_in_weight_dirs_order_and_a_missing_one_names_every_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from medagent.errors import WeightsUnavailable
-    from medagent.experts.cxr_classifier import DEFAULT_WEIGHTS_FILE
     from medagent.experts.cxr_anatomy import WEIGHTS_FILE
-    from medagent.experts.suite import ExpertSuite
+    from medagent.experts.cxr_classifier import DEFAULT_WEIGHTS_FILE
+    from medagent.tools.suite import ExpertSuite
 
     monkeypatch.setenv("MEDAGENT_WEIGHTS_DIR", str(tmp_path / "mine"))
     settings = Settings(home=tmp_path / "home", xrv_cache_dir=tmp_path / "xrv")
@@ -113,9 +113,9 @@ async def test_the_classifier_loads_the_file_found_in_the_weights_dir(tmp_path: 
     import torchxrayvision as xrv
 
     from medagent.experts.cxr_classifier import DEFAULT_WEIGHTS_FILE
-    from medagent.experts.suite import ExpertSuite
     from medagent.imaging import ImageLoader
     from medagent.runtime.weights import sha256_file
+    from medagent.tools.suite import ExpertSuite
 
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -147,9 +147,8 @@ def test_every_settings_field_changes_the_parts_built_from_it(tmp_path: Path,
     from medagent.imaging.limits import ImageLimits
     from medagent.retrieval.documents import EmbedderInfo, IndexManifest
     from medagent.retrieval.index import MANIFEST_FILE
-    from medagent.tools.builtin import Toolbox
-
     from medagent.runtime.cache import shared_cache
+    from medagent.tools.builtin import Toolbox
 
     monkeypatch.delenv("MEDAGENT_DEID_SECRET", raising=False)
     shared_cache()  # another session of this process already made a cache of the default size

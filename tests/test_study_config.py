@@ -354,9 +354,9 @@ def test_manifest_errors_name_row_and_column_not_values(tmp_path: Path, nih_imag
 
 
 def test_builtin_tool_names_match_the_registry(settings: object) -> None:
-    from medagent.experts.suite import ExpertSuite
     from medagent.studies import BUILTIN_TOOL_NAMES
     from medagent.tools.builtin import build_registry
+    from medagent.tools.suite import ExpertSuite
 
     registry = build_registry(ExpertSuite.from_settings(settings))  # type: ignore[arg-type]
     assert sorted(tool.name for tool in registry.tools()) == sorted(BUILTIN_TOOL_NAMES)

@@ -213,28 +213,37 @@ def _role_schemas() -> list[dict[str, Any]]:
 
 
 async def _every_schema_compiles(url: str, config: PlannerConfig, entries: list[dict[str, Any]]) -> None:
-    """Each entry alone and all together, as native tools (auto, and named so the server must build its
-    grammar) and as the structured step schema; every request must complete."""
+    """All entries together, as the structured step schema and as native tools (``auto``, and ``required`` so the
+    server must build the grammar of every tool's arguments), plus the dialogue roles' schemas; every request must
+    complete. A grammar holding every tool compiles only if each tool's does, so one request per form covers them
+    all (grammar compilation is what a CPU vLLM server spends its time on); when one fails, each tool is tried
+    alone so the failure names the tool."""
     from medagent.agents.openai_backend import OpenAICompatiblePlanner
 
     planner = OpenAICompatiblePlanner(config, endpoint=url)
     model = await planner.served_model()
+
+    async def compiles(client: httpx.AsyncClient, group: list[dict[str, Any]]) -> None:
+        names = [entry["function"]["name"] for entry in group]
+        turn = await planner.complete(MESSAGES, response_schema=structured_step_schema(group))
+        assert turn.finish_reason in ("stop", "length"), names
+        turn = await planner.complete(MESSAGES, tools=group, tool_choice="auto")
+        assert turn.finish_reason in ("stop", "length", "tool_calls"), names
+        response = await client.post(f"{url}/chat/completions", json={
+            "model": model, "messages": MESSAGES, "tools": group, "tool_choice": "required",
+            "max_tokens": config.max_tokens, "temperature": 0})
+        assert response.status_code == 200 and response.json()["choices"], (names, response.text[:500])
+
     try:
         for schema in _role_schemas():  # the dialogue roles' constrained replies too
             assert (await planner.complete(MESSAGES, response_schema=schema)).finish_reason in ("stop", "length")
         async with httpx.AsyncClient(timeout=config.read_timeout_s) as client:
-            for group in [[entry] for entry in entries] + [entries]:
-                names = [entry["function"]["name"] for entry in group]
-                turn = await planner.complete(MESSAGES, response_schema=structured_step_schema(group))
-                assert turn.finish_reason in ("stop", "length"), names
-                turn = await planner.complete(MESSAGES, tools=group, tool_choice="auto")
-                assert turn.finish_reason in ("stop", "length", "tool_calls"), names
-                for entry in group if len(group) == 1 else []:
-                    named = {"type": "function", "function": {"name": entry["function"]["name"]}}
-                    response = await client.post(f"{url}/chat/completions", json={
-                        "model": model, "messages": MESSAGES, "tools": [entry], "tool_choice": named,
-                        "max_tokens": config.max_tokens, "temperature": 0})
-                    assert response.status_code == 200 and response.json()["choices"], (names, response.text[:500])
+            try:
+                await compiles(client, entries)
+            except (AssertionError, MedagentError):
+                for entry in entries:  # name the tool whose schema the server refuses
+                    await compiles(client, [entry])
+                raise
     finally:
         await planner.aclose()
 

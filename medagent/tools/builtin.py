@@ -16,7 +16,6 @@ from medagent.experts.cxr_detect import with_detected_modality
 from medagent.experts.dicom_header import DicomHeader
 from medagent.experts.lungs import LungLocalization
 from medagent.experts.quality import QualityReport
-from medagent.experts.suite import TEXT_EMBEDDER_MODULES, ExpertSuite, installed
 from medagent.imaging import Deidentifier, ImageLoader, Modality, load_or_create_secret
 from medagent.imaging.overlay import boxes_overlay_png
 from medagent.runtime.expert import Expert
@@ -27,6 +26,7 @@ from medagent.tools.registry import ToolRegistry, reads_images
 from medagent.tools.retrieval_tools import retrieval_tools
 from medagent.tools.segmentation_tools import segmentation_tools
 from medagent.tools.spec import Tool, ToolContext, ToolPolicy
+from medagent.tools.suite import TEXT_EMBEDDER_MODULES, ExpertSuite, installed
 from medagent.tools.temporal_tools import compare_studies_tool
 from medagent.tools.volume_tools import volume_tools
 

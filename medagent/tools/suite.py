@@ -1,4 +1,5 @@
-"""The experts a process uses, built from settings. Construction loads nothing and imports no optional package."""
+"""The built-in experts and retrievers a toolbox wires into tools, built from settings. Construction loads
+nothing and imports no optional package."""
 
 from __future__ import annotations
 
