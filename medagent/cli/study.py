@@ -56,9 +56,10 @@ def run(
     from medagent.config import Settings
     from medagent.runtime.untrained import NOTICE, weights_are_untrained
     from medagent.store import StudyStore
-    from medagent.studies import load_study, with_dataset
+    from medagent.studies import BUILTIN_TOOL_NAMES, load_study, with_dataset
     from medagent.studies.components import DEFAULT_ALLOWED_PREFIXES
     from medagent.studies.runner import run_study
+    from medagent.tools.builtin import Toolbox
 
     last: dict[str, int] = {}
     failed_codes: Counter[str] = Counter()
@@ -66,9 +67,17 @@ def run(
 
     async def go() -> str:
         settings = Settings()
+        # built once: the names of its plugin tools are what the study may name, and then it runs the study
+        toolbox = Toolbox(settings)
+        try:
+            return await validate_and_run(settings, toolbox)
+        finally:
+            toolbox.close()
+
+    async def validate_and_run(settings: Settings, toolbox: Toolbox) -> str:
         prefixes = (*DEFAULT_ALLOWED_PREFIXES, *(prefix.rstrip(".") + "." for prefix in allow_target or []))
-        config = load_study(study, known_tools=_known_tools(settings), allowed_prefixes=prefixes,
-                            allow_any_target=allow_any_target)
+        config = load_study(study, known_tools=[*BUILTIN_TOOL_NAMES, *toolbox.plugin_tools],
+                            allowed_prefixes=prefixes, allow_any_target=allow_any_target)
         if dataset is not None:
             config = with_dataset(config, dataset)
         store = StudyStore.open(store_url or config.store.url, settings.home)
@@ -83,7 +92,7 @@ def run(
             try:
                 async for event in run_study(config, store=store, settings=settings, run_id=chosen,
                                              resume=resume is not None, retry_failed=retry_failed is not None,
-                                             force=force, limit=limit):
+                                             force=force, limit=limit, toolbox=toolbox):
                     chosen = event.run_id
                     elapsed = max(asyncio.get_running_loop().time() - started, 1e-6)
                     rate = f"{(event.done - event.skipped) / elapsed:.2f} cases/s"
@@ -113,18 +122,6 @@ def run(
     if untrained:
         console.print(f"[bold red]{escape(NOTICE)}[/] (experts: {escape(', '.join(sorted(untrained)))})",
                       soft_wrap=True)
-
-
-def _known_tools(settings: Settings) -> list[str]:
-    """The tool names a study may use: the built-in ones and those of installed plugins (entry-point group
-    medagent.experts). A broken plugin's tools stay unknown; ``medagent experts list`` says why."""
-    from medagent.studies import BUILTIN_TOOL_NAMES
-    from medagent.tools.plugin import discover_plugins
-
-    found = discover_plugins(settings)[0] if settings.plugins else []
-    for _, tool in found:
-        tool.close()
-    return [*BUILTIN_TOOL_NAMES, *(tool.name for _, tool in found)]
 
 
 def _codes(counts: Counter[str]) -> str:

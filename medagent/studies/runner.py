@@ -339,16 +339,19 @@ class StudyRunner:
 
 async def run_study(config: StudyConfig, *, store: StudyStore | None = None, settings: Settings | None = None,
                     run_id: str | None = None, resume: bool = False, retry_failed: bool = False,
-                    force: bool = False, limit: int | None = None) -> AsyncIterator[StudyProgress]:
-    """The library entry point: typed progress events while the study runs."""
+                    force: bool = False, limit: int | None = None,
+                    toolbox: Toolbox | None = None) -> AsyncIterator[StudyProgress]:
+    """The library entry point: typed progress events while the study runs. ``toolbox``: one the caller built
+    (and closes), e.g. the one whose plugin tools it validated the study against."""
     settings = settings or Settings()
     own_store = store is None
     store = store or StudyStore.open(config.store.url, settings.home)
-    runner = StudyRunner(config, store, settings)
+    runner = StudyRunner(config, store, settings, toolbox)
     try:
         async for event in runner.run(run_id, resume=resume, retry_failed=retry_failed, force=force, limit=limit):
             yield event
     finally:
-        runner.toolbox.close()
+        if toolbox is None:
+            runner.toolbox.close()
         if own_store:
             store.close()
