@@ -19,6 +19,7 @@ from medagent.agents.planner import Planner, PlannerConfig
 from medagent.agents.pool import PlannerPool
 from medagent.config import Settings
 from medagent.errors import ConfigurationError, ExpertToolsMismatch
+from medagent.families.registry import configured_tools
 from medagent.tools.builtin import Toolbox
 from medagent.tools.plugin import tools_from
 from medagent.tools.spec import Tool
@@ -46,6 +47,8 @@ class Assembly:
     def toolbox(self) -> Toolbox:
         if self._toolbox is None:
             self._toolbox = Toolbox(self.settings, tools=self._tools, plugins=self._plugins)
+            # the family cards the settings configure are the user's own experts: offered with or without plugins
+            self._toolbox.register_provided(*configured_tools(self.settings))
         return self._toolbox
 
     def add_tools(self, tools: Iterable[Tool[Any, Any]]) -> None:

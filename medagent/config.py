@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     image_index_dir: Path | None = Field(default=None, description="image index; default <home>/indexes/images")
     image_encoder_dir: Path | None = Field(
         default=None, description="folder of a RAD-DINO-style encoder, for image indexes built with it")
+    expert_cards: list[Path] = Field(
+        default_factory=list, max_length=64,
+        description="family cards (YAML/JSON) to offer as experts, besides those in <home>/experts/; "
+                    "MEDAGENT_EXPERT_CARDS takes a JSON list")
     grounding_model_dir: Path | None = Field(
         default=None, description="folder of a transformers grounding model (phrase -> boxes); none by default")
     deid_secret: SecretStr | None = Field(
@@ -74,6 +78,11 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
+
+    @property
+    def experts_dir(self) -> Path:
+        """Family cards placed here are offered as experts (sorted by file name)."""
+        return self.home / "experts"
 
     @property
     def bundle_dir(self) -> Path:

@@ -139,6 +139,7 @@ async def test_the_classifier_loads_the_file_found_in_the_weights_dir(tmp_path: 
 TESTED_ELSEWHERE = {
     "send_burned_in_images": "tests/test_phi_at_rest.py (burned-in images withheld from the planner)",
     "plugins": "tests/test_plugin_api.py (entry-point tools offered or not)",
+    "expert_cards": "tests/test_family_cards.py (the cards it names become tools)",
 }
 
 
@@ -165,7 +166,7 @@ def test_every_settings_field_changes_the_parts_built_from_it(tmp_path: Path,
         "send_burned_in_images": True, "bundles_dir": tmp_path / "bundles", "volume_bundle": "my_bundle",
         "text_index_dir": tmp_path / "text-index", "image_index_dir": image_index,
         "image_encoder_dir": tmp_path / "encoder", "grounding_model_dir": tmp_path / "grounder",
-        "deid_secret": OTHER_SECRET,
+        "deid_secret": OTHER_SECRET, "expert_cards": [tmp_path / "card.yaml"],
     }
     settings = Settings(**values)  # type: ignore[arg-type]
     toolbox = Toolbox(settings)

@@ -53,6 +53,7 @@ def run(
     package: a study file is data, and importing a module runs its code."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from medagent.assembly import Assembly
     from medagent.config import Settings
     from medagent.runtime.untrained import NOTICE, weights_are_untrained
     from medagent.store import StudyStore
@@ -67,12 +68,9 @@ def run(
 
     async def go() -> str:
         settings = Settings()
-        # built once: the names of its plugin tools are what the study may name, and then it runs the study
-        toolbox = Toolbox(settings)
-        try:
-            return await validate_and_run(settings, toolbox)
-        finally:
-            toolbox.close()
+        # built once: the names of its plugin and family-card tools are what the study may name, then it runs it
+        async with Assembly(settings) as root:
+            return await validate_and_run(settings, root.toolbox)
 
     async def validate_and_run(settings: Settings, toolbox: Toolbox) -> str:
         prefixes = (*DEFAULT_ALLOWED_PREFIXES, *(prefix.rstrip(".") + "." for prefix in allow_target or []))

@@ -111,7 +111,7 @@ class Toolbox:
         self.experts = experts or ExpertSuite.from_settings(self.settings)
         self.registry = build_registry(self.experts, tools)
         self.unavailable: list[UnavailableTool] = missing_builtins()
-        self.plugin_tools: dict[str, str] = {}  # tool name -> the plugin (entry point) that provided it
+        self.plugin_tools: dict[str, str] = {}  # tool name -> the plugin (entry point) or family card providing it
         if self.settings.plugins if plugins is None else plugins:
             self._register_plugins()
         # artifacts are content-addressed, so an id's summary and the tools that suit it never change
@@ -122,7 +122,11 @@ class Toolbox:
         self._attach_lock = threading.Lock()
 
     def _register_plugins(self) -> None:
-        found, broken = discover_plugins(self.settings)
+        self.register_provided(*discover_plugins(self.settings))
+
+    def register_provided(self, found: list[tuple[str, Tool[Any, Any]]], broken: list[UnavailableTool]) -> None:
+        """Tools a source provided, as (source, tool), and the sources that failed: a tool never takes a name
+        already registered (it is listed unavailable and closed instead)."""
         self.unavailable += broken
         for source, item in found:
             if item.name in self.registry:  # a built-in or the user's own tool keeps its name
