@@ -209,6 +209,12 @@ class ExpertToolsMismatch(ComponentContract):
     code = "expert_tools_mismatch"
 
 
+class LinearHeadMismatch(ConfigurationError):
+    """A card's linear-probe file does not fit its model and labels (tensor names or shapes)."""
+
+    code = "linear_head_mismatch"
+
+
 # -- family 4: infrastructure --------------------------------------------------------
 
 
