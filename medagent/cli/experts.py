@@ -14,6 +14,7 @@ from rich.table import Table
 
 from medagent.cli.terminal import safe
 from medagent.errors import MedagentError, MissingDependency
+from medagent.families.registry import CARD_SOURCE
 
 console = Console()
 
@@ -88,12 +89,18 @@ def rows(toolbox: Any) -> list[dict[str, Any]]:
         if tool.name in builtin:
             continue
         plugin = toolbox.plugin_tools.get(tool.name)
-        found.append(_tool_row(tool, "plugin" if plugin else "user", plugin))
+        if plugin and plugin.startswith(CARD_SOURCE):  # a family card's instance: named by its card file
+            found.append(_tool_row(tool, "card", None) | {"card": plugin.removeprefix(CARD_SOURCE)})
+        else:
+            found.append(_tool_row(tool, "plugin" if plugin else "user", plugin))
     for item in toolbox.unavailable:
-        source = "builtin" if item.source == "builtin" else "plugin"
-        found.append({"name": item.name, "kind": "tool", "source": source, "available": False,
-                      "reason": item.reason, "hint": item.hint}
-                     | _plugin_fields(item.source if source == "plugin" else None))
+        row = {"name": item.name, "kind": "tool", "available": False, "reason": item.reason, "hint": item.hint}
+        if item.source == "builtin":
+            found.append(row | {"source": "builtin"})
+        elif item.source.startswith(CARD_SOURCE):
+            found.append(row | {"source": "card", "card": item.source.removeprefix(CARD_SOURCE)})
+        else:
+            found.append(row | {"source": "plugin"} | _plugin_fields(item.source))
     return found
 
 
@@ -109,6 +116,8 @@ def _weights_text(row: dict[str, Any]) -> str:
 
 
 def _origin(row: dict[str, Any]) -> str:
+    if row.get("card"):
+        return f"card {row['card']}"
     return f"plugin {row.get('package') or row['plugin']}" if row.get("plugin") else row["source"]
 
 

@@ -28,6 +28,7 @@ FAMILY_BUILDERS: dict[str, str] = {
     "remote": "medagent.remote.client:tools",
 }
 MAX_CARDS = 64
+CARD_SOURCE = "card "  # a card's tools are recorded as provided by "card <file name>"
 CARD_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -77,7 +78,7 @@ def configured_tools(settings: Settings) -> tuple[list[tuple[str, Tool[Any, Any]
         try:
             tools = build_card(load_card(path), settings)
         except Exception as exc:  # noqa: BLE001 - a broken card is listed with its error; the rest still work
-            broken.append(UnavailableTool(name=path.stem, reason=_reason(exc), source=f"card {path.name}"))
+            broken.append(UnavailableTool(name=path.stem, reason=_reason(exc), source=CARD_SOURCE + path.name))
             continue
-        found += [(f"card {path.name}", item) for item in tools]
+        found += [(CARD_SOURCE + path.name, item) for item in tools]
     return found, broken
