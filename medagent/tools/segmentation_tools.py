@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,7 +16,7 @@ from medagent.experts.segmentation import Segmentation
 from medagent.imaging.mask_overlay import masks_overlay_png
 from medagent.imaging.record import ImageRecord
 from medagent.runtime.expert import Expert
-from medagent.tools.artifacts import ArtifactKind
+from medagent.tools.artifacts import ArtifactKind, ArtifactStore
 from medagent.tools.spec import ImageId, Tool, ToolContext, ToolPolicy
 
 MASK_MEDIA_TYPE = "application/x-npz"
@@ -60,6 +60,25 @@ def _encode(result: Segmentation, image: ImageRecord) -> tuple[bytes, bytes]:
     return masks_npz(masks), masks_overlay_png(image.as_2d(), masks)
 
 
+SegmentationT = TypeVar("SegmentationT", bound=Segmentation)
+
+
+async def store_masks(result: SegmentationT, image: ImageRecord, image_id: str, artifacts: ArtifactStore,
+                      name: str) -> SegmentationT:
+    """``result`` with its masks stored as an NPZ and an overlay PNG (``mask_id``, ``overlay_id`` set)."""
+    # compressing masks and encoding the PNG take long enough to stall the event loop
+    npz, png = await asyncio.to_thread(_encode, result, image)
+    provenance = result.provenance.model_dump()
+    shared: dict[str, Any] = {"source": image_id, "labels": result.labels(),
+                              "shape": [result.image_height, result.image_width]}
+    mask = artifacts.put_bytes(npz, ArtifactKind.MASK, MASK_MEDIA_TYPE, ".npz",
+                               metadata={**shared, "format": "npz of boolean arrays keyed by label"},
+                               provenance=provenance)
+    overlay = artifacts.put_png(png, ArtifactKind.OVERLAY, metadata={**shared, "shows": f"{name} masks"},
+                                provenance=provenance)
+    return result.model_copy(update={"mask_id": mask.id, "overlay_id": overlay.id})
+
+
 def _segmentation_tool(name: str, expert: Expert[ImageRecord, Segmentation], valid: list[str],
                        policy: ToolPolicy) -> Tool[SegmentationInput, Segmentation]:
     async def run(arguments: SegmentationInput, context: ToolContext) -> Segmentation:
@@ -67,17 +86,7 @@ def _segmentation_tool(name: str, expert: Expert[ImageRecord, Segmentation], val
         image = context.load_image(arguments.image_id)
         expert.card.check_image(image, expert.name)  # a precondition failure before any weights are needed
         result = (await expert(image)).restricted_to(wanted)
-        # compressing masks and encoding the PNG take long enough to stall the event loop
-        npz, png = await asyncio.to_thread(_encode, result, image)
-        provenance = result.provenance.model_dump()
-        shared: dict[str, Any] = {"source": arguments.image_id, "labels": result.labels(),
-                                  "shape": [result.image_height, result.image_width]}
-        mask = context.artifacts.put_bytes(npz, ArtifactKind.MASK, MASK_MEDIA_TYPE, ".npz",
-                                           metadata={**shared, "format": "npz of boolean arrays keyed by label"},
-                                           provenance=provenance)
-        overlay = context.artifacts.put_png(png, ArtifactKind.OVERLAY,
-                                            metadata={**shared, "shows": f"{name} masks"}, provenance=provenance)
-        return result.model_copy(update={"mask_id": mask.id, "overlay_id": overlay.id})
+        return await store_masks(result, image, arguments.image_id, context.artifacts, name)
 
     return Tool(name=name, card=expert.card, input_model=SegmentationInput, output_model=Segmentation, run=run,
                 policy=policy, ready=expert.ready)
