@@ -81,8 +81,10 @@ class ModelFolder:
         import torch
         import transformers
 
+        untrained = self.card.untrained_test_only  # random test weights are no published checkpoint: no hash
         return Provenance(expert=self.expert, model_id=model_id or self.card.model_id or self.path.name,
-                          weights_sha256=self.weights_sha256(), device=device, untrained=self.card.untrained_test_only,
+                          weights_sha256=None if untrained else self.weights_sha256(), device=device,
+                          untrained=untrained,
                           library_versions={"transformers": transformers.__version__, "torch": torch.__version__})
 
     def load(self, model_class: str, processor_class: str = "AutoProcessor", *,
