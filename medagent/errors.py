@@ -287,4 +287,11 @@ class PlannerMisbehaved(InfrastructureError):
     code = "planner_misbehaved"
 
 
+class SpecialistFailed(InfrastructureError):
+    """A specialist model's server (``specialist_vlm`` family) could not be reached, refused the request or sent
+    a malformed, cut-off or oversized answer; ``cause`` is the wire-level code."""
+
+    code = "specialist_failed"
+
+
 __all__ = [name for name, value in globals().items() if isinstance(value, type) and issubclass(value, Exception)]

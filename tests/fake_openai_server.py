@@ -127,7 +127,8 @@ class FakeOpenAIServer:
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length", 0))
                 request = json.loads(self.rfile.read(length) or b"{}")
-                server.requests.append({"path": self.path, "body": request, "time": time.monotonic()})
+                server.requests.append({"path": self.path, "body": request, "time": time.monotonic(),
+                                        "authorization": self.headers.get("Authorization")})
                 behaviour = server._next()
                 if behaviour.kind == "slow":
                     with server._lock:

@@ -117,8 +117,11 @@ class SpecialistCard(CardBase):
     accepts_images: bool = Field(default=False, description="whether the served model reads images")
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,63}$",
                                     description="environment variable holding the API key (never the key itself)")
-    max_tokens: int = Field(default=512, ge=1, le=8192)
+    max_tokens: int = Field(default=512, ge=1, le=8192, description="per answer; the answer read is capped at "
+                                                                   "max(1024, 16 x max_tokens) characters")
     report_prompt: _Text = "Write a radiology report (findings and impression) for this image."
+    image_max_side: int = Field(default=512, ge=64, le=2048,
+                                description="the display image is downscaled to fit this many pixels a side")
 
 
 class RemoteCard(CardBase):

@@ -17,6 +17,7 @@ from medagent.experts.dicom_header import DicomHeader
 from medagent.experts.lungs import LungLocalization
 from medagent.experts.quality import QualityReport
 from medagent.imaging import Deidentifier, ImageLoader, Modality, load_or_create_secret
+from medagent.imaging.data_url import display_data_url, shows_burned_in_text
 from medagent.imaging.overlay import boxes_overlay_png
 from medagent.runtime.expert import Expert
 from medagent.tools.artifacts import Artifact, ArtifactKind, ArtifactStore
@@ -202,22 +203,10 @@ class Toolbox:
         return result
 
     def _burned_in(self, image_id: str) -> bool:
-        deid = self.store.load_image(image_id).deid
-        return deid is not None and deid.burned_in_annotation is True
+        return shows_burned_in_text(self.store.load_image(image_id))
 
     def image_data_url(self, image_id: str, max_side: int = 512) -> str:
-        import base64
-        import io
-
-        import numpy as np
-        from PIL import Image
-
-        view = self.store.load_image(image_id).as_2d()
-        picture = Image.fromarray((np.clip(view, 0, 1) * 255).astype(np.uint8), mode="L")
-        picture.thumbnail((max_side, max_side))
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        return display_data_url(self.store.load_image(image_id), max_side)
 
     def close(self) -> None:
         for item in self.registry.tools():
