@@ -71,6 +71,9 @@ def build(
     kind: Annotated[str | None, typer.Option("--kind", help="text or image (default: from the corpus).")] = None,
     embedder: Annotated[str, typer.Option(help="Image embedder: classical (weightless) or rad-dino.")] = "classical",
     encoder_dir: Annotated[Path | None, typer.Option(help="Folder of the rad-dino files.")] = None,
+    card: Annotated[Path | None, typer.Option(help="An image_text_retrieval card: index the image CSV's images "
+                                                   "and reports with its SigLIP/CLIP towers (image -> report, "
+                                                   "text -> image search).")] = None,
     source: Annotated[str | None, typer.Option(help="Source to record where a document names none.")] = None,
     license_: Annotated[str, typer.Option("--license", help="Licence to record where a document names none.")]
     = "unspecified",
@@ -86,6 +89,9 @@ def build(
     if chosen not in ("text", "image"):
         raise typer.BadParameter("--kind is text or image")
     try:
+        if card is not None:
+            _image_text_index(corpus, card, out, source, license_, modality, as_json)
+            return
         if chosen == "text":
             documents = read_text_corpus(corpus, source=source, license=license_)
             _quiet_model_loading()
@@ -112,6 +118,30 @@ def build(
         codes = ", ".join(f"#{s.position} {s.code}" for s in report.skipped[:10])
         console.print(f"[yellow]skipped[/] {len(report.skipped)} unreadable ({codes or 'none'}), "
                       f"{report.duplicates} duplicates")
+
+
+def _image_text_index(corpus: Path, card_file: Path, out: Path, source: str | None, license_: str,
+                      modality: str | None, as_json: bool) -> None:
+    from medagent.config import Settings
+    from medagent.families.card import load_card
+    from medagent.families.image_text import ImageTextEncoder, build_image_text_index, check_card
+    from medagent.retrieval.corpus import read_image_manifest
+
+    card = check_card(load_card(card_file))
+    if card.untrained_test_only and not Settings().allow_untrained_test_only:
+        raise typer.BadParameter("the card's untrained_test_only needs MEDAGENT_ALLOW_UNTRAINED_TEST_ONLY=1")
+    entries = read_image_manifest(corpus)
+    _quiet_model_loading()
+    progress, advance = _progress("embedding images and reports", len(entries))
+    with progress:
+        report = build_image_text_index(entries, _loader(), ImageTextEncoder(card, device=Settings().device), out,
+                                        source=source or "local image collection", license=license_,
+                                        modality=modality, progress=advance)
+    if as_json:
+        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+        return
+    console.print(f"[green]indexed[/] {report.images.indexed} images and {report.reports.indexed} reports with "
+                  f"{report.images.embedder.name} ({report.images.embedder.dimension}-d) into {escape(str(out))}")
 
 
 @index_app.command("query")

@@ -105,7 +105,9 @@ class DetectionCard(FolderCard):
 class ImageTextCard(FolderCard):
     family: Literal["image_text_retrieval"]
     architecture: Literal["siglip", "clip"]
-    index: Path | None = Field(default=None, description="the index folder built with this encoder")
+    index: Path | None = Field(default=None, description="the index folder built with this encoder (`medagent "
+                                                         "index build --card`); default <home>/indexes/<name>; "
+                                                         "relative paths are relative to the card file")
 
 
 class SpecialistCard(CardBase):
@@ -153,6 +155,9 @@ def parse_card(data: object, *, source: str = "card", base_dir: Path | None = No
                               file=source, field=field) from None
     if isinstance(card, FolderCard) and base_dir is not None and not card.folder.expanduser().is_absolute():
         card = card.model_copy(update={"folder": (base_dir / card.folder).resolve()})
+    if isinstance(card, ImageTextCard) and card.index and base_dir is not None \
+            and not card.index.expanduser().is_absolute():
+        card = card.model_copy(update={"index": (base_dir / card.index).resolve()})
     return card
 
 

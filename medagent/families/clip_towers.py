@@ -135,8 +135,8 @@ def _transformers_towers(folder: ModelFolder, architecture: Literal["siglip", "c
             return _pooled(model.get_text_features(**inputs))
 
     bias = getattr(model, "logit_bias", None)  # SigLIP's learnt sigmoid bias; CLIP has none
-    return Towers(architecture, model, encode_images, encode_texts, float(model.logit_scale.exp()),
-                  float(bias) if bias is not None else 0.0, int(encode_texts(["x"]).shape[-1]),
+    return Towers(architecture, model, encode_images, encode_texts, float(model.logit_scale.detach().exp()),
+                  float(bias.detach()) if bias is not None else 0.0, int(encode_texts(["x"]).shape[-1]),
                   {"transformers": transformers.__version__, "torch": torch.__version__})
 
 
@@ -169,8 +169,8 @@ def _open_clip_towers(folder: ModelFolder, device: str) -> Towers:
 
     bias = getattr(model, "logit_bias", None)
     dimension = int(encode_texts(["x"]).shape[-1])
-    return Towers("open_clip", model, encode_images, encode_texts, float(model.logit_scale.exp()),
-                  float(bias) if bias is not None else 0.0, dimension,
+    return Towers("open_clip", model, encode_images, encode_texts, float(model.logit_scale.detach().exp()),
+                  float(bias.detach()) if bias is not None else 0.0, dimension,
                   {"open_clip": open_clip.__version__, "torch": torch.__version__})
 
 
