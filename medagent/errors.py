@@ -294,4 +294,41 @@ class SpecialistFailed(InfrastructureError):
     code = "specialist_failed"
 
 
+
+class RemoteExpertError(InfrastructureError):
+    """An expert service (``medagent expert serve``) failed to answer a call; the subclasses say how."""
+
+    code = "remote_expert"
+
+
+class RemoteExpertUnavailable(RemoteExpertError):
+    """The expert service could not be reached (refused, down) or said it cannot serve now (5xx)."""
+
+    code = "remote_unavailable"
+
+
+class RemoteExpertTimeout(RemoteExpertError):
+    """The expert service did not connect or answer within the card's timeouts."""
+
+    code = "remote_timeout"
+
+
+class RemoteExpertCrashed(RemoteExpertError):
+    """The connection to the expert service dropped while a call was in flight (the server died mid-call)."""
+
+    code = "remote_crashed"
+
+
+class RemoteProtocolMismatch(RemoteExpertError):
+    """The expert service speaks another protocol version than this medagent (upgrade one of the two)."""
+
+    code = "remote_protocol_mismatch"
+
+
+class RemoteResponseInvalid(RemoteExpertError):
+    """The expert service answered with something that is not a valid reply (bad JSON, too large, off-schema)."""
+
+    code = "remote_response_invalid"
+
+
 __all__ = [name for name, value in globals().items() if isinstance(value, type) and issubclass(value, Exception)]

@@ -12,6 +12,8 @@ class Provenance(BaseModel):
     device: str = "cpu"
     untrained: bool = Field(default=False, description="True when random (test-only) weights produced this result")
     library_versions: dict[str, str] = Field(default_factory=dict)
+    ran_on: str | None = Field(default=None, description="where it ran: the expert service's host:port "
+                               "(medagent expert serve); None in this process")
 
 
 class ExpertResult(BaseModel):

@@ -1,0 +1,161 @@
+"""The expert service: tools hosted in their own process (and virtual environment), answered over HTTP.
+
+:class:`ExpertService` holds the prediction logic and knows no web framework; :func:`create_app` is the thin
+FastAPI wiring (:mod:`medagent.remote.app`). A later scale-out hosts the same app under Ray Serve without rewriting it, the service built once
+per replica by Ray's app builder::
+
+    from ray import serve
+    from medagent.remote.app import create_app
+    Experts = serve.deployment(serve.ingress(lambda: create_app(ExpertService.from_sources(sources, Settings())))())
+    serve.run(Experts.bind())
+
+A batch request fans out into concurrent calls of the one invocation path (the tool's registry: validation,
+modality check, policy), so the expert runtime's micro-batcher runs them as one model batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medagent import __version__
+from medagent.config import Settings
+from medagent.errors import (
+    ConfigurationError,
+    ExpertCrashed,
+    MedagentError,
+    RemoteProtocolMismatch,
+    UnknownArtifact,
+)
+from medagent.imaging.limits import ImageLimits
+from medagent.imaging.record import ImageRecord
+from medagent.remote.payload import decode
+from medagent.remote.protocol import (
+    MAX_ITEMS,
+    MAX_MESSAGE,
+    MAX_REQUEST_BYTES,
+    PROTOCOL_VERSION,
+    BatchRequest,
+    BatchResponse,
+    CallItem,
+    Health,
+    ItemResult,
+    Readiness,
+    ServiceDescription,
+    ToolDescription,
+    WireError,
+    library_versions,
+)
+from medagent.tools.artifacts import ArtifactStore
+from medagent.tools.registry import ToolRegistry
+from medagent.tools.spec import Tool, ToolContext
+
+MAX_INFLIGHT_REQUESTS = 8  # batch requests read and answered at once: bounds the memory hostile clients can take
+
+
+@dataclass
+class PayloadContext(ToolContext):
+    """A call's context on the service: the images that came with it, nothing else."""
+
+    records: dict[str, ImageRecord] = field(default_factory=dict)
+
+    def load_image(self, image_id: str) -> ImageRecord:
+        if image_id not in self.records:
+            raise UnknownArtifact(f"image {image_id!r} was not sent with this call")
+        return self.records[image_id]
+
+
+def wire_error(error: BaseException) -> WireError:
+    """A typed error for the wire; anything untyped is a crash named by its type only (its text may quote input)."""
+    typed = error if isinstance(error, MedagentError) else ExpertCrashed(f"the tool failed ({type(error).__name__})")
+    text = "".join(ch if ch.isprintable() else " " for ch in typed.message)
+    return WireError(code=typed.code, family=typed.family, message=text[:MAX_MESSAGE])
+
+
+def _class_path(model: type[Any]) -> str | None:
+    qualname = getattr(model, "__qualname__", "")
+    return None if "<" in qualname else f"{model.__module__}:{qualname}"
+
+
+class ExpertService:
+    """Tools served to other processes: descriptions, readiness, health and batched typed predictions."""
+
+    def __init__(self, tools: list[Tool[Any, Any]], *, work_dir: Path | None = None,
+                 limits: ImageLimits | None = None, closers: list[Any] | None = None) -> None:
+        if not tools:
+            raise ConfigurationError("an expert service needs at least one tool")
+        self.registry = ToolRegistry(tools)  # the one invocation path: validation, policy, concurrency
+        self.limits = limits or ImageLimits()
+        self._scratch = tempfile.TemporaryDirectory(prefix="medagent-expert-") if work_dir is None else None
+        # what tools write (overlays, masks) stays on the service; results travel, artifacts do not
+        self.store = ArtifactStore((work_dir or Path(self._scratch.name)) / "artifacts")  # type: ignore[union-attr]
+        self.versions = {"medagent": __version__, **library_versions()}
+        self._closers = list(closers or [])
+        self.inflight = asyncio.Semaphore(MAX_INFLIGHT_REQUESTS)
+
+    @classmethod
+    def from_sources(cls, sources: list[str], settings: Settings) -> ExpertService:
+        from medagent.remote.sources import resolve
+
+        tools, closers = resolve(sources, settings)
+        return cls(tools, limits=settings.limits, closers=closers)
+
+    def describe(self) -> ServiceDescription:
+        tools = []
+        for tool in self.registry.tools():
+            tools.append(ToolDescription(
+                name=tool.name, card=tool.card.model_dump(mode="json"), policy=tool.policy.model_dump(mode="json"),
+                input_schema=tool.input_model.model_json_schema(), output_schema=tool.output_model.model_json_schema(mode="serialization"),
+                input_class=_class_path(tool.input_model), output_class=_class_path(tool.output_model),
+                ready=self._ready(tool)))
+        return ServiceDescription(protocol=PROTOCOL_VERSION, medagent=__version__, library_versions=self.versions,
+                                  max_items=MAX_ITEMS, max_request_bytes=MAX_REQUEST_BYTES, tools=tools)
+
+    def health(self) -> Health:
+        return Health(status="ok", protocol=PROTOCOL_VERSION, medagent=__version__,
+                      library_versions=self.versions, tools=len(self.registry.names()))
+
+    def readiness(self) -> Readiness:
+        states = {tool.name: self._ready(tool) for tool in self.registry.tools()}
+        return Readiness(protocol=PROTOCOL_VERSION, ready=all(states.values()), tools=states)
+
+    @staticmethod
+    def _ready(tool: Tool[Any, Any]) -> bool:
+        try:
+            return bool(tool.ready())
+        except Exception:  # noqa: BLE001 - a readiness check that fails means not ready, never a dead service
+            return False
+
+    async def predict(self, name: str, request: BatchRequest) -> BatchResponse:
+        """Every item of the batch at once (the expert runtime batches them); one result or typed error each."""
+        if request.protocol != PROTOCOL_VERSION:
+            raise RemoteProtocolMismatch(f"this service speaks protocol {PROTOCOL_VERSION}, the request "
+                                         f"{request.protocol}", expected=PROTOCOL_VERSION)
+        self.registry.get(name)  # UnknownTool for the whole request
+        results = await asyncio.gather(*(self._one(name, item) for item in request.items))
+        return BatchResponse(protocol=PROTOCOL_VERSION, items=list(results))
+
+    async def _one(self, name: str, item: CallItem) -> ItemResult:
+        try:
+            records = {key: decode(payload, self.limits) for key, payload in item.images.items()}
+            context = PayloadContext(artifacts=self.store, image_ids=list(records), records=records)
+            value = await self.registry.call(name, item.arguments, context)
+            output = value.model_dump(mode="json")
+        except Exception as exc:  # noqa: BLE001 - one item's failure is its own typed result, never the batch's
+            return ItemResult(ok=False, error=wire_error(exc))
+        provenance = output.get("provenance")
+        if isinstance(provenance, dict) and isinstance(provenance.get("library_versions"), dict):
+            for library, version in self.versions.items():  # what the service ran with, where the expert is silent
+                provenance["library_versions"].setdefault(library, version)
+        return ItemResult(ok=True, output=output)
+
+    def close(self) -> None:
+        for tool in self.registry.tools():
+            tool.close()
+        for closer in self._closers:
+            closer()
+        if self._scratch is not None:
+            self._scratch.cleanup()
