@@ -84,9 +84,10 @@ async def test_an_image_question_sends_the_deidentified_display_image_once_and_r
         tools = _tools(settings, server.url, api_key_env="VLM_KEY", image_max_side=64)
         ask = tools["vlm_ask"]
         # the card's modality check (MR is outside it), provenance and typed bad calls, through the registry
-        bad = [{"image_id": ids["dx"], "question": "q", "not_an_argument": 1},
-               {"image_id": "not-an-attached-image", "question": "q"},
-               {"image_id": ids["dx"], "question": "x" * (QUESTION_MAX_CHARS + 1)}, {"image_id": ids["dx"]}]
+        bad: list[dict[str, Any]] = [{"image_id": ids["dx"], "question": "q", "not_an_argument": 1},
+                                     {"image_id": "not-an-attached-image", "question": "q"},
+                                     {"image_id": ids["dx"], "question": "x" * (QUESTION_MAX_CHARS + 1)},
+                                     {"image_id": ids["dx"]}]
         await ToolConformance(ask, context, accepted=[ids["dx"]], refused=[ids["mr"]], bad_calls=bad,
                               arguments=lambda i: {"image_id": i, "question": "Is the heart enlarged?"}).verify()
         assert len(server.chat_requests()) == 1  # the accepted image only: refused and bad calls send nothing
