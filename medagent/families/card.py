@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, TypeAdapter, ValidationError, field_validator
 
 from medagent.cards import ModelCard
 from medagent.errors import ConfigurationError
@@ -92,6 +92,17 @@ class PromptableSegmentationCard(FolderCard):
     family: Literal["promptable_segmentation"]
     architecture: Literal["sam"] = "sam"
     mask_threshold: float = Field(default=0.0, ge=-50, le=50, description="on the mask logits")
+    box_source: Literal["lungs"] | Path | None = Field(
+        default=None, description="boxes for a chained tool: 'lungs' (the lung localizer; tool {name}_segment_lungs) "
+                                  "or a detection card file, relative to this card (tool {name}_segment_finding: "
+                                  "phrase -> the detector's boxes -> masks); none: {name}_segment only")
+
+    @field_validator("box_source")
+    @classmethod
+    def _a_card_file(cls, value: Literal["lungs"] | Path | None) -> Literal["lungs"] | Path | None:
+        if isinstance(value, Path) and value.suffix not in (".yaml", ".yml", ".json"):
+            raise ValueError("box_source is 'lungs' or a detection card file (.yaml, .yml or .json)")
+        return value
 
 
 class DetectionCard(FolderCard):
@@ -155,6 +166,9 @@ def parse_card(data: object, *, source: str = "card", base_dir: Path | None = No
                               file=source, field=field) from None
     if isinstance(card, FolderCard) and base_dir is not None and not card.folder.expanduser().is_absolute():
         card = card.model_copy(update={"folder": (base_dir / card.folder).resolve()})
+    if isinstance(card, PromptableSegmentationCard) and isinstance(card.box_source, Path) and base_dir is not None \
+            and not card.box_source.expanduser().is_absolute():
+        card = card.model_copy(update={"box_source": (base_dir / card.box_source).resolve()})
     if isinstance(card, ImageTextCard) and card.index and base_dir is not None \
             and not card.index.expanduser().is_absolute():
         card = card.model_copy(update={"index": (base_dir / card.index).resolve()})
