@@ -19,6 +19,7 @@ Role-aware keyword baselines (a patient answering from its facts, a doctor picki
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from medagent.agents.planner import PlannerConfig
@@ -98,13 +99,18 @@ def _arguments(tool: dict[str, Any], question: str, images: list[str]) -> dict[s
     return arguments
 
 
+def _names(tool: str, question: str) -> bool:
+    """Whether ``question`` names ``tool`` as a whole word: ``sam_segment`` is not named by ``sam_segment_lungs``."""
+    return re.search(rf"(?<![A-Za-z0-9_-]){re.escape(tool)}(?![A-Za-z0-9_-])", question) is not None
+
+
 def _next_call(request: PlannerRequest) -> ScriptResult | None:
     """The next tool call for the current question, or None when every chosen tool has answered."""
     images = request.image_ids()
     if not request.tools:
         return None
     start, question = _question(request)
-    named = [tool for tool in request.tools if tool["function"]["name"] in question]
+    named = [tool for tool in request.tools if _names(tool["function"]["name"], question)]
     chosen = named or ([t for t in request.tools if _image_only(t)] if images else [])
     called = {call["function"]["name"] for message in request.messages[start:]
               for call in message.get("tool_calls") or []}
