@@ -120,11 +120,17 @@ async def test_siglip_card_is_a_conformant_batched_expert_and_tool(folders: dict
 
 @pytest.mark.asyncio
 async def test_softmax_linear_head_and_a_head_of_the_wrong_shape(folders: dict[str, Path], world: Any,
-                                                                 test_settings: Settings) -> None:
+                                                                 test_settings: Settings,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     context, ids = world
     (clip,) = family_tools(test_settings, card=card(folders["clip"], architecture="clip", name="tinyclip2"))
     zero_shot = await _call(clip, context, ids["dx"])
     assert not zero_shot.multi_label and sum(zero_shot.label_probabilities().values()) == pytest.approx(1.0)
+    monkeypatch.setattr("medagent.families.clip_towers.TEXT_CHUNK", 4)  # 6 prompts in two text passes
+    (chunked,) = family_tools(test_settings, card=card(folders["clip"], architecture="clip", name="tinyclip3"))
+    assert (await _call(chunked, context, ids["dx"])).label_probabilities() == pytest.approx(
+        zero_shot.label_probabilities(), abs=1e-5)
+    chunked.close()
     (plain,) = family_tools(test_settings, card=card(folders["siglip"], multi_label=False))
     (probe,) = family_tools(test_settings, card=card(folders["siglip"], multi_label=False,
                                                      linear_head="head.safetensors"))

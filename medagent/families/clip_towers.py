@@ -27,6 +27,7 @@ TRANSFORMERS_CLASSES = {"siglip": "SiglipModel", "clip": "CLIPModel"}
 # open_clip's own preference among checkpoint names in a local folder (open_clip.factory._find_checkpoint_in_dir)
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                      "open_clip_pytorch_model.bin")
+TEXT_CHUNK = 256
 OPEN_CLIP_LAYOUT = ["open_clip_config.json (model_cfg and preprocess_cfg)",
                     "open_clip_pytorch_model.bin (or open_clip_model.safetensors)",
                     "tokenizer files when text_cfg names an hf_tokenizer_name (BiomedCLIP)"]
@@ -96,7 +97,10 @@ class Towers:
         return self._unit(self.encode_images([to_rgb(record) for record in records]))
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self._unit(self.encode_texts(list(texts)))
+        # in chunks: a card may hold 512 labels x 64 templates, far more prompts than one forward pass should take
+        chunks = [self._unit(self.encode_texts(list(texts[start:start + TEXT_CHUNK])))
+                  for start in range(0, len(texts), TEXT_CHUNK)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dimension), dtype=np.float32)
 
     @staticmethod
     def _unit(features: Any) -> np.ndarray:
