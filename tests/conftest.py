@@ -130,6 +130,42 @@ def store_url(request: pytest.FixtureRequest) -> str | None:
     return server.rsplit("/", 1)[0] + "/" + name
 
 
+# Pinned older than .venv's on purpose: the remote-expert tests serve from this environment across the difference.
+CORE_VENV_PINS = ("numpy==2.3.5", "pydantic==2.13.5")
+
+
+@pytest.fixture(scope="session")
+def core_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ONE fresh venv for the session: `pip install medagent[serve] example-plugin` with the core dependencies only
+    (no torch) and :data:`CORE_VENV_PINS`, from copies of the sources (pip builds in the source folder, which must
+    never be the repository). pip's cache is reused; the package index must be reachable."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path_factory.mktemp("core-venv")
+    leftovers = shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "*.pyc")
+    source = root / "medagent-src"
+    shutil.copytree(REPO_ROOT / "medagent", source / "medagent", ignore=leftovers)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO_ROOT / name, source / name)
+    plugin = root / "plugin-src"
+    shutil.copytree(REPO_ROOT / "examples" / "medagent-example-plugin", plugin, ignore=leftovers)
+    venv = root / "venv"
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("PYTHONPATH", "VIRTUAL_ENV") and not key.startswith("MEDAGENT_")}
+    install = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+               f"{source}[serve]", str(plugin), *CORE_VENV_PINS]
+    result = subprocess.run(install, check=False, capture_output=True, text=True, env=environment, timeout=900,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, f"pip install exited {result.returncode}: {result.stderr[-3000:]}"
+    sys.stderr.write(f"\ncore venv created and installed in {time.perf_counter() - started:.0f} s\n")
+    return venv
+
+
 @pytest.fixture(scope="session")
 def vllm_url() -> Iterator[str]:
     """One real vLLM CPU server for the whole session: each start compiles for minutes on 2 cores."""

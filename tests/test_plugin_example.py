@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,18 +25,6 @@ INSTALL_HINT = "medagent-example-plugin[model]"
 CURB65 = {"confusion": True, "urea_mmol_per_l": 8.2, "respiratory_rate_per_min": 32, "systolic_bp_mmhg": 100,
           "diastolic_bp_mmhg": 70, "age_years": 71}
 _BUILD_LEFTOVERS = shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "*.pyc")
-
-
-def _sources(folder: Path) -> tuple[Path, Path]:
-    """Copies of medagent and the plugin to install from: pip builds in the source folder (build/, *.egg-info),
-    which must never be the repository."""
-    medagent = folder / "medagent-src"
-    shutil.copytree(REPO_ROOT / "medagent", medagent / "medagent", ignore=_BUILD_LEFTOVERS)
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(REPO_ROOT / name, medagent / name)
-    plugin = folder / "plugin-src"
-    shutil.copytree(PLUGIN, plugin, ignore=_BUILD_LEFTOVERS)
-    return medagent, plugin
 
 
 def _environment(home: Path, path: Path | None = None, **extra: str) -> dict[str, str]:
@@ -103,23 +90,7 @@ def test_experts_list_names_your_own_tools_and_survives_one_that_cannot_say_if_i
     assert listed["image_quality"]["available"] is True
 
 
-# -- a fresh virtual environment with medagent's core dependencies only ---------------------------------------
-
-
-@pytest.fixture(scope="module")
-def core_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ONE fresh venv for the module: `pip install medagent example-plugin`, no extras (pip's cache is reused;
-    the package index must be reachable). Its setup time is the cost of this test (pytest --durations)."""
-    root = tmp_path_factory.mktemp("core-venv")
-    medagent, plugin = _sources(root)
-    venv = root / "venv"
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    install = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-               str(medagent), str(plugin)]
-    _run(install, _environment(root / "home"), timeout=900)
-    sys.stderr.write(f"\ncore venv created and installed in {time.perf_counter() - started:.0f} s\n")
-    return venv
+# -- a fresh virtual environment with medagent's core dependencies only (tests/conftest.py: core_venv) --------
 
 
 @pytest.mark.slow

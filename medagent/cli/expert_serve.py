@@ -37,6 +37,6 @@ def serve(
     errors.print(f"serving {safe(names)} on http://{safe(host)}:{port}", soft_wrap=True)
     try:
         uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, limit_concurrency=MAX_CONNECTIONS,
-                    timeout_keep_alive=5, access_log=False)
+                    timeout_keep_alive=5, timeout_graceful_shutdown=5, access_log=False)
     finally:
         service.close()
