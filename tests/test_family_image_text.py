@@ -3,6 +3,7 @@ NIH chest X-rays and pydicom's CT with their reports; an image finds reports, a 
 
 from __future__ import annotations
 
+import asyncio
 import csv
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,10 @@ async def test_an_image_finds_reports_and_a_text_finds_images(built: dict[str, P
     assert found.provenance.untrained and found.provenance.expert == "tinysig"
     # the query image's own report is never among its neighbours; the others are, shortened
     assert found.excluded_self and "nih-1" not in {hit.doc_id for hit in found.hits} and found.hits
-    hits = await _call(images, context, {"query": "enlarged heart", "k_max": 5})
+    # concurrent calls share one model and tokenizer (the tool allows four at a time)
+    queries = ["enlarged heart", "pleural effusion", "clear lungs", "axial slice"]
+    hits, *others = await asyncio.gather(*(_call(images, context, {"query": q, "k_max": 5}) for q in queries))
+    assert all(other.hits for other in others)
     assert (hits.query_kind, hits.index_kind) == ("text", "image")
     assert {hit.doc_id for hit in hits.hits} <= {"nih-1", "nih-2", "ct-1"} and hits.hits
     assert all(hit.snippet is None or len(hit.snippet) <= SNIPPET_CHARS for hit in hits.hits)

@@ -8,9 +8,10 @@ Nothing is fetched: transformers reads local files only, and open_clip reads ``l
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,14 +93,19 @@ class Towers:
     logit_bias: float
     dimension: int
     library_versions: dict[str, str]
+    # one caller at a time: a fast tokenizer shared across threads fails ("Already borrowed")
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def images(self, records: Sequence[ImageRecord]) -> np.ndarray:
-        return self._unit(self.encode_images([to_rgb(record) for record in records]))
+        pictures = [to_rgb(record) for record in records]
+        with self.lock:
+            return self._unit(self.encode_images(pictures))
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
         # in chunks: a card may hold 512 labels x 64 templates, far more prompts than one forward pass should take
-        chunks = [self._unit(self.encode_texts(list(texts[start:start + TEXT_CHUNK])))
-                  for start in range(0, len(texts), TEXT_CHUNK)]
+        with self.lock:
+            chunks = [self._unit(self.encode_texts(list(texts[start:start + TEXT_CHUNK])))
+                      for start in range(0, len(texts), TEXT_CHUNK)]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dimension), dtype=np.float32)
 
     @staticmethod
@@ -186,11 +192,11 @@ def load_towers(folder: ModelFolder, architecture: Architecture, device: str) ->
     return _transformers_towers(folder, architecture, device)
 
 
-def provenance(folder: ModelFolder, towers: Towers, device: str) -> Provenance:
+def provenance(folder: ModelFolder, towers: Towers, device: str, *, sha256: str | None = None) -> Provenance:
     """Who answered: untrained test weights claim no weights hash (they are no published checkpoint)."""
     untrained = folder.card.untrained_test_only
     return Provenance(expert=folder.expert, model_id=folder.card.model_id or folder.path.name,
-                      weights_sha256=None if untrained else folder.weights_sha256(), device=device,
+                      weights_sha256=None if untrained else sha256 or folder.weights_sha256(), device=device,
                       untrained=untrained, library_versions=towers.library_versions)
 
 

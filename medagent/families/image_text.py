@@ -44,6 +44,8 @@ class ImageTextEncoder:
         self.folder = model_folder(card, card.architecture, card.name)
         self._requested_device = device
         self._cache = cache
+        self._sha256: str | None = None
+        self._provenance: Provenance | None = None
 
     @property
     def device(self) -> str:
@@ -61,11 +63,18 @@ class ImageTextEncoder:
     def info(self, kind: DocumentKind) -> EmbedderInfo:
         # the name says which architecture's space; model id and weights hash say which checkpoint
         return EmbedderInfo(name=f"{self.card.architecture}-image-text", kind=kind, dimension=self.towers().dimension,
-                            model_id=self.card.model_id or self.folder.path.name,
-                            weights_sha256=self.folder.weights_sha256())
+                            model_id=self.card.model_id or self.folder.path.name, weights_sha256=self.weights_sha256())
+
+    def weights_sha256(self) -> str:
+        if self._sha256 is None:  # hashed once: a checkpoint may be gigabytes, and every search reports it
+            self.folder.require()
+            self._sha256 = self.folder.weights_sha256()
+        return self._sha256
 
     def provenance(self) -> Provenance:
-        return provenance(self.folder, self.towers(), self.device)
+        if self._provenance is None:
+            self._provenance = provenance(self.folder, self.towers(), self.device, sha256=self.weights_sha256())
+        return self._provenance
 
     def tower(self, kind: DocumentKind) -> Tower:
         return Tower(self, kind)
