@@ -113,10 +113,10 @@ class PhraseDetector(Expert[GroundingRequest, Grounding]):
         phrases = [clean_phrase(item.phrase).lower() for item in items]
         if card.architecture == "grounding_dino":  # lower case, '.'-terminated: the text format it was trained on
             text: Any = [p if p.endswith(".") else f"{p}." for p in phrases]
-            limit = {"max_length": int(model.config.max_text_len)}
-        else:
+            limit: dict[str, Any] = {"padding": True, "max_length": int(model.config.max_text_len)}
+        else:  # OWLv2 pads every query to the text tower's full length itself
             text, limit = [[p] for p in phrases], {}
-        inputs = processor(images=images, text=text, return_tensors="pt", padding=True, truncation=True, **limit)
+        inputs = processor(images=images, text=text, return_tensors="pt", truncation=True, **limit)
         inputs = inputs.to(loaded.provenance.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
