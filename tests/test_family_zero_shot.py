@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from medagent.config import Settings
-from medagent.errors import LinearHeadMismatch, PreconditionFailed, WeightsUnavailable
+from medagent.errors import ConfigurationError, LinearHeadMismatch, PreconditionFailed, WeightsUnavailable
 from medagent.families.card import ZeroShotCard, parse_card
 from medagent.families.registry import family_tools
 from medagent.families.zero_shot import ZeroShotClassification, classifier
@@ -190,4 +190,13 @@ async def test_open_clip_folder_classifies(tmp_path: Path, world: Any, test_sett
     for result in results:
         assert result.provenance.untrained and "open_clip" in result.provenance.library_versions
         assert sum(result.label_probabilities().values()) == pytest.approx(1.0)  # CLIP-style: softmax
+    tool.close()
+    # BiomedCLIP names its text tower by Hub id: offline, that is a typed error saying what to cache
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    config["model_cfg"]["text_cfg"] = {"hf_model_name": "example/uncached-bert", "hf_tokenizer_name":
+                                       "example/uncached-bert", "hf_proj_type": "linear", "context_length": 16}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    (tool,) = family_tools(test_settings, card=card(folder, architecture="open_clip", name="tinybiomed2"))
+    with pytest.raises(ConfigurationError, match="huggingface-cli download example/uncached-bert config.json"):
+        await _call(tool, context, ids["dx"])
     tool.close()

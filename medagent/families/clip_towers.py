@@ -8,9 +8,9 @@ Nothing is fetched: transformers reads local files only, and open_clip reads ``l
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +29,7 @@ TRANSFORMERS_CLASSES = {"siglip": "SiglipModel", "clip": "CLIPModel"}
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                      "open_clip_pytorch_model.bin")
 TEXT_CHUNK = 256
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 OPEN_CLIP_LAYOUT = ["open_clip_config.json (model_cfg and preprocess_cfg)",
                     "open_clip_pytorch_model.bin (or open_clip_model.safetensors)",
                     "tokenizer files when text_cfg names an hf_tokenizer_name (BiomedCLIP)"]
@@ -66,19 +67,15 @@ def to_rgb(record: ImageRecord) -> Any:
     return Image.fromarray((np.clip(view, 0.0, 1.0) * 255.0).round().astype(np.uint8)).convert("RGB")
 
 
-@contextmanager
-def _offline() -> Any:
-    """The Hub stays offline while a folder loads (open_clip resolves text towers by name otherwise)."""
-    saved = {name: os.environ.get(name) for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    os.environ.update({name: "1" for name in saved})
+def _offline() -> None:
+    """The Hub goes offline for good, as the text embedder sets it: open_clip resolves a text tower named in
+    ``text_cfg.hf_model_name`` through the Hub otherwise. huggingface_hub reads its flag once, at import."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        from huggingface_hub import constants
+    except ImportError:
+        return
+    constants.HF_HUB_OFFLINE = True
 
 
 @dataclass
@@ -125,8 +122,8 @@ def _transformers_towers(folder: ModelFolder, architecture: Literal["siglip", "c
     import torch
     import transformers
 
-    with _offline():
-        model, processor = folder.load(TRANSFORMERS_CLASSES[architecture], "AutoProcessor", device=device)
+    _offline()
+    model, processor = folder.load(TRANSFORMERS_CLASSES[architecture], "AutoProcessor", device=device)
     text_config = model.config.text_config
     # SigLIP was trained on texts padded to the full length; CLIP on the longest in the batch
     padding: Any = "max_length" if architecture == "siglip" else True
@@ -159,13 +156,14 @@ def _open_clip_towers(folder: ModelFolder, device: str) -> Towers:
         raise MissingDependency("open_clip models need open_clip_torch: pip install 'medagent[experts]'",
                                 hint="pip install 'medagent[experts]'") from exc
     name = f"local-dir:{folder.require()}"
+    _offline()
     try:
-        with _offline():
-            model, preprocess = open_clip.create_model_from_pretrained(name, device=device, weights_only=True)
-            tokenizer = open_clip.get_tokenizer(name)
-    except (ValueError, OSError, KeyError, RuntimeError) as exc:  # broken config, weights of another shape
+        model, preprocess = open_clip.create_model_from_pretrained(name, device=device, weights_only=True)
+        tokenizer = open_clip.get_tokenizer(name)
+    except (ValueError, OSError, KeyError, RuntimeError, TypeError) as exc:  # broken config, weights of another shape
         raise ConfigurationError(f"{folder.expert}: open_clip cannot build the model in {folder.path} offline "
-                                 f"({type(exc).__name__})", expert=folder.expert) from exc
+                                 f"({type(exc).__name__}).{_text_tower_hint(folder.path)}",
+                                 expert=folder.expert) from exc
     model = model.eval()
 
     def encode_images(pictures: list[Any]) -> Any:
@@ -182,6 +180,22 @@ def _open_clip_towers(folder: ModelFolder, device: str) -> Towers:
     return Towers("open_clip", model, encode_images, encode_texts, float(model.logit_scale.detach().exp()),
                   float(bias.detach()) if bias is not None else 0.0, dimension,
                   {"open_clip": open_clip.__version__, "torch": torch.__version__})
+
+
+def _text_tower_hint(path: Path) -> str:
+    """BiomedCLIP names its text tower's config by Hub id (``text_cfg.hf_model_name``): say which to cache."""
+    import json
+
+    try:
+        text_cfg = json.loads((path / "open_clip_config.json").read_text(encoding="utf-8"))["model_cfg"]["text_cfg"]
+        hub_id = str(text_cfg["hf_model_name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if not _HUB_ID.fullmatch(hub_id):  # the folder's text, quoted only when it is a plain Hub id
+        return ""
+    return (f" Its text tower is built from the Hugging Face config of '{hub_id}', which must be in the local "
+            f"Hugging Face cache: a connected machine fetches it with `huggingface-cli download {hub_id} "
+            "config.json`.")
 
 
 def load_towers(folder: ModelFolder, architecture: Architecture, device: str) -> Towers:
