@@ -289,11 +289,21 @@ async def test_the_chained_tools_turn_detector_and_lung_boxes_into_measured_mask
     trained = finding.provenance.model_copy(update={"untrained": False, "weights_sha256": "0" * 64})
     assert _marked(trained, finding.grounding.provenance).untrained  # random boxes make any mask untrained
     assert _marked(trained, trained) == trained
-    for tool in ("sam_segment_finding", "samlungs_segment_lungs"):
-        arguments = {"image_id": world.ids["mr"], "phrase": "x"} if tool.endswith("finding") else \
-            {"image_id": world.ids["mr"]}
-        with pytest.raises(PreconditionFailed):
-            await ToolRegistry([world.tools[tool]]).call(tool, arguments, world.context)
+    with pytest.raises(PreconditionFailed):
+        await ToolRegistry([world.tools["samlungs_segment_lungs"]]).call(
+            "samlungs_segment_lungs", {"image_id": world.ids["mr"]}, world.context)
+    await ToolConformance(world.tools["sam_segment_finding"], world.context, accepted=[world.ids["ct"]],
+                          refused=[world.ids["mr"]], arguments=lambda i: {"image_id": i, "phrase": "mass"},
+                          experts=[_expert(world.tools["sam_segment"])]).verify()
+    strict = _card(world.root, "strict", {"family": "detection", "architecture": "grounding_dino", "folder": "dino",
+                                          "box_threshold": 1.0})
+    samstrict = _card(world.root, "samstrict", {"family": "promptable_segmentation", "folder": "sam",
+                                                "box_source": strict.name})
+    [_, tool] = family_tools(world.settings, card=samstrict)
+    nothing = await ToolRegistry([tool]).call(tool.name, {"image_id": world.ids["ct"], "phrase": "mass"},
+                                              world.context)
+    assert nothing.structures == [] and nothing.grounding.regions == [] and "nothing was segmented" in nothing.note
+    tool.close()
 
 
 def _self_chaining(request: PlannerRequest) -> ScriptResult:
