@@ -178,9 +178,17 @@ async def test_a_detector_grounds_phrases_in_one_batch_as_boxes_inside_the_image
         assert all(_inside(region.box, item.record) and region.kind == "detection" for region in result.regions)
         assert [r.box.model_dump() for r in result.regions] == [r.box.model_dump() for r in single.regions]
         assert [r.score for r in result.regions] == pytest.approx([r.score for r in single.regions], abs=1e-3)
+        words = set(item.phrase.split())  # DINO: the words that scored above text_threshold; OWLv2: the phrase
+        assert all(set(r.label.split()) <= words and (name == "dino" or r.label == item.phrase)
+                   for r in result.regions)
         col_mm = item.record.spacing_mm[1]  # type: ignore[index]
         box = result.regions[0].box
         assert box.width_mm == round((box.x1 - box.x0) * col_mm, 1)
+    for field, value in (("max_boxes", 1), ("box_threshold", 1.0), ("text_threshold", 1.0)):
+        strict = type(expert)(expert.family_card.model_copy(update={field: value}))  # the same loaded model
+        found = (await strict(items[1])).regions
+        strict.close()
+        assert len(found) == (1 if field == "max_boxes" else 0) or (field, name) == ("text_threshold", "owl")
     await ToolConformance(tool, world.context, accepted=[world.ids["cr"], world.ids["ct"]],
                           refused=[world.ids["mr"]], arguments=lambda i: {"image_id": i, "phrase": "nodule"},
                           bad_calls=[{"image_id": world.ids["cr"], "phrase": "x" * 201},

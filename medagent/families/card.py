@@ -108,9 +108,11 @@ class PromptableSegmentationCard(FolderCard):
 class DetectionCard(FolderCard):
     family: Literal["detection"]
     architecture: Literal["grounding_dino", "owlv2"]
-    box_threshold: float = Field(default=0.25, ge=0, le=1)
-    text_threshold: float = Field(default=0.25, ge=0, le=1)
-    max_boxes: int = Field(default=10, ge=1, le=100)
+    box_threshold: float = Field(default=0.25, ge=0, le=1, description="a box is kept when its score is above this")
+    text_threshold: float = Field(default=0.25, ge=0, le=1,
+                                  description="Grounding DINO: a box is kept only when a word of the phrase scores "
+                                              "above this, and is labelled with the words that do")
+    max_boxes: int = Field(default=10, ge=1, le=100, description="the highest-scoring boxes kept per phrase")
 
 
 class ImageTextCard(FolderCard):
@@ -138,7 +140,11 @@ class SpecialistCard(CardBase):
 
 
 class RemoteCard(CardBase):
-    """The tools of an expert service (``medagent expert serve``) on another process or machine."""
+    """The tools of an expert service (``medagent expert serve``) on another process or machine.
+
+    Tool names are ``<name>_<the service's tool name>``; ``timeout_s`` bounds each whole call (connecting at most
+    5 s), ``max_concurrency`` the calls in flight, ``max_batch_size`` the concurrent calls sent as one request;
+    ``modalities`` and ``body_parts``, when given, replace the service's routing for these tools."""
 
     family: Literal["remote"]
     url: HttpUrl

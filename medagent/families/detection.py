@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +28,7 @@ from medagent.tools.artifacts import ArtifactKind
 from medagent.tools.spec import ImageId, Tool, ToolContext, ToolPolicy
 
 MAX_PHRASE = 200
+_SPECIAL = re.compile(r"\[(?:CLS|SEP|PAD|UNK|MASK)\]")
 MODEL_CLASSES = {"grounding_dino": "GroundingDinoForObjectDetection", "owlv2": "Owlv2ForObjectDetection"}
 
 
@@ -53,6 +55,12 @@ def image_box(box: Any, width: int, height: int, spacing_mm: tuple[float, ...] |
     if right <= left or bottom <= top:
         return None  # wholly outside the image or of no area
     return BoundingBox.from_pixels(left, top, right, bottom, spacing_mm)
+
+
+def matched_words(text: str) -> str:
+    """Grounding DINO's label of a box: the phrase's tokens that scored above ``text_threshold``, decoded (special
+    tokens and the closing '.' dropped); '' when none did."""
+    return clean_phrase(_SPECIAL.sub(" ", text)).strip(" .")
 
 
 def rgb(record: ImageRecord) -> Any:
@@ -136,19 +144,21 @@ class PhraseDetector(Expert[GroundingRequest, Grounding]):
         record = item.record
         height, width = record.as_2d().shape
         phrase = clean_phrase(item.phrase)
-        ranked = sorted(zip(found["scores"].tolist(), found["boxes"].tolist(), strict=True), key=lambda p: -p[0])
+        words = [matched_words(text) for text in found["text_labels"]] if found.get("text_labels") else None
+        ranked = sorted(zip(found["scores"].tolist(), found["boxes"].tolist(), words or [phrase] * len(found["boxes"]),
+                            strict=True), key=lambda p: -p[0])
         regions: list[GroundedRegion] = []
-        for score, box in ranked:
+        for score, box, label in ranked:
             pixels = image_box(box, width, height, record.spacing_mm)
-            if pixels is not None:
-                regions.append(GroundedRegion(label=phrase, box=pixels, score=round(float(score), 4), kind="detection"))
+            if pixels is not None and label:  # a box no word of the phrase scored for does not ground it
+                regions.append(GroundedRegion(label=label, box=pixels, score=round(float(score), 4), kind="detection"))
             if len(regions) == self.family_card.max_boxes:
                 break
         return Grounding(
             provenance=loaded.provenance, phrase=phrase, interpreted_as=f"the phrase '{phrase}'", kind="detection",
             regions=regions, method=f"{self.family_card.architecture} detector {loaded.provenance.model_id}",
             image_width=width, image_height=height,
-            note=None if regions else f"No box scored above the card's threshold ({self.family_card.box_threshold}).")
+            note=None if regions else "No box scored above the card's thresholds for this phrase.")
 
 
 def detector(card: DetectionCard, settings: Settings | None = None) -> PhraseDetector:
