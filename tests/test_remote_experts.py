@@ -42,7 +42,7 @@ from medagent.errors import (
 )
 from medagent.experts.quality import QualityAssessor, QualityReport
 from medagent.families.registry import family_tools
-from medagent.remote import batching, transport
+from medagent.remote import batching, client, transport
 from medagent.remote.payload import decode, encode
 from medagent.remote.protocol import PROTOCOL_VERSION, BatchRequest, CallItem, ImagePayload
 from medagent.remote.service import ExpertService
@@ -184,7 +184,8 @@ async def test_a_batch_request_fans_out_into_one_model_batch_and_fails_items_alo
 @pytest.mark.torch
 @pytest.mark.asyncio
 async def test_remote_tools_are_offered_and_behave_like_local_ones(
-        service_url: str, images: tuple[ToolContext, dict[str, str]], settings: Settings) -> None:
+        service_url: str, images: tuple[ToolContext, dict[str, str]], settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Same schemas as the local tools, the remote card's modality routing, results identical to in-process ones,
     provenance saying where it ran; the remote classifier passes the tool conformance suite."""
     context, ids = images
@@ -198,6 +199,8 @@ async def test_remote_tools_are_offered_and_behave_like_local_ones(
     classifier = tools["far_classify_chest_xray"]
     assert {m.value for m in classifier.card.modalities or []} == {"CR", "DX"}
     assert classifier.policy.timeout_s == 120 and classifier.policy.max_concurrency == 8
+    narrowed = _remote(service_url, settings, tools=["classify_chest_xray"], modalities=["CR"])
+    assert narrowed["far_classify_chest_xray"].card.modalities == ["CR"]  # a card file may narrow the routing
 
     remote_result = await registry.call(quality.name, {"image_id": ids["cxr"]}, context)
     local_result = await registry.call(local.name, {"image_id": ids["cxr"]}, context)
@@ -205,7 +208,11 @@ async def test_remote_tools_are_offered_and_behave_like_local_ones(
     assert remote_result.provenance.ran_on == service_url.removeprefix("http://")
     assert local_result.provenance.ran_on is None
     await ToolConformance(classifier, context, accepted=[ids["cxr"], ids["cxr2"]], refused=[ids["ct"]]).verify()
-    with pytest.raises(PreconditionFailed):  # refused here, before any pixel travels
+    def no_pixels_may_travel(record: Any) -> Any:
+        raise AssertionError("a refused image was encoded for the service")
+
+    monkeypatch.setattr(client, "encode", no_pixels_may_travel)
+    with pytest.raises(PreconditionFailed):  # refused here by the remote card, before any pixel travels
         await ToolRegistry([classifier]).call(classifier.name, {"image_id": ids["ct"]}, context)
 
 

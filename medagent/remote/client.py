@@ -119,7 +119,11 @@ def _local(class_path: str | None, schema: dict[str, Any],
         return None
     if not (isinstance(found, type) and issubclass(found, BaseModel)):
         return None
-    return found if found.model_json_schema(mode=mode) == schema else None
+    try:
+        same = found.model_json_schema(mode=mode) == schema
+    except Exception:  # noqa: BLE001 - a class that cannot state its schema here is not the service's: use the schema
+        return None
+    return found if same else None
 
 
 def _validator(schema: dict[str, Any], where: str) -> Draft202012Validator:
