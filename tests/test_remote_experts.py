@@ -28,6 +28,7 @@ import pytest
 
 from medagent.config import Settings
 from medagent.errors import (
+    ConfigurationError,
     CorruptFile,
     ImageTooLarge,
     InfrastructureError,
@@ -242,6 +243,19 @@ async def test_a_study_mixes_local_and_remote_experts(service_url: str, tmp_path
     remote = calls["far_classify_chest_xray"]
     assert remote.ok and remote.output["provenance"]["ran_on"] == service_url.removeprefix("http://")
     assert remote.output["provenance"]["untrained"] is True
+
+
+def test_serve_names_what_it_cannot_serve(settings: Settings) -> None:
+    """`medagent expert serve` with a source that is no card file, plugin or built-in tool: a typed error listing
+    what can be served, nothing started."""
+    from typer.testing import CliRunner
+
+    from medagent.cli.main import app
+
+    result = CliRunner().invoke(app, ["expert", "serve", "no_such_expert", "--port", str(_free_port())],
+                                env={"MEDAGENT_HOME": str(settings.home)})
+    assert isinstance(result.exception, ConfigurationError)  # the app's wrapper prints it and exits 2
+    assert "no_such_expert" in result.exception.message and "assess_image_quality" in result.exception.message
 
 
 class _Fake(BaseHTTPRequestHandler):

@@ -140,7 +140,8 @@ class ExpertService:
 
     async def _one(self, name: str, item: CallItem) -> ItemResult:
         try:
-            records = {key: decode(payload, self.limits) for key, payload in item.images.items()}
+            records = await asyncio.to_thread(  # megabytes of pixels: decoded off the event loop
+                lambda: {key: decode(payload, self.limits) for key, payload in item.images.items()})
             context = PayloadContext(artifacts=self.store, image_ids=list(records), records=records)
             value = await self.registry.call(name, item.arguments, context)
             output = value.model_dump(mode="json")
