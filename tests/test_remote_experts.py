@@ -272,8 +272,10 @@ class _Fake(BaseHTTPRequestHandler):
         answers = {"garbage": b"{not json", "huge": b"[" + b" " * (17 * 1024**2) + b"]",
                    "count": json.dumps({"protocol": PROTOCOL_VERSION, "items": []}).encode(),
                    "protocol": json.dumps({"protocol": PROTOCOL_VERSION + 1, "items": []}).encode(),
-                   "crash": b'{"protocol": 1, "error": {"code": "x", "family": "oops"}}'}
-        self._send(500 if self.mode == "crash" else 200, answers[self.mode])
+                   "crash": b'{"protocol": 1, "error": {"code": "x", "family": "oops"}}',
+                   "gone": json.dumps({"protocol": PROTOCOL_VERSION, "error": {
+                       "code": "unknown_tool", "family": "retry", "message": "no tool"}}).encode()}
+        self._send({"crash": 500, "gone": 404}.get(self.mode, 200), answers[self.mode])
 
     def _send(self, status: int, body: bytes) -> None:
         self.send_response(status)
@@ -323,10 +325,14 @@ async def test_faults_are_typed_errors_in_bounded_time(service_url: str, images:
         tool = _remote(f"http://127.0.0.1:{fake.server_port}", settings)["far_assess_image_quality"]
         for mode, error in (("garbage", RemoteResponseInvalid), ("huge", RemoteResponseInvalid),
                             ("count", RemoteResponseInvalid), ("protocol", RemoteProtocolMismatch),
-                            ("crash", RemoteExpertUnavailable)):
+                            ("crash", RemoteExpertUnavailable), ("gone", RemoteExpertUnavailable)):
             _Fake.mode = mode
             with pytest.raises(error):
                 await ToolRegistry([tool]).call(tool.name, {"image_id": ids["cxr"]}, context)
+        for description in (b"{not json", json.dumps({"protocol": PROTOCOL_VERSION, "tools": 7}).encode()):
+            _Fake.description = description
+            with pytest.raises(RemoteResponseInvalid):
+                _remote(f"http://127.0.0.1:{fake.server_port}", settings)
     finally:
         fake.shutdown()
         fake.server_close()

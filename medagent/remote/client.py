@@ -43,8 +43,13 @@ _CLASS_PATH = re.compile(r"^(medagent(?:\.[A-Za-z_][A-Za-z0-9_]*)+):([A-Za-z_][A
 def tools(card: RemoteCard, settings: Settings) -> list[Tool[Any, Any]]:
     """The tools of the service ``card`` names (its description is fetched once, bounded in time and size)."""
     endpoint = Endpoint(str(card.url), timeout_s=card.timeout_s)
-    description = ServiceDescription.model_validate(endpoint.get_json(f"{PREFIX}/tools", MAX_DESCRIPTION_BYTES))
-    endpoint.check_protocol(description.protocol)
+    raw = endpoint.get_json(f"{PREFIX}/tools", MAX_DESCRIPTION_BYTES)
+    endpoint.check_protocol(raw.get("protocol") if isinstance(raw, dict) else None)  # before its shape is read
+    try:
+        description = ServiceDescription.model_validate(raw)
+    except ValidationError as exc:
+        raise RemoteResponseInvalid(f"the service at {endpoint.where} described its tools invalidly "
+                                    f"({exc.error_count()} problem(s))") from None
     hosted = {item.name: item for item in description.tools}
     wanted = card.tools if card.tools is not None else list(hosted)
     unknown = [name for name in wanted if name not in hosted]

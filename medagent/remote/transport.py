@@ -4,6 +4,7 @@ timeouts, an overall deadline per request, and a cap on what is read back."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any, NoReturn
 
 import httpx
@@ -21,6 +22,7 @@ from medagent.errors import (
 )
 from medagent.remote.protocol import (
     MAX_RESPONSE_BYTES,
+    PREFIX,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
     BatchResponse,
@@ -58,7 +60,7 @@ class Endpoint:
         self.timeout_s = timeout_s
         self.timeout = httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s))
 
-    def check_protocol(self, protocol: int) -> None:
+    def check_protocol(self, protocol: object) -> None:
         if protocol != PROTOCOL_VERSION:
             raise RemoteProtocolMismatch(f"the expert service at {self.where} speaks protocol {protocol}; this "
                                          f"medagent speaks {PROTOCOL_VERSION}", remote=self.where)
@@ -78,8 +80,8 @@ class Endpoint:
         if status != 200:
             self._raise_status(status, bytes(body))
         try:
-            return httpx.Response(200, content=bytes(body)).json()
-        except ValueError:
+            return json.loads(body)
+        except (ValueError, RecursionError):
             raise RemoteResponseInvalid(f"the expert service at {self.where} answered with no JSON") from None
 
     async def post_batch(self, tool: str, body: bytes, items: int) -> BatchResponse:
@@ -88,7 +90,7 @@ class Endpoint:
         headers = {"content-type": "application/json", PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
         try:
             async with asyncio.timeout(self.timeout_s), httpx.AsyncClient(timeout=self.timeout) as client, \
-                    client.stream("POST", f"{self.base}/v1/tools/{tool}/batch", content=body,
+                    client.stream("POST", f"{self.base}{PREFIX}/tools/{tool}/batch", content=body,
                                   headers=headers) as response:
                 received = bytearray()
                 async for chunk in response.aiter_bytes():
@@ -137,6 +139,9 @@ class Endpoint:
         if status == 409 or (error is not None and error.code == RemoteProtocolMismatch.code):
             raise RemoteProtocolMismatch(f"the expert service at {self.where} speaks another protocol than "
                                          f"{PROTOCOL_VERSION}", remote=self.where)
+        if status == 404:  # the service no longer hosts the tool (restarted with others): not the planner's mistake
+            raise RemoteExpertUnavailable(f"the expert service at {self.where} does not host this tool now",
+                                          remote=self.where, status=status)
         if error is not None and status < 500:
             raise typed(error, self.where)
         if status >= 500:
