@@ -284,14 +284,14 @@ CORPUS = {
 @pytest.mark.llama
 def test_the_readme_sequence_with_a_text_index_runs_clean_on_the_embedded_planner(
         home: Path, tmp_path: Path, pydicom_ct: Path) -> None:
-    """README: chat --demo; then index build (which offers search_reports to every planner call); then chat
-    --demo and ask --json again. Each exits 0 without a traceback on the real llama.cpp server."""
+    """README, after the first chat --demo: index build (which offers search_reports to every planner call); then
+    chat --demo and ask --json again. Each exits 0 without a traceback on the real llama.cpp server."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for name, body in CORPUS.items():
         (corpus / name).write_text(body)
-    before = _clean(_medagent(["chat", "--demo"], home))
-    assert "small embedded demo model" in before and "--endpoint URL --model NAME" in before
+    # the first command on a fresh home (chat --demo) is tests/test_cli.py::test_chat_demo_runs_offline_on_the_
+    # embedded_planner, and its banner test_the_banner_says_...; this test runs what follows it in the README
     _clean(_medagent(["index", "build", str(corpus), "--out", str(home / "indexes" / "text")], home))
     tools = json.loads(_clean(_medagent(["experts", "list", "--json"], home)))
     assert next(row for row in tools if row["name"] == "text_retriever")["weights"]["present"] is True

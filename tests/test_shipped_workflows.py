@@ -161,8 +161,13 @@ def test_dialogue_bench_runs_as_written_on_the_embedded_planner(tmp_path: Path) 
     with StudyStore.open(None, home) as store:
         [case] = store.cases("bench")
         assert case.status == "succeeded", case.error
-        roles = [message["role"] for message in store.messages("bench", case.case_id, 0)]
+        transcript = store.messages("bench", case.case_id, 0)
+        roles = [message["role"] for message in transcript]
         assert case.result is not None and case.result["assessment"]["scores"], case.result
+        assert case.model_id == case.result["models"]["doctor"] and "smollm2" in str(case.model_id).lower()
+        assert case.columns["dialogue.stop_reason"] in {"diagnosis", "patient_stop", "turn_limit", "timeout"}
+        truth = str(case.columns["dialogue.truth"]).lower()  # the simulated patient never says the diagnosis
+        assert all(truth not in str(m["content"]).lower() for m in transcript if m["role"] == "patient")
     assert roles[0] == "patient" and "doctor" in roles  # the patient opens, the doctor answers
     report = _medagent(["report", "bench", "--out", str(tmp_path / "report")], home)
     assert report.returncode == 0, report.stderr[-3000:]
