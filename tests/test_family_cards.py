@@ -126,3 +126,12 @@ def test_the_number_of_cards_is_bounded(tmp_path: Path) -> None:
     named = [tmp_path / f"{index}.yaml" for index in range(family_registry.MAX_CARDS - 2)]
     with pytest.raises(ConfigurationError, match="at most"):
         family_registry.configured_cards(Settings(home=tmp_path, expert_cards=named))
+
+
+def test_the_example_cards_are_valid_and_name_their_public_model() -> None:
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples" / "cards").glob("*.yaml"))
+    families = {load_card(path).family for path in examples}
+    assert families == set(family_registry.FAMILY_BUILDERS)  # one example per family
+    for path in examples:
+        card = load_card(path)
+        assert card.family in {"remote", "specialist_vlm"} or card.model_id, path.name  # served ones name a model

@@ -200,8 +200,12 @@ async def test_remote_tools_are_offered_and_behave_like_local_ones(
     classifier = tools["far_classify_chest_xray"]
     assert {m.value for m in classifier.card.modalities or []} == {"CR", "DX"}
     assert classifier.policy.timeout_s == 120 and classifier.policy.max_concurrency == 8
-    narrowed = _remote(service_url, settings, tools=["classify_chest_xray"], modalities=["CR"])
-    assert narrowed["far_classify_chest_xray"].card.modalities == ["CR"]  # a card file may narrow the routing
+    narrowed = _remote(service_url, settings, tools=["classify_chest_xray"], modalities=["CR"],
+                       summary="The GPU box's classifier.", limitations=["adults only"])
+    narrowed_card = narrowed["far_classify_chest_xray"].card
+    assert narrowed_card.modalities == ["CR"]  # a card file may narrow the routing, and describe the tool
+    assert narrowed_card.summary == "The GPU box's classifier." and narrowed_card.limitations == ["adults only"]
+    assert classifier.card.summary != narrowed_card.summary and classifier.card.limitations != ["adults only"]
 
     remote_result = await registry.call(quality.name, {"image_id": ids["cxr"]}, context)
     local_result = await registry.call(local.name, {"image_id": ids["cxr"]}, context)

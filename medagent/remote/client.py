@@ -72,8 +72,11 @@ def _remote_tool(card: RemoteCard, remote: ToolDescription, endpoint: Endpoint, 
     except ValidationError:
         raise RemoteResponseInvalid(f"the service at {endpoint.where} described {remote.name!r} with an invalid "
                                     "card or policy") from None
-    narrowed = {key: getattr(card, key) for key in ("modalities", "body_parts") if getattr(card, key) is not None}
-    model_card = model_card.model_copy(update=narrowed)  # the card file may narrow what the tool is offered for
+    # the card file may narrow what the tool is offered for, and say more about it than the service does
+    narrowed = {key: getattr(card, key) for key in ("modalities", "body_parts", "summary", "performance")
+                if getattr(card, key) is not None}
+    narrowed |= {key: getattr(card, key) for key in ("limitations", "references") if getattr(card, key)}
+    model_card = model_card.model_copy(update=narrowed)
     input_model = _local(remote.input_class, remote.input_schema) or _input_shell(name, remote.input_schema,
                                                                                   endpoint)
     output_model = _local(remote.output_class, remote.output_schema, "serialization") or _output_shell(name, remote.output_schema,
