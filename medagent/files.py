@@ -60,6 +60,15 @@ def private_dir(path: Path | str) -> Path:
     return path
 
 
+def writable_dir(path: Path | str) -> Path:
+    """:func:`private_dir`, then proof that it can be written (a folder may exist read-only): for commands that
+    check where their output goes before they do the work."""
+    folder = private_dir(path)
+    with _writing(), tempfile.TemporaryFile(dir=folder):
+        pass
+    return folder
+
+
 @contextlib.contextmanager
 def replacing(target: Path | str) -> Iterator[Path]:
     """A 0600 temporary file beside ``target`` that replaces it in one rename when the block succeeds.

@@ -174,11 +174,14 @@ def inspect(
 ) -> None:
     """Load, de-identify and assess images: quality, header, lung boxes, classifier where weights exist."""
     from medagent.assembly import Assembly
+    from medagent.files import writable_dir
 
     sources = [(str(path), path) for path in images or []]
     sources += [(f"example:{name}", _example_path(name)) for name in example or []]
     if not sources:
         raise typer.BadParameter("give at least one image or --example")
+    if out is not None:
+        writable_dir(out)  # before any image is read: output that cannot be written fails at once, typed
     toolbox = Assembly().toolbox
     reports: dict[str, Any] = {}
     failed = 0
