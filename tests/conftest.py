@@ -157,8 +157,10 @@ def core_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     environment = {key: value for key, value in os.environ.items()
                    if key not in ("PYTHONPATH", "VIRTUAL_ENV") and not key.startswith("MEDAGENT_")}
+    # --no-compile: byte-compiling every installed package is half of the install's time; the few modules the
+    # tests import compile on first import (and are cached there)
     install = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-               f"{source}[serve]", str(plugin), *CORE_VENV_PINS]
+               "--no-compile", f"{source}[serve]", str(plugin), *CORE_VENV_PINS]
     result = subprocess.run(install, check=False, capture_output=True, text=True, env=environment, timeout=900,
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 0, f"pip install exited {result.returncode}: {result.stderr[-3000:]}"

@@ -73,11 +73,14 @@ async def test_agent_loop_study_resumes_without_rerunning_finished_cases(
         assert [m["role"] for m in store.messages("r2", "b", 1)][:2] == ["user", "assistant"]
 
 
+CASES = 30  # three kills land mid-run, each with cases in flight (4 at a time)
+
+
 @pytest.mark.slow
 async def test_sigkill_at_several_points_then_resume_gives_one_record_per_case(
         tmp_path: Path, nih_images: list[Path], store_url: str | None) -> None:
     """On the default SQLite file and on a real PostgreSQL server (``--store``)."""
-    images = variants(nih_images[0], tmp_path, 50)
+    images = variants(nih_images[0], tmp_path, CASES)
     write_manifest(tmp_path, [(f"case-{i:02d}", path, i % 2, "MF"[i % 2]) for i, path in enumerate(images)])
     log = tmp_path / "home" / "logs" / "planner-calls.log"  # call_log names a file under MEDAGENT_HOME/logs
     planner = SCRIPTED % ("assess_image_quality", f", latency_s: 0.05, call_log: {log.name}")
@@ -87,7 +90,7 @@ async def test_sigkill_at_several_points_then_resume_gives_one_record_per_case(
     command = [sys.executable, "-m", "medagent.cli", "run", str(study),
                *(["--store", store_url] if store_url else [])]
     completed_before: dict[str, int] = {}  # image id of a finished case -> planner calls seen for it
-    for attempt, kill_after in enumerate((5, 20, 35)):  # kill once this many cases are recorded
+    for attempt, kill_after in enumerate((4, 12, 20)):  # kill once this many cases are recorded
         extra = ["--run-id", "killed"] if attempt == 0 else ["--resume", "killed"]
         process = subprocess.Popen([*command, *extra], env=environment, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
@@ -100,14 +103,14 @@ async def test_sigkill_at_several_points_then_resume_gives_one_record_per_case(
             for case in store.cases("killed"):
                 image_id = store.tool_calls("killed", case.case_id, 0)[0].arguments["image_id"]
                 completed_before.setdefault(image_id, _calls(log, image_id))
-    assert 0 < len(completed_before) < 50, "the kills should land mid-run"
+    assert 0 < len(completed_before) < CASES, "the kills should land mid-run"
     finish = subprocess.run([*command, "--resume", "killed"], env=environment, capture_output=True, text=True,
                             timeout=600)
     assert finish.returncode == 0, finish.stderr[-2000:]
     with StudyStore.open(store_url, tmp_path / "home") as store:
         cases = store.cases("killed")
         keys = [(case.case_id, case.repeat) for case in cases]
-        assert len(keys) == len(set(keys)) == 50
+        assert len(keys) == len(set(keys)) == CASES
         assert all(case.status == "succeeded" and case.attempts == 1 for case in cases)
         for image_id, calls_then in completed_before.items():
             assert _calls(log, image_id) == calls_then  # finished cases were not run again
