@@ -53,7 +53,8 @@ def test_a_card_file_resolves_its_folder_against_its_own_location(tmp_path: Path
                             "labels: [pneumonia, no finding]\n"))
     assert isinstance(card, ZeroShotCard)
     assert card.folder == (tmp_path / "cards" / "weights" / "medsiglip").resolve()
-    assert "Model: google/x" in parse_card({**ZERO_SHOT, "model_id": "google/x"}).model_card("s").summary
+    described = parse_card({**ZERO_SHOT, "model_id": "google/x", "trained_on": "CXR and CT slices"}).model_card("s")
+    assert "Model: google/x" in described.summary and "Trained on: CXR and CT slices" in described.summary
 
 
 @pytest.mark.parametrize(("change", "field"), [
