@@ -121,3 +121,29 @@ async def test_another_encoder_a_missing_index_or_folder_are_typed_errors(built:
         await _call(no_model[0], context, {"image_id": ids["dx"]})
     for tool in (*clip, *absent, *no_model):
         tool.close()
+
+
+def test_the_cards_batch_size_sets_the_batches_an_index_is_built_in(
+        built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medagent.cli.index import index_app
+    from medagent.families import image_text
+
+    sizes: list[int] = []
+    embed = image_text.Tower.embed
+
+    def counted(self: Any, items: Any) -> Any:
+        sizes.append(len(items))
+        return embed(self, items)
+
+    monkeypatch.setattr(image_text.Tower, "embed", counted)
+    card = tmp_path / "card.yaml"
+    card.write_text(built["card"].read_text().replace("folder: siglip", f"folder: {built['siglip']}")
+                    + "max_batch_size: 1\n")
+    manifest = built["card"].parent / "images.csv"
+    monkeypatch.setenv("MEDAGENT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MEDAGENT_DEID_SECRET", TEST_SECRET.decode())
+    monkeypatch.setenv("MEDAGENT_ALLOW_UNTRAINED_TEST_ONLY", "1")
+    result = CliRunner().invoke(index_app, ["build", str(manifest), "--out", str(tmp_path / "index"), "--card",
+                                            str(card), "--json"])
+    assert result.exit_code == 0, result.output
+    assert sizes and max(sizes) == 1  # images, then reports, one at a time (the default is 16 together)

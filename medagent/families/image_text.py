@@ -144,13 +144,14 @@ class ImageTextBuildReport(BaseModel):
 
 
 def build_image_text_index(entries: list[ImageEntry], loader: ImageLoader, encoder: ImageTextEncoder, out: Path, *,
-                           source: str, license: str, modality: str | None = None, batch_size: int = 16,
+                           source: str, license: str, modality: str | None = None, batch_size: int | None = None,
                            progress: Progress | None = None) -> ImageTextBuildReport:
     """Embed each image with the image tower and each image's report with the text tower; two indexes in ``out``.
 
     Images load through medagent's loader (limits, de-identification); unreadable ones are skipped and reported.
     """
     out = Path(out)
+    batch_size = batch_size or encoder.card.max_batch_size or 16  # the card's batch size, where it names one
     images = build_image_index(entries, loader, encoder.tower("image"), out / IMAGES, source=source,
                                license=license, modality=modality, batch_size=batch_size, progress=progress)
     with VectorIndex.open(out / IMAGES) as index:
