@@ -100,9 +100,10 @@ def _server(command: list[str], environment: dict[str, str], port: int, log: Pat
 @pytest.fixture(scope="module")
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """ONE service for the module, from this environment: the quality gate, the CXR classifier (real DenseNet,
-    untrained test weights) and a tool that waits."""
+    untrained test weights), the lung-field segmenter (it writes a mask and an overlay) and a tool that waits."""
     home, port = tmp_path_factory.mktemp("service-home"), _free_port()
-    command = [sys.executable, "-m", "tests.remote_parts", str(port), "assess_image_quality", "classify_chest_xray"]
+    command = [sys.executable, "-m", "tests.remote_parts", str(port), "assess_image_quality", "classify_chest_xray",
+               "segment_lung_fields"]
     environment = _environment(home, MEDAGENT_ALLOW_UNTRAINED_TEST_ONLY="1")
     with _server(command, environment, port, home / "service.log"):
         yield f"http://127.0.0.1:{port}"
@@ -397,3 +398,139 @@ async def test_a_service_in_a_second_virtual_environment_with_older_numpy_and_py
                               bad_calls=[{**CURB65, "age_years": -1}, {"confusion": True}]).verify()
     with pytest.raises(InfrastructureError):  # the service is gone: typed, at once
         await registry.call(curb65.name, CURB65, context)
+
+
+def _lung_fields_tool() -> Tool[Any, Any]:
+    from medagent.experts.cxr_anatomy import CxrAnatomySegmenter
+    from medagent.experts.lung_fields import LungFieldSegmenter
+    from medagent.tools.segmentation_tools import segmentation_tools
+
+    return {item.name: item for item in segmentation_tools(CxrAnatomySegmenter(), LungFieldSegmenter())}[
+        "segment_lung_fields"]
+
+
+@pytest.mark.asyncio
+async def test_what_a_remote_call_writes_resolves_here_as_a_local_calls_does(
+        service_url: str, images: tuple[ToolContext, dict[str, str]], nih_images: list[Path], tmp_path: Path,
+        settings: Settings) -> None:
+    """A remote segmenter's mask and overlay are copied into this side's store: the ids in its result resolve here,
+    to the same bytes under the same ids as an in-process call writes, their provenance saying where they ran."""
+    context, ids = images
+    [segment] = _remote(service_url, settings, tools=["segment_lung_fields"]).values()
+    remote = await ToolRegistry([segment]).call(segment.name, {"image_id": ids["cxr"]}, context)
+    local_context, local_ids = attach(tmp_path, {"cxr": (nih_images[0], "DX")})
+    assert local_ids["cxr"] == ids["cxr"]
+    local_tool = _lung_fields_tool()
+    local = await ToolRegistry([local_tool]).call(local_tool.name, {"image_id": ids["cxr"]}, local_context)
+    _same_result(remote, local)  # the artifact ids included
+    where = service_url.removeprefix("http://")
+    for field in ("mask_id", "overlay_id"):
+        here, there = context.artifacts.get(getattr(remote, field)), local_context.artifacts.get(getattr(local, field))
+        assert here.path.is_relative_to(context.artifacts.root)  # stored here, not a path the service named
+        assert here.path.read_bytes() == there.path.read_bytes() and here.metadata == there.metadata
+        assert (here.kind, here.media_type) == (there.kind, there.media_type)
+        assert here.provenance["ran_on"] == where and there.provenance.get("ran_on") is None
+    assert np.load(context.artifacts.get(remote.mask_id).path)["Right Lung"].any()
+
+
+@pytest.mark.asyncio
+async def test_the_service_keeps_what_a_call_wrote_for_its_lifetime_only(
+        images: tuple[ToolContext, dict[str, str]]) -> None:
+    """Only what a call wrote is served (never an input image), and only until the service's artifact lifetime
+    ends; then its record and bytes are gone from the service's disk."""
+    from medagent.errors import UnknownArtifact
+
+    context, ids = images
+    with pytest.raises(ConfigurationError):
+        ExpertService([_lung_fields_tool()], artifact_ttl_s=0)
+    service = ExpertService([_lung_fields_tool()], artifact_ttl_s=0.5)
+    try:
+        item = CallItem(arguments={"image_id": ids["cxr"]}, images={ids["cxr"]: encode(context.load_image(ids["cxr"]))})
+        [result] = (await service.predict("segment_lung_fields",
+                                          BatchRequest(protocol=PROTOCOL_VERSION, items=[item]))).items
+        assert result.ok and result.output is not None
+        assert sorted(result.artifacts) == sorted([result.output["mask_id"], result.output["overlay_id"]])
+        payload = await service.artifact(result.output["overlay_id"])
+        assert base64.b64decode(payload.content_b64).startswith(b"\x89PNG") and payload.kind == "overlay"
+        with pytest.raises(UnknownArtifact):
+            await service.artifact(ids["cxr"])  # an input, even one it was sent, is never served back
+        await asyncio.sleep(0.7)
+        for artifact_id in result.artifacts:
+            with pytest.raises(UnknownArtifact):
+                await service.artifact(artifact_id)
+        assert not [path for path in (service.store.root / "objects").rglob("*") if path.is_file()]
+    finally:
+        service.close()
+
+
+class _Relay(BaseHTTPRequestHandler):
+    """A proxy to the real service whose artifact answers are faulted (``mode``)."""
+
+    upstream = ""
+    mode = "expired"
+
+    def do_GET(self) -> None:
+        answer = httpx.get(self.upstream + self.path, timeout=30)
+        body, status = answer.content, answer.status_code
+        if self.path.startswith("/v1/artifacts/"):
+            payload = json.loads(body)
+            if self.mode == "expired":
+                status, body = 404, json.dumps({"protocol": PROTOCOL_VERSION, "error": {
+                    "code": "unknown_artifact", "family": "tool_failure", "message": "gone"}}).encode()
+            elif self.mode == "another":
+                payload["id"] = "ovl-" + "0" * 12
+            elif self.mode == "tampered":
+                payload["content_b64"] = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()
+            elif self.mode == "path":
+                payload["media_type"] = "application/x-sh"
+            elif self.mode == "huge":
+                payload["metadata"] = {"pad": "x" * 1024**2}
+            if self.mode != "expired":
+                body = json.dumps(payload).encode()
+        self._send(status, body)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        answer = httpx.post(self.upstream + self.path, content=body, headers=dict(self.headers), timeout=30)
+        self._send(answer.status_code, answer.content)
+
+    _send = _Fake._send
+    log_message = _Fake.log_message
+
+
+@pytest.mark.asyncio
+async def test_artifacts_a_service_sends_wrongly_are_typed_errors_and_nothing_is_kept(
+        service_url: str, images: tuple[ToolContext, dict[str, str]], settings: Settings, tmp_path: Path,
+        nih_images: list[Path]) -> None:
+    """Expired, another id, bytes off their sha256, a media type medagent does not keep, an oversized record:
+    each a typed error for the call, and nothing of it written to this side's store."""
+    context, ids = attach(tmp_path, {"cxr": (nih_images[0], "DX")})
+    _Relay.upstream = service_url
+    relay = ThreadingHTTPServer(("127.0.0.1", 0), _Relay)
+    threading.Thread(target=relay.serve_forever, daemon=True).start()
+    try:
+        [segment] = _remote(f"http://127.0.0.1:{relay.server_port}", settings, tools=["segment_lung_fields"]).values()
+        for mode, error in (("expired", RemoteExpertUnavailable), ("another", RemoteResponseInvalid),
+                            ("tampered", RemoteResponseInvalid), ("path", RemoteResponseInvalid),
+                            ("huge", RemoteResponseInvalid)):
+            _Relay.mode = mode
+            with pytest.raises(error):
+                await ToolRegistry([segment]).call(segment.name, {"image_id": ids["cxr"]}, context)
+            assert [artifact.kind.value for artifact in context.artifacts.list()] == ["image"], mode
+    finally:
+        relay.shutdown()
+        relay.server_close()
+
+
+def test_serve_keeps_artifacts_as_long_as_it_is_told(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from medagent.cli.main import app
+
+    served: list[Any] = []
+    monkeypatch.setattr(uvicorn, "run", lambda asgi, **options: served.append(asgi))
+    result = CliRunner().invoke(app, ["expert", "serve", "assess_image_quality", "--artifact-ttl-s", "42"],
+                                env={"MEDAGENT_HOME": str(settings.home)})
+    assert result.exit_code == 0, result.output
+    assert served[0].state.service.artifact_ttl_s == 42

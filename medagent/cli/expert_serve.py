@@ -22,6 +22,8 @@ def serve(
                                            "loopback or behind an authenticating proxy")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8765,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level")] = "warning",
+    artifact_ttl: Annotated[float, typer.Option("--artifact-ttl-s", min=1.0, help="seconds a mask or overlay a call "
+                                                 "wrote is kept for its client to fetch")] = 900.0,
 ) -> None:
     """Serve experts over HTTP (card, readiness, health, batched typed predictions) for `family: remote` cards."""
     import uvicorn
@@ -30,7 +32,7 @@ def serve(
     from medagent.remote.app import create_app
     from medagent.remote.service import ExpertService
 
-    service = ExpertService.from_sources(list(experts), Settings())
+    service = ExpertService.from_sources(list(experts), Settings(), artifact_ttl_s=artifact_ttl)
     if host not in LOOPBACK:
         errors.print(f"[yellow]warning[/] serving on {safe(host)}: anyone who reaches it can run these experts")
     names = ", ".join(service.registry.names())

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from medagent.errors import MedagentError, RemoteExpertError, RemoteProtocolMismatch, UnknownTool
+from medagent.errors import MedagentError, RemoteExpertError, RemoteProtocolMismatch, UnknownArtifact, UnknownTool
 from medagent.remote.protocol import (
     MAX_REQUEST_BYTES,
     PREFIX,
@@ -45,6 +45,13 @@ def create_app(service: ExpertService) -> FastAPI:
     @app.get(f"{PREFIX}/tools")
     async def tools() -> Response:
         return reply(service.describe())
+
+    @app.get(f"{PREFIX}/artifacts/{{artifact_id}}")
+    async def artifact(artifact_id: str) -> Response:
+        try:
+            return reply(await service.artifact(artifact_id))
+        except UnknownArtifact as exc:
+            return refuse(404, exc)
 
     @app.post(f"{PREFIX}/tools/{{name}}/batch")
     async def batch(name: str, request: Request) -> Response:

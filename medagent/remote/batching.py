@@ -13,7 +13,8 @@ from medagent.errors import MedagentError, RemoteExpertError, RemoteResponseInva
 from medagent.remote.protocol import PROTOCOL_VERSION, BatchRequest, CallItem, ImagePayload
 from medagent.remote.transport import Endpoint, typed
 
-_Pending = tuple[CallItem, "asyncio.Future[dict[str, Any]]"]
+Answer = tuple[dict[str, Any], list[str]]  # one call's output and the ids of the artifacts it wrote
+_Pending = tuple[CallItem, "asyncio.Future[Answer]"]
 
 
 @dataclass
@@ -32,13 +33,13 @@ class RequestBatcher:
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
         self.batch_sizes: list[int] = []
 
-    async def submit(self, arguments: dict[str, Any], images: dict[str, ImagePayload]) -> dict[str, Any]:
-        """The output of one call (JSON), or its typed error raised."""
+    async def submit(self, arguments: dict[str, Any], images: dict[str, ImagePayload]) -> Answer:
+        """The output of one call (JSON) and the artifact ids it wrote, or its typed error raised."""
         loop = asyncio.get_running_loop()
         state = self._states.get(loop)
         if state is None:
             state = self._states[loop] = _LoopState()
-        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        future: asyncio.Future[Answer] = loop.create_future()
         state.pending.append((CallItem(arguments=arguments, images=images), future))
         if len(state.pending) >= self.max_items:
             state.full.set()
@@ -82,7 +83,7 @@ class RequestBatcher:
             if future.done():
                 continue  # its caller gave up (timeout, cancellation)
             if result.ok and result.output is not None:
-                future.set_result(result.output)
+                future.set_result((result.output, list(result.artifacts)))
             else:
                 future.set_exception(typed(result.error, self.endpoint.where) if result.error is not None else
                                      RemoteResponseInvalid(f"the expert service at {self.endpoint.where} answered "

@@ -33,6 +33,7 @@ from medagent.families.card import FamilyCardError, RemoteCard
 from medagent.remote.batching import RequestBatcher
 from medagent.remote.payload import encode
 from medagent.remote.protocol import MAX_DESCRIPTION_BYTES, PREFIX, ServiceDescription, ToolDescription
+from medagent.remote.relay import bring_artifacts
 from medagent.remote.transport import Endpoint
 from medagent.runtime.results import Provenance
 from medagent.tools.spec import ARTIFACT_ID_MARKER, Tool, ToolContext, ToolPolicy
@@ -92,7 +93,8 @@ def _remote_tool(card: RemoteCard, remote: ToolDescription, endpoint: Endpoint, 
         for record in records.values():
             model_card.check_image(record, name)  # before anything travels, as a local expert tool checks
         payloads = await asyncio.to_thread(lambda: {key: encode(record) for key, record in records.items()})
-        output = await batcher.submit(sent, payloads)
+        output, written = await batcher.submit(sent, payloads)
+        output = await bring_artifacts(endpoint, written, output, context.artifacts)  # its ids resolve here
         provenance = output.get("provenance")
         if isinstance(provenance, dict):
             provenance["ran_on"] = endpoint.where  # where it ran, as this side reached it (not as the service says)

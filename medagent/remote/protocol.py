@@ -5,6 +5,8 @@ models, the routes, and the bounds both sides enforce. No web framework is impor
     GET  /v1/ready                each tool's readiness (weights present), without loading a model
     GET  /v1/tools                the tools: card, policy, input and output JSON schemas
     POST /v1/tools/{name}/batch   typed predictions, one result or typed error per item
+    GET  /v1/artifacts/{id}       a mask, overlay or heatmap a call wrote (its id listed in that call's result),
+                                  kept for the service's artifact lifetime
 
 ``PROTOCOL_VERSION`` changes whenever a change would make an older peer misread a message; both sides refuse
 another version with a typed error instead of guessing.
@@ -21,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from medagent.errors import ErrorFamily
 from medagent.imaging.record import DeidReport, Modality, SafeMetadata
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 PREFIX = "/v1"
 PROTOCOL_HEADER = "x-medagent-protocol"  # sent with every request, checked before its body is read
 TOOL_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -33,8 +35,15 @@ MAX_REQUEST_BYTES = 256 * 1024**2  # one request body, base64 included
 MAX_RESPONSE_BYTES = 16 * 1024**2  # one response body: typed results, never pixels
 MAX_DESCRIPTION_BYTES = 4 * 1024**2  # /v1/tools: schemas of up to 256 tools
 MAX_MESSAGE = 1000  # characters of an error message that crosses the wire
+MAX_ARTIFACTS_PER_ITEM = 128  # masks and overlays one call may write (a volume: one overlay per label)
+MAX_ARTIFACT_BYTES = 64 * 1024**2  # one mask or overlay, before base64
+MAX_ARTIFACT_METADATA_BYTES = 64 * 1024  # its metadata and provenance, as JSON
+# what an artifact from a service may be, and the file suffix this side stores it under (never the service's word)
+ARTIFACT_MEDIA_TYPES = {"image/png": ".png", "application/x-npz": ".npz", "application/x-npy": ".npy",
+                        "application/gzip": ".nii.gz", "application/json": ".json", "text/plain": ".txt"}
 
 _ImageKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+ArtifactKey = Annotated[str, Field(pattern=r"^[a-z]{2,8}-[0-9a-f]{6,64}$")]
 LIBRARIES = ("numpy", "pydantic", "pydantic-core", "fastapi", "uvicorn", "httpx", "torch", "transformers")
 
 
@@ -87,6 +96,21 @@ class ItemResult(_Wire):
     ok: bool
     output: dict[str, Any] | None = None
     error: WireError | None = None
+    # ids in ``output`` of what the call wrote (masks, overlays): fetched from /v1/artifacts/{id}
+    artifacts: list[ArtifactKey] = Field(default_factory=list, max_length=MAX_ARTIFACTS_PER_ITEM)
+
+
+class ArtifactPayload(_Wire):
+    """What a call wrote, as the service stored it: the bytes (base64) and the record that goes with them. Never
+    an input image (those stay where they were attached) and never a path."""
+
+    id: ArtifactKey
+    kind: Literal["mask", "overlay", "heatmap", "report"]
+    media_type: str = Field(max_length=64)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    content_b64: str = Field(max_length=(MAX_ARTIFACT_BYTES * 4) // 3 + 8)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict)
 
 
 class BatchResponse(_Wire):

@@ -16,10 +16,15 @@ modality check, policy), so the expert runtime's micro-batcher runs them as one 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import re
 import tempfile
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from medagent import __version__
 from medagent.config import Settings
@@ -34,10 +39,14 @@ from medagent.imaging.limits import ImageLimits
 from medagent.imaging.record import ImageRecord
 from medagent.remote.payload import decode
 from medagent.remote.protocol import (
+    MAX_ARTIFACT_BYTES,
+    MAX_ARTIFACT_METADATA_BYTES,
+    MAX_ARTIFACTS_PER_ITEM,
     MAX_ITEMS,
     MAX_MESSAGE,
     MAX_REQUEST_BYTES,
     PROTOCOL_VERSION,
+    ArtifactPayload,
     BatchRequest,
     BatchResponse,
     CallItem,
@@ -49,11 +58,14 @@ from medagent.remote.protocol import (
     WireError,
     library_versions,
 )
-from medagent.tools.artifacts import ArtifactStore
+from medagent.tools.artifacts import ArtifactKind, ArtifactStore
 from medagent.tools.registry import ToolRegistry
 from medagent.tools.spec import Tool, ToolContext
 
 MAX_INFLIGHT_REQUESTS = 8  # batch requests read and answered at once: bounds the memory hostile clients can take
+DEFAULT_ARTIFACT_TTL_S = 900.0  # how long what a call wrote waits for its client to fetch it
+MAX_KEPT_ARTIFACTS = 4096  # written and not yet expired; the oldest go first past this
+_ARTIFACT_ID = re.compile(r"[a-z]{2,8}-[0-9a-f]{6,64}")
 
 
 @dataclass
@@ -84,24 +96,30 @@ class ExpertService:
     """Tools served to other processes: descriptions, readiness, health and batched typed predictions."""
 
     def __init__(self, tools: list[Tool[Any, Any]], *, work_dir: Path | None = None,
-                 limits: ImageLimits | None = None, closers: list[Any] | None = None) -> None:
+                 limits: ImageLimits | None = None, closers: list[Any] | None = None,
+                 artifact_ttl_s: float = DEFAULT_ARTIFACT_TTL_S) -> None:
         if not tools:
             raise ConfigurationError("an expert service needs at least one tool")
+        if not artifact_ttl_s > 0:
+            raise ConfigurationError("an expert service's artifact lifetime must be positive seconds")
         self.registry = ToolRegistry(tools)  # the one invocation path: validation, policy, concurrency
         self.limits = limits or ImageLimits()
         self._scratch = tempfile.TemporaryDirectory(prefix="medagent-expert-") if work_dir is None else None
-        # what tools write (overlays, masks) stays on the service; results travel, artifacts do not
+        # what tools write (overlays, masks) waits here until its client fetches it, at most artifact_ttl_s
         self.store = ArtifactStore((work_dir or Path(self._scratch.name)) / "artifacts")  # type: ignore[union-attr]
+        self.artifact_ttl_s = artifact_ttl_s
+        self._written: OrderedDict[str, float] = OrderedDict()  # artifact id -> when it expires (monotonic)
         self.versions = {"medagent": __version__, **library_versions()}
         self._closers = list(closers or [])
         self.inflight = asyncio.Semaphore(MAX_INFLIGHT_REQUESTS)
 
     @classmethod
-    def from_sources(cls, sources: list[str], settings: Settings) -> ExpertService:
+    def from_sources(cls, sources: list[str], settings: Settings, *,
+                     artifact_ttl_s: float = DEFAULT_ARTIFACT_TTL_S) -> ExpertService:
         from medagent.remote.sources import resolve
 
         tools, closers = resolve(sources, settings)
-        return cls(tools, limits=settings.limits, closers=closers)
+        return cls(tools, limits=settings.limits, closers=closers, artifact_ttl_s=artifact_ttl_s)
 
     def describe(self) -> ServiceDescription:
         tools = []
@@ -145,13 +163,67 @@ class ExpertService:
             context = PayloadContext(artifacts=self.store, image_ids=list(records), records=records)
             value = await self.registry.call(name, item.arguments, context)
             output = value.model_dump(mode="json")
+            written = self._written_by(output, set(records))
         except Exception as exc:  # noqa: BLE001 - one item's failure is its own typed result, never the batch's
             return ItemResult(ok=False, error=wire_error(exc))
         provenance = output.get("provenance")
         if isinstance(provenance, dict) and isinstance(provenance.get("library_versions"), dict):
             for library, version in self.versions.items():  # what the service ran with, where the expert is silent
                 provenance["library_versions"].setdefault(library, version)
-        return ItemResult(ok=True, output=output)
+        return ItemResult(ok=True, output=output, artifacts=written)
+
+    def _written_by(self, output: Any, inputs: set[str]) -> list[str]:
+        """The ids in ``output`` of artifacts in this service's store (what the call wrote), kept to be fetched."""
+        found: list[str] = []
+        for value in _strings(output):
+            if value in inputs or value in found or not _ARTIFACT_ID.fullmatch(value):
+                continue
+            try:
+                artifact = self.store.get(value)
+            except UnknownArtifact:
+                continue  # an id-like string that is no artifact here (a label, an input of the client's)
+            if artifact.kind is not ArtifactKind.IMAGE:
+                found.append(value)
+        if len(found) > MAX_ARTIFACTS_PER_ITEM:
+            raise ExpertCrashed(f"the tool wrote {len(found)} artifacts; a call may return at most "
+                                f"{MAX_ARTIFACTS_PER_ITEM}")
+        expires = time.monotonic() + self.artifact_ttl_s
+        for artifact_id in found:
+            self._written[artifact_id] = expires
+            self._written.move_to_end(artifact_id)
+        self._expire()
+        return found
+
+    def _expire(self) -> None:
+        now, gone = time.monotonic(), []
+        while self._written:
+            oldest, expires = next(iter(self._written.items()))
+            if expires > now and len(self._written) <= MAX_KEPT_ARTIFACTS:
+                break
+            del self._written[oldest]
+            gone.append(oldest)
+        if gone:
+            kept = {self.store.get(artifact_id).sha256 for artifact_id in self._written}
+            for artifact_id in gone:
+                shared = self.store.get(artifact_id).sha256 in kept
+                self.store.delete(artifact_id, keep_object=shared)
+
+    async def artifact(self, artifact_id: str) -> ArtifactPayload:
+        """An artifact a call wrote, while it is kept; :class:`UnknownArtifact` for anything else (input images,
+        expired or never written ids alike)."""
+        self._expire()
+        if artifact_id not in self._written:
+            raise UnknownArtifact(f"no artifact with id {artifact_id[:80]!r} is kept on this service (what a call "
+                                  f"writes is kept {self.artifact_ttl_s:g} s)")
+        artifact = self.store.get(artifact_id)
+        if artifact.size_bytes > MAX_ARTIFACT_BYTES:
+            raise ExpertCrashed(f"the artifact is {artifact.size_bytes} bytes; at most {MAX_ARTIFACT_BYTES} travel")
+        if len(json.dumps([artifact.metadata, artifact.provenance], default=str)) > MAX_ARTIFACT_METADATA_BYTES:
+            raise ExpertCrashed(f"the artifact's record is over {MAX_ARTIFACT_METADATA_BYTES} bytes")
+        content = await asyncio.to_thread(lambda: base64.b64encode(artifact.path.read_bytes()).decode("ascii"))
+        return ArtifactPayload(id=artifact.id, kind=cast(Any, artifact.kind.value), media_type=artifact.media_type,
+                               sha256=artifact.sha256, content_b64=content, metadata=artifact.metadata,
+                               provenance=artifact.provenance)
 
     def close(self) -> None:
         for tool in self.registry.tools():
@@ -160,3 +232,14 @@ class ExpertService:
             closer()
         if self._scratch is not None:
             self._scratch.cleanup()
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string in a JSON value (a tool's output: depth bounded by its own model)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [found for item in value.values() for found in _strings(item)]
+    if isinstance(value, list):
+        return [found for item in value for found in _strings(item)]
+    return []

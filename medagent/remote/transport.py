@@ -21,15 +21,19 @@ from medagent.errors import (
     RemoteResponseInvalid,
 )
 from medagent.remote.protocol import (
+    MAX_ARTIFACT_BYTES,
+    MAX_ARTIFACT_METADATA_BYTES,
     MAX_RESPONSE_BYTES,
     PREFIX,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
+    ArtifactPayload,
     BatchResponse,
     ErrorResponse,
     WireError,
 )
 
+MAX_ARTIFACT_RESPONSE_BYTES = (MAX_ARTIFACT_BYTES * 4) // 3 + 2 * MAX_ARTIFACT_METADATA_BYTES + 4096
 CONNECT_TIMEOUT_S = 5.0  # a service that does not accept a connection in this long is down, whatever the card says
 _BY_CODE: dict[str, type[MedagentError]] = {}
 for _name in errors.__all__:
@@ -88,26 +92,13 @@ class Endpoint:
         """One batch request; the typed error of whatever went wrong (the whole request is bounded by the card's
         timeout, however slowly a server drips its answer)."""
         headers = {"content-type": "application/json", PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
-        try:
-            async with asyncio.timeout(self.timeout_s), httpx.AsyncClient(timeout=self.timeout) as client, \
-                    client.stream("POST", f"{self.base}{PREFIX}/tools/{tool}/batch", content=body,
-                                  headers=headers) as response:
-                received = bytearray()
-                async for chunk in response.aiter_bytes():
-                    received += chunk
-                    if len(received) > MAX_RESPONSE_BYTES:
-                        raise RemoteResponseInvalid(f"the expert service at {self.where} sent over "
-                                                    f"{MAX_RESPONSE_BYTES} bytes")
-                status = response.status_code
-        except TimeoutError:
-            raise RemoteExpertTimeout(f"the expert service at {self.where} did not answer within {self.timeout_s:g} s",
-                                      remote=self.where) from None
-        except httpx.HTTPError as exc:
-            self._raise_transport(exc)
+        async with httpx.AsyncClient(timeout=self.timeout) as client:
+            status, received = await self._read(client, "POST", f"{PREFIX}/tools/{tool}/batch", MAX_RESPONSE_BYTES,
+                                                content=body, headers=headers)
         if status != 200:
-            self._raise_status(status, bytes(received))
+            self._raise_status(status, received)
         try:
-            answer = BatchResponse.model_validate_json(bytes(received))
+            answer = BatchResponse.model_validate_json(received)
         except ValidationError:
             raise RemoteResponseInvalid(f"the expert service at {self.where} answered with no valid batch "
                                         "response") from None
@@ -116,6 +107,46 @@ class Endpoint:
             raise RemoteResponseInvalid(f"the expert service at {self.where} answered {len(answer.items)} results "
                                         f"for {items} calls")
         return answer
+
+    async def get_artifacts(self, artifact_ids: list[str]) -> list[ArtifactPayload]:
+        """What a call wrote on the service, one request each over one connection, each read under its cap."""
+        found = []
+        async with httpx.AsyncClient(timeout=self.timeout) as client:
+            for artifact_id in artifact_ids:
+                status, received = await self._read(client, "GET", f"{PREFIX}/artifacts/{artifact_id}",
+                                                    MAX_ARTIFACT_RESPONSE_BYTES)
+                if status == 404:  # expired or restarted: the call's result cannot be completed
+                    raise RemoteExpertUnavailable(f"the expert service at {self.where} no longer keeps what the "
+                                                  "call wrote", remote=self.where, status=status)
+                if status != 200:
+                    self._raise_status(status, received)
+                try:
+                    payload = ArtifactPayload.model_validate_json(received)
+                except ValidationError:
+                    raise RemoteResponseInvalid(f"the expert service at {self.where} sent an invalid "
+                                                "artifact") from None
+                if payload.id != artifact_id:
+                    raise RemoteResponseInvalid(f"the expert service at {self.where} sent another artifact than "
+                                                "the one asked for")
+                found.append(payload)
+        return found
+
+    async def _read(self, client: httpx.AsyncClient, method: str, path: str, limit: int,
+                    **request: Any) -> tuple[int, bytes]:
+        """Status and body of one request, the body read under ``limit`` and the whole within the timeout."""
+        try:
+            async with asyncio.timeout(self.timeout_s), client.stream(method, self.base + path, **request) as response:
+                received = bytearray()
+                async for chunk in response.aiter_bytes():
+                    received += chunk
+                    if len(received) > limit:
+                        raise RemoteResponseInvalid(f"the expert service at {self.where} sent over {limit} bytes")
+                return response.status_code, bytes(received)
+        except TimeoutError:
+            raise RemoteExpertTimeout(f"the expert service at {self.where} did not answer within {self.timeout_s:g} s",
+                                      remote=self.where) from None
+        except httpx.HTTPError as exc:
+            self._raise_transport(exc)
 
     def _raise_transport(self, exc: httpx.HTTPError) -> NoReturn:
         where = self.where

@@ -167,6 +167,20 @@ class ArtifactStore:
                 fields[key] = tuple(fields[key])
         return ImageRecord(pixels=pixels, **fields)
 
+    def delete(self, artifact_id: str, *, keep_object: bool = False) -> None:
+        """Forget ``artifact_id``; its bytes too unless ``keep_object`` (another record may share them: the caller
+        knows). Deleting what is not there is a no-op."""
+        index_path = self._index_path(artifact_id)
+        try:
+            artifact = self.get(artifact_id)
+        except UnknownArtifact:
+            return
+        self._cache.pop(artifact_id, None)
+        index_path.unlink(missing_ok=True)
+        objects = self.root / "objects" / artifact.sha256[:2]
+        if not keep_object and artifact.path.parent == objects and artifact.path.name.startswith(artifact.sha256):
+            artifact.path.unlink(missing_ok=True)  # only ever a file of this store's own layout
+
     def list(self, kind: ArtifactKind | None = None) -> list[Artifact]:
         found = []
         for path in sorted((self.root / "index").glob("*.json")):
