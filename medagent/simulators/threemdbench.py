@@ -45,7 +45,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[dict[str, Any], int | None, int]
                             file=path.name) from None
 
 
-def _table_rows(path: Path) -> Iterator[tuple[dict[str, Any], int | None, int]]:
+def table_rows(path: Path) -> Iterator[tuple[dict[str, Any], int | None, int]]:
     """(record, line, 1-based row) of a JSONL, CSV or Parquet table, read a line (or a few rows) at a time
     under the case-file bounds (:func:`bounded_lines`)."""
     suffix = path.suffix.lower()
@@ -75,7 +75,7 @@ def _table_rows(path: Path) -> Iterator[tuple[dict[str, Any], int | None, int]]:
                 yield record, line, row
 
 
-def _image_writer(cache: Path, deidentifier: Deidentifier | None) -> Callable[[bytes], Path]:
+def image_writer(cache: Path, deidentifier: Deidentifier | None) -> Callable[[bytes], Path]:
     """Embedded bytes -> a de-identified, owner-only file in ``cache`` (see :mod:`case_images`). Without a
     de-identifier the key is the installation's: ``Settings.deid_secret``, else ``deid.secret`` in the cache's
     parent folder (medagent's home)."""
@@ -151,7 +151,7 @@ def load_3mdbench(path: Path, *, image_cache: Path | None = None, deidentifier: 
     Embedded images are written de-identified (DICOM) or re-encoded without metadata (PNG, JPEG) to
     ``image_cache``, owner-only, once per original. More than ``max_cases`` cases is refused
     (``dataset.max_cases``) before the next case's image is written."""
-    write = _image_writer(image_cache, deidentifier) if image_cache is not None else None
+    write = image_writer(image_cache, deidentifier) if image_cache is not None else None
     if path.is_dir():
         table = next((path / name for name in _FOLDER_TABLES if (path / name).is_file()), None)
         tables = [table] if table else sorted(p for p in path.iterdir() if p.suffix.lower() in (".parquet", ".pq"))
@@ -164,7 +164,7 @@ def load_3mdbench(path: Path, *, image_cache: Path | None = None, deidentifier: 
     cases: list[DialogueCase] = []
     seen: set[str] = set()
     for table in tables:
-        for record, line, row in _table_rows(table):
+        for record, line, row in table_rows(table):
             if max_cases is not None and len(cases) >= max_cases:
                 raise too_many_cases(max_cases)
             case = _3mdbench_case(record, table, stems[table], line, row, write)
