@@ -19,6 +19,7 @@ MAX_QUESTION_CHARS = 16_384
 MAX_ANSWER_CHARS = 4096
 MAX_IMAGES_PER_QUESTION = 16
 LETTERS = string.ascii_uppercase
+YES_NO_ANSWERS = ("yes", "no", "是", "否")  # SLAKE asks in Chinese too
 Layout = Literal["manifest", "vqa_rad", "slake", "pmc_vqa", "gmai_mmbench", "probmed", "mediconfusion",
                  "chestagentbench", "medxpertqa_mm", "omnimedvqa"]
 LAYOUTS: tuple[str, ...] = get_args(Layout)
@@ -65,7 +66,7 @@ class Question(BaseModel):
         """choice: lettered options; yes_no: an open question whose gold answer is yes or no; open: free text."""
         if self.options:
             return "choice"
-        return "yes_no" if self.answer.strip().lower() in ("yes", "no") else "open"
+        return "yes_no" if self.answer.strip().lower() in YES_NO_ANSWERS else "open"
 
     @property
     def chance(self) -> float | None:
