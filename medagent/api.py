@@ -23,9 +23,9 @@ from pydantic import BaseModel, Field
 from medagent.agents.planner import Message, Planner, PlannerConfig
 from medagent.assembly import Assembly
 from medagent.config import Settings
-from medagent.errors import ConfigurationError, MedagentError
+from medagent.errors import ConfigurationError, MedagentError, UnknownArtifact
 from medagent.names import check_name
-from medagent.tools.artifacts import Artifact
+from medagent.tools.artifacts import Artifact, ArtifactKind
 from medagent.tools.builtin import Toolbox
 from medagent.tools.spec import Tool
 from medagent.workflows.agent_loop import AgentLoop, LoopSettings
@@ -157,6 +157,15 @@ class Session:
 
     async def attach(self, path: str | Path, modality: str | None = None) -> Artifact:
         artifact = await asyncio.to_thread(self.agent.toolbox.attach, path, modality)
+        self._new_images.append(artifact.id)
+        return artifact
+
+    def attach_stored(self, image_id: str) -> Artifact:
+        """An image already in the agent's artifact store (loaded and de-identified by medagent), attached to this
+        session as a file would be; :class:`UnknownArtifact` for an id that is no stored image."""
+        artifact = self.agent.toolbox.store.get(image_id)
+        if artifact.kind is not ArtifactKind.IMAGE:
+            raise UnknownArtifact(f"artifact {image_id!r} is a {artifact.kind.value}, not an image")
         self._new_images.append(artifact.id)
         return artifact
 

@@ -14,9 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from medagent.agents.planner import BACKENDS, PlannerConfig, Role
 from medagent.names import name_problem
+from medagent.questions.corruptions import Corruption
 from medagent.studies.components import TargetPolicy, TargetRef
 from medagent.studies.datasets import Case, DatasetSpec, iter_dataset
-from medagent.studies.pipeline import Graph, Probability, StepId
+from medagent.studies.dialogue_graph import DialogueGraph
+from medagent.studies.pipeline import AgentLoopGraph, PipelineGraph, Probability, StepId
+from medagent.studies.vqa_graph import MAX_INSTRUCTION_CHARS, VqaGraph
 from medagent.yaml_located import LocatedDocument, Problem, StudyConfigError
 
 if TYPE_CHECKING:
@@ -28,6 +31,7 @@ BUILTIN_TOOL_NAMES: tuple[str, ...] = (
     "segment_lung_fields", "ground_phrase", "compare_studies", "segment_volume", "search_reports",
     "find_similar_images",
 )
+Graph = Annotated[AgentLoopGraph | PipelineGraph | DialogueGraph | VqaGraph, Field(discriminator="type")]
 # Upper bounds on numbers that size work or memory: far above any real study, far below a typo or an attack.
 MAX_REPEATS = 1000
 MAX_CONCURRENCY = 256
@@ -71,11 +75,24 @@ def _default_planners() -> Planners:
 
 
 class Arm(_Strict):
-    """One configuration compared in a study; roles it does not name use the study's top-level planners."""
+    """One configuration compared in a study; roles it does not name use the study's top-level planners.
+    ``experts``, ``prompt`` and ``corruption`` compare expert sets, prompts and image perturbations (vqa graphs)."""
 
     name: StepId
     description: str = ""
     planners: Planners = Field(default_factory=dict)
+    experts: list[str] | None = Field(
+        default=None, max_length=256, description="vqa: the tools this arm offers or runs ('none' or []: none); "
+                                                  "default: the study's experts")
+    prompt: str | None = Field(default=None, min_length=1, max_length=MAX_INSTRUCTION_CHARS,
+                               description="vqa: the planner's instructions, replacing graph.instructions")
+    corruption: Corruption | None = Field(default=None, description="vqa: applied to every image before the "
+                                                                    "planner and the experts see it")
+
+    @field_validator("experts", mode="before")
+    @classmethod
+    def _none_means_no_experts(cls, value: object) -> object:
+        return [] if value == "none" else value
 
 
 class ExpertRef(TargetRef):

@@ -20,11 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medagent.dialogue.cases import CaseFormat, DialogueCase
 from medagent.imaging.record import Modality
+from medagent.questions.model import Layout, Question
 from medagent.simulators.case_files import too_many_cases
 from medagent.yaml_located import StudyConfigError
 
 if TYPE_CHECKING:
     from medagent.config import Settings
+    from medagent.questions.loading import QuestionSet
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -50,8 +52,14 @@ class ColumnMapping(BaseModel):
 class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["folder", "manifest", "cases"]
+    type: Literal["folder", "manifest", "cases", "questions"]
     path: str = Field(min_length=1, description="relative to the study file's folder; cases: also 'builtin'")
+    layout: Literal["auto"] | Layout = Field(
+        default="auto", description="questions only: the benchmark's file layout (auto: detected)")
+    images: str | None = Field(default=None, description="questions only: the image folder (relative to the study "
+                                                         "file's folder); default: the question file's folder")
+    skip_malformed: bool = Field(default=False, description="questions only: skip malformed rows (the report "
+                                                            "counts them) instead of refusing the dataset")
     format: CaseFormat = Field(
         default="auto", description="cases only: the case file's layout")
     columns: ColumnMapping = Field(default_factory=ColumnMapping, description="manifest only")
@@ -72,6 +80,7 @@ class Case(BaseModel):
     study_date: str | None = None
     subgroups: dict[str, str] = Field(default_factory=dict)
     dialogue: DialogueCase | None = Field(default=None, description="cases datasets: the simulated consultation")
+    question: Question | None = Field(default=None, description="questions datasets: the benchmark question")
 
 
 def _path_hash(relative: str) -> str:
@@ -122,6 +131,9 @@ def load_dataset(spec: DatasetSpec, base_dir: Path, settings: Settings | None = 
 
 def iter_dataset(spec: DatasetSpec, base_dir: Path, settings: Settings | None = None) -> Iterator[Case]:
     """The cases of ``spec`` one by one: a manifest is read row by row, at most ``spec.max_cases`` of them."""
+    if spec.type == "questions":
+        yield from (question_case(question) for question in load_question_set(spec, base_dir, settings).questions)
+        return
     if spec.type == "manifest":
         root = _existing_root(spec, base_dir)
         if root.name.lower().endswith(MANIFEST_SUFFIXES):
@@ -169,6 +181,44 @@ def _eager_dataset(spec: DatasetSpec, base_dir: Path, settings: Settings | None)
     from medagent.studies.manifests import manifest_cases
 
     return list(manifest_cases(root, spec.columns, spec.max_cases))
+
+
+def load_question_set(spec: DatasetSpec, base_dir: Path, settings: Settings | None = None) -> QuestionSet:
+    """The questions of a ``questions`` dataset and the malformed rows skipped (``skip_malformed``); embedded
+    images are cached de-identified under medagent's home, with the installation's key."""
+    from medagent.config import Settings
+    from medagent.imaging.deid import Deidentifier
+    from medagent.imaging.deid_secret import load_or_create_secret
+    from medagent.questions.loading import load_questions
+
+    settings = settings or Settings()
+    root = _existing_root(spec, base_dir)
+    images = None
+    if spec.images is not None:
+        images = (base_dir / spec.images).resolve()
+        if not images.is_dir():
+            raise StudyConfigError("dataset.images: not a folder (relative paths start at the study file's folder)",
+                                   field="dataset.images")
+    deidentifier = Deidentifier(load_or_create_secret(settings.home, settings.deid_secret))
+    found = load_questions(root, spec.layout, images=images, image_cache=settings.home / "question-images",
+                           deidentifier=deidentifier, skip_malformed=spec.skip_malformed,
+                           max_questions=spec.max_cases)
+    if not found.questions:
+        raise StudyConfigError("dataset.path: the dataset holds no questions", field="dataset.path")
+    return found
+
+
+def question_groups(question: Question) -> dict[str, str]:
+    """What reports break a question's results down by."""
+    return {"kind": question.kind, **{name: value for name in ("question_type", "modality", "body_part", "category",
+                                                               "language", "source")
+                                      if (value := getattr(question, name)) is not None}}
+
+
+def question_case(question: Question) -> Case:
+    """A question as a study case, its groups as subgroups."""
+    return Case(case_id=question.question_id, images=list(question.images), label=question.answer,
+                subgroups=question_groups(question), question=question)
 
 
 def _study_case(case: DialogueCase) -> Case:

@@ -32,6 +32,7 @@ from medagent.studies.config import BUILTIN_TOOL_NAMES, ExpertRef, PlannerSpec, 
 from medagent.studies.datasets import BUILTIN_CASES
 from medagent.studies.dialogue_graph import ROLE_ARGUMENTS, DialogueGraph
 from medagent.studies.pipeline import PipelineGraph
+from medagent.studies.vqa_graph import VqaGraph
 from medagent.yaml_located import Loc, LocatedDocument, Problem, StudyConfigError, problems_from_validation
 
 
@@ -197,6 +198,7 @@ def reference_problems(config: StudyConfig, *, known_tools: Iterable[str] = BUIL
     if isinstance(config.graph, PipelineGraph):
         problems += _pipeline_problems(config.graph, known, offered)
     problems += _dialogue_problems(config, offered)
+    problems += _vqa_problems(config, offered)
     if isinstance(config.graph, DialogueGraph):  # role implementations must accept what their role is given
         for role, implementation in config.graph.roles.items():
             problems += _target_problems(implementation, ("graph", "roles", role), allowed_prefixes,
@@ -214,6 +216,34 @@ def _dialogue_problems(config: StudyConfig, offered: set[str]) -> list[Problem]:
     if isinstance(config.graph, DialogueGraph) and config.graph.strategy == "dialogue_with_experts" \
             and config.graph.expert not in offered:
         problems.append(Problem(("graph", "expert"), f"'{config.graph.expert}' is not one of the experts"))
+    return problems
+
+
+def _vqa_problems(config: StudyConfig, offered: set[str]) -> list[Problem]:
+    """A vqa graph runs over a questions dataset (and only it can); arms' experts and steps name offered tools;
+    arm settings that only a vqa graph acts on are refused elsewhere."""
+    vqa = isinstance(config.graph, VqaGraph)
+    problems = []
+    if config.dataset is not None and vqa != (config.dataset.type == "questions"):
+        problems.append(Problem(("dataset", "type"), "a vqa graph needs a 'questions' dataset" if vqa else
+                                f"a 'questions' dataset needs graph type 'vqa' (not '{config.graph.type}')"))
+    for index, arm in enumerate(config.arms):
+        for key in ("experts", "prompt", "corruption"):
+            if getattr(arm, key) is not None and not vqa:
+                problems.append(Problem(("arms", index, key), f"only a vqa graph compares arms by {key}"))
+        for position, name in enumerate(arm.experts or []):
+            if name not in offered:
+                problems.append(Problem(("arms", index, "experts", position), f"'{name}' is not one of the "
+                                        f"study's experts ({_known(offered)})"))
+    if isinstance(config.graph, VqaGraph):
+        for index, step in enumerate(config.graph.steps):
+            if step.tool not in offered:
+                problems.append(Problem(("graph", "steps", index, "tool"), f"'{step.tool}' is not one of the "
+                                        "experts"))
+        if config.graph.steps and config.graph.mode != "expert_then_answer":
+            problems.append(Problem(("graph", "steps"), "only mode expert_then_answer runs fixed expert steps"))
+        if config.graph.mode == "expert_then_answer" and not config.graph.steps:
+            problems.append(Problem(("graph", "steps"), "mode expert_then_answer needs at least one step"))
     return problems
 
 

@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medagent.studies.dialogue_graph import DialogueGraph
 from medagent.workflows.agent_loop import LoopSettings
 
 StepId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
@@ -225,5 +224,3 @@ class AgentLoopGraph(_Strict):
     question: str = Field(min_length=1, description="asked about each case's images; {case_id} not expanded")
     loop: LoopSpec = Field(default_factory=LoopSpec)
 
-
-Graph = Annotated[AgentLoopGraph | PipelineGraph | DialogueGraph, Field(discriminator="type")]

@@ -21,19 +21,22 @@ from medagent.assembly import Assembly
 from medagent.config import Settings
 from medagent.errors import MedagentError, PreconditionFailed
 from medagent.names import check_name
+from medagent.questions.layouts.base import SkippedRow
 from medagent.runtime.untrained import expert_weights
-from medagent.store import CaseError, CaseResult, StudyStore
+from medagent.store import CaseError, CaseResult, MetricValue, StudyStore
 from medagent.store.leases import DEFAULT_LEASE_TTL_S, new_owner
 from medagent.studies.components import TargetPolicy
 from medagent.studies.config import ExpertRef, PlannerSpec, StudyConfig
-from medagent.studies.datasets import Case
+from medagent.studies.datasets import Case, load_question_set, question_case
 from medagent.studies.dialogue_graph import DialogueGraph
 from medagent.studies.dialogue_runner import DialogueCaseRunner, resolve_label_set, role_specs
 from medagent.studies.loading import config_hash
-from medagent.studies.pipeline import AgentLoopGraph
+from medagent.studies.pipeline import AgentLoopGraph, PipelineGraph
 from medagent.studies.pipeline_graph import PipelineRunner
 from medagent.studies.preflight import check_planner_endpoints
 from medagent.studies.scheduling import StartupGate
+from medagent.studies.vqa_graph import VqaGraph
+from medagent.studies.vqa_runner import VqaCaseRunner
 from medagent.tools.builtin import Toolbox
 from medagent.tools.invoke import ToolCallRecord, label_probabilities
 from medagent.tools.registry import ToolRegistry
@@ -59,6 +62,7 @@ class _WorkItem(BaseModel):
     repeat: int
     key: str  # the stored case id: the dataset's, prefixed by the arm when a study compares arms
     variant: tuple[str, str] | None = None  # dialogue graphs: (temperament, bias)
+    memory_keys: tuple[str, ...] = ()  # vqa graphs keeping memory: the stored keys of the case's earlier questions
 
 
 def _columns(case: Case, calls: Sequence[ToolCallRecord] = (), registry: ToolRegistry | None = None) -> dict[str, Any]:
@@ -120,6 +124,9 @@ class StudyRunner:
         self._agent_lock = asyncio.Lock()
         self._compiled: PipelineRunner | None = None
         self._dialogue: DialogueCaseRunner | None = None
+        self._vqa: VqaCaseRunner | None = None
+        self._stored: dict[tuple[str, str, int], asyncio.Event] = {}
+        self.skipped_rows: list[SkippedRow] = []
         self._role_planners: dict[tuple[str, int], dict[str, Planner]] = {}
         self.lease_ttl_s = lease_ttl_s
         dataset = config.dataset
@@ -128,20 +135,35 @@ class StudyRunner:
     def _pipeline(self) -> PipelineRunner:
         """The pipeline graph, compiled once per run rather than once per case."""
         if self._compiled is None:
-            assert not isinstance(self.config.graph, AgentLoopGraph | DialogueGraph)
+            assert isinstance(self.config.graph, PipelineGraph)
             self._compiled = PipelineRunner(self.config.graph, self.toolbox)
         return self._compiled
 
-    def work(self, limit: int | None = None) -> list[_WorkItem]:
+    def _cases(self, limit: int | None) -> list[Case]:
+        dataset = self.config.dataset
+        if dataset is not None and dataset.type == "questions":  # the skipped rows are counted in the report
+            found = load_question_set(dataset, self.config.base_dir, self.settings)
+            self.skipped_rows = found.skipped
+            return [question_case(question) for question in found.questions[:limit]]
         # with a limit only the first rows of a manifest are read
-        cases = (list(itertools.islice(self.config.iter_cases(self.settings), limit)) if limit
-                 else self.config.cases(self.settings))
+        return (list(itertools.islice(self.config.iter_cases(self.settings), limit)) if limit
+                else self.config.cases(self.settings))
+
+    def work(self, limit: int | None = None) -> list[_WorkItem]:
+        cases = self._cases(limit)
         arms = list(self.config.arm_planners())
         graph = self.config.graph
         items = []
         for arm in arms:
+            earlier: dict[str, list[str]] = {}  # a case's questions so far (kept memory)
             for index, case in enumerate(cases):
                 key = case.case_id if len(arms) == 1 else f"{arm}:{case.case_id}"
+                if isinstance(graph, VqaGraph) and graph.keep_memory and case.question is not None:
+                    chain = earlier.setdefault(case.question.case_id or case.case_id, [])
+                    items += [_WorkItem(arm=arm, case=case, repeat=repeat, key=key, memory_keys=tuple(chain))
+                              for repeat in range(self.config.repeats)]
+                    chain.append(key)
+                    continue
                 if not isinstance(graph, DialogueGraph):
                     items += [_WorkItem(arm=arm, case=case, repeat=repeat, key=key)
                               for repeat in range(self.config.repeats)]
@@ -184,6 +206,11 @@ class StudyRunner:
             run_id = run_id or f"{self.config.name}-{uuid.uuid4().hex[:8]}"
             await asyncio.to_thread(self.store.create_run, run_id, self.config.name, dumped, digest,
                                     lease_owner=owner, lease_ttl_s=self.lease_ttl_s)
+        if self.skipped_rows:  # malformed dataset rows skipped (dataset.skip_malformed): counted, located
+            located = [{"file": row.file, "row": row.row, "line": row.line, "field": row.field}
+                       for row in self.skipped_rows[:100]]
+            await asyncio.to_thread(self.store.add_metrics, run_id, [MetricValue(
+                name="dataset.skipped_rows", value=len(self.skipped_rows), details={"first": located})])
         keeper = asyncio.create_task(self._keep_lease(run_id, owner))
         try:
             # aclosing: when this generator is closed, the cases stop before the lease is released
@@ -216,14 +243,23 @@ class StudyRunner:
         startup = StartupGate()
 
         writes: list[asyncio.Future[Any]] = []
+        # kept memory: a question starts once the case's previous question is stored (or was, in an earlier run)
+        self._stored = {(item.arm, item.key, item.repeat): asyncio.Event() for item in items}
+        for item in items:
+            if (item.key, item.repeat) in skip:
+                self._stored[(item.arm, item.key, item.repeat)].set()
 
         async def one(item: _WorkItem) -> tuple[_WorkItem, str]:
-            async with limiter, startup.admit():
-                result, messages, calls = await self._execute(run_id, item)
-            write = asyncio.ensure_future(asyncio.to_thread(self.store.record_case, run_id, item.key, item.repeat,
-                                                            result, messages, calls, retry=retry_failed))
-            writes.append(write)
-            return item, (await asyncio.shield(write)).record.status  # a write under way is never cut
+            try:
+                async with limiter, startup.admit():
+                    result, messages, calls = await self._execute(run_id, item)
+                write = asyncio.ensure_future(asyncio.to_thread(self.store.record_case, run_id, item.key,
+                                                                item.repeat, result, messages, calls,
+                                                                retry=retry_failed))
+                writes.append(write)
+                return item, (await asyncio.shield(write)).record.status  # a write under way is never cut
+            finally:
+                self._stored[(item.arm, item.key, item.repeat)].set()
 
         tasks = [asyncio.ensure_future(one(item)) for item in todo]
         # a lost lease (another runner took the run over) stops every case of this runner at once
@@ -256,6 +292,8 @@ class StudyRunner:
         try:
             if isinstance(self.config.graph, DialogueGraph):
                 return await self._dialogue_case(item, seed)
+            if isinstance(self.config.graph, VqaGraph):
+                return await self._vqa_case(run_id, item, seed)
             if not item.case.images:
                 raise PreconditionFailed("this case has no image to run the graph on", case=item.key)
             if isinstance(self.config.graph, AgentLoopGraph):
@@ -328,6 +366,41 @@ class StudyRunner:
         temperament, bias = item.variant
         return await self._dialogues().run(item.case.dialogue, planners, temperament=temperament, bias=bias,
                                            seed=seed, subgroups=item.case.subgroups)
+
+    async def _arm_planner(self, arm: str, seed: int) -> Planner:
+        async with self._agent_lock:  # one client per (arm, seed), shared by that arm's questions
+            planner = self._role_planners.get((arm, seed), {}).get("planner")
+            if planner is None:
+                spec = self.config.arm_planners()[arm]["planner"].model_copy(update={"seed": seed})
+                planner = await _build_planner(spec, self.planners, self.config.targets)
+                self._role_planners[(arm, seed)] = {"planner": planner}
+            return planner
+
+    async def _vqa_agent(self, arm: str, seed: int, tools: list[str]) -> Any:
+        """The agent loop of one (arm, seed), offering exactly the arm's experts."""
+        from medagent.api import Agent, AgentConfig
+
+        assert isinstance(self.config.graph, VqaGraph)
+        planner = await self._arm_planner(arm, seed)
+        async with self._agent_lock:
+            agent = self._agents.get((arm, seed))
+            if agent is None:
+                loop = self.config.graph.loop.model_copy(update={"allowed_tools": tools})
+                agent = Agent(AgentConfig(planner=planner.config, loop=loop, checkpoint_url="memory://"),
+                              settings=self.settings, toolbox=self.toolbox, planner=planner)
+                self._agents[(arm, seed)] = agent = await agent.start()
+            return agent
+
+    async def _vqa_case(self, run_id: str, item: _WorkItem, seed: int) -> tuple[CaseResult, list[dict[str, Any]],
+                                                                                 list[ToolCallRecord]]:
+        assert item.case.question is not None
+        if item.memory_keys:  # the case's previous question first: its answer is part of this one's context
+            await self._stored[(item.arm, item.memory_keys[-1], item.repeat)].wait()
+        if self._vqa is None:
+            self._vqa = VqaCaseRunner(self.config, self.toolbox, self.store, self._modality)
+        planner = await self._arm_planner(item.arm, seed)
+        return await self._vqa.run(run_id, item.arm, item.case.question, item.repeat, seed, planner,
+                                   memory_keys=item.memory_keys, agent_for=self._vqa_agent)
 
     async def aclose(self) -> None:
         for agent in self._agents.values():
