@@ -233,3 +233,25 @@ async def test_the_vllm_server_answers_with_guided_choices(tmp_path: Path, nih_i
         assert {case.status for case in cases} == {"succeeded"}
         assert {(case.columns["vqa.constrained"], case.columns["vqa.parsed"]) for case in cases} == {(1, 1)}
         assert {case.model_id for case in cases} == {SERVED_NAME}
+
+
+@pytest.mark.asyncio
+async def test_the_agent_loop_gathers_evidence_with_the_arms_experts_then_answers_constrained(
+        tmp_path: Path, nih_images: list[Path], settings: Settings) -> None:
+    """mode agent: the loop offers exactly the arm's experts; its findings reach the constrained answer step."""
+    _questions(tmp_path, nih_images)
+    arms = "arms:\n  - {name: bare, experts: none}\n  - {name: experts}\n"
+    planner = PLANNER % "{tools: [assess_image_quality]}"
+    study = _study(tmp_path, "  type: vqa\n  mode: agent", planner=planner, arms=arms,
+                   experts="experts: [assess_image_quality]\n")
+    vqa_parts.PLANNERS.clear()
+    store, cases = await _run(study, settings, "agent")
+    with store:
+        assert {case.status for case in cases} == {"succeeded"} and len(cases) == 12
+        assert store.tool_calls("agent", "bare:q0", 0) == []
+        [call] = store.tool_calls("agent", "experts:q0", 0)
+        assert call.tool == "assess_image_quality" and call.ok
+    offered = {name for planner in vqa_parts.PLANNERS for request in planner.requests for name in request.tool_names}
+    assert offered == {"assess_image_quality"}
+    answers = [request for planner in vqa_parts.PLANNERS for request in planner.requests if request.response_schema]
+    assert len(answers) == 12 and all("Your findings from the experts" in r.messages[-1]["content"] for r in answers)

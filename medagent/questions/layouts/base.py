@@ -78,7 +78,7 @@ class QuestionReader:
             self._refuse(path, problem.field, problem.problem, row=row, line=line)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "(row)"
+            where = ".".join(str(part) for part in first["loc"]) or _cross_field(first["msg"])
             self._refuse(path, where, first["msg"].removeprefix("Value error, "), row=row, line=line)
         except QuestionFileError as exc:
             if not self.skip_malformed or exc.row is None and exc.line is None:
@@ -122,6 +122,11 @@ class QuestionReader:
             return self.write_image(bytes(data))
         except EmbeddedImageError as error:
             raise bad(field_name, str(error)) from None
+
+
+def _cross_field(message: str) -> str:
+    """The field a check across the question's fields is about (the model states it in its message)."""
+    return "answer" if "gold answer" in message else "options" if "option" in message else "(row)"
 
 
 def read_json_file(path: Path) -> Any:
