@@ -255,3 +255,48 @@ async def test_the_agent_loop_gathers_evidence_with_the_arms_experts_then_answer
     assert offered == {"assess_image_quality"}
     answers = [request for planner in vqa_parts.PLANNERS for request in planner.requests if request.response_schema]
     assert len(answers) == 12 and all("Your findings from the experts" in r.messages[-1]["content"] for r in answers)
+
+
+SHIPPED = ("vqa-rad", "slake", "chestagentbench", "probmed")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_shipped_vqa_workflow_validates_and_takes_its_dataset_from_the_command_line(name: str,
+                                                                                        tmp_path: Path) -> None:
+    from medagent.studies.loading import with_dataset
+    from tests.conftest import REPO_ROOT
+
+    config = load_study(REPO_ROOT / "workflows" / f"{name}.yaml")
+    assert config.graph.type == "vqa" and config.dataset is not None and config.dataset.layout != "auto"
+    replaced = with_dataset(config, tmp_path)
+    assert replaced.dataset is not None and replaced.dataset.type == "questions"
+    assert replaced.dataset.path == str(tmp_path.resolve())
+
+
+@pytest.mark.llama
+def test_the_slake_workflow_runs_as_written_on_a_slake_layout(tmp_path: Path, nih_images: list[Path]) -> None:
+    """workflows/slake.yaml through `medagent run --dataset` on SLAKE's own layout (a split JSON and imgs/):
+    every arm answers every question, the corrupted arms on other pixels."""
+    from tests.conftest import REPO_ROOT
+    from tests.test_shipped_workflows import FINISHED, _medagent
+
+    for index, image in enumerate(nih_images[:2]):
+        (tmp_path / "Slake1.0" / "imgs" / f"xmlab{index}").mkdir(parents=True)
+        shutil.copy(image, tmp_path / "Slake1.0" / "imgs" / f"xmlab{index}" / "source.png")
+    rows = [{"img_id": index, "img_name": f"xmlab{index}/source.png", "question": "Is this a chest X-ray?",
+             "answer": "Yes", "q_lang": "en", "answer_type": "CLOSED", "content_type": "Modality", "modality": "X-Ray",
+             "location": "Chest", "qid": index + 1, "base_type": "vqa", "triple": ["vhead", "_", "_"]}
+            for index in range(2)]
+    (tmp_path / "Slake1.0" / "test.json").write_text(json.dumps(rows))
+    home = tmp_path / "home"
+    done = _medagent(["run", str(REPO_ROOT / "workflows" / "slake.yaml"), "--dataset",
+                      str(tmp_path / "Slake1.0" / "test.json")], home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = FINISHED.search(done.stdout + done.stderr)
+    assert found is not None
+    with StudyStore.open(None, home) as store:
+        cases = store.cases(found.group(1))
+        assert len(cases) == 6 and {case.status for case in cases} == {"succeeded"}
+        assert {case.columns["vqa.parsed"] for case in cases} == {1}
+        images = {case.case_id.split(":")[0]: case.result["images"][0] for case in cases if case.case_id.endswith("1")}
+        assert len(set(images.values())) == 3  # clean, noisy and blurred pixels are three different images
