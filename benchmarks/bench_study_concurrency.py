@@ -67,10 +67,12 @@ concurrency: {{cases: {concurrency}, per_planner_endpoint: {concurrency}}}
 
 
 @contextlib.contextmanager
-def _server(latency: float, capacity: int) -> Iterator[str]:
-    """The OpenAI-compatible server in a process of its own, as a deployed vLLM server would be."""
+def _server(latency: float, capacity: int, answer: str | None = None) -> Iterator[str]:
+    """The OpenAI-compatible server in a process of its own, as a deployed vLLM server would be; ``answer``: the
+    text of every reply."""
     process = subprocess.Popen([sys.executable, "-m", "tests.fake_openai_server", "--latency", str(latency),
-                                "--capacity", str(capacity)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+                                "--capacity", str(capacity), *(["--text", answer] if answer else [])],
+                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         yield process.stdout.readline().strip()
