@@ -121,7 +121,9 @@ async def test_arms_compare_expert_sets_and_corruptions_on_the_same_questions(
         assert store.tool_calls("arms", "bare:q0", 0) == []
         [call] = store.tool_calls("arms", "experts:q0", 0)
         assert call.tool == "assess_image_quality" and call.ok
-        assert by_arm["noisy"][0].columns["vqa.corruption"] == "gaussian_noise:4"
+        assert by_arm["noisy"][0].columns["vqa.corruption"] == "gaussian_noise-4"
+        assert (by_arm["noisy"][0].columns["vqa.corruption_kind"], by_arm["noisy"][0].columns["vqa.corruption_severity"]) == ("gaussian_noise", 4)
+        assert by_arm["bare"][0].columns["vqa.corruption_severity"] == 0 and by_arm["bare"][0].columns["vqa.arm"] == "bare"
         images = {arm: {case.case_id.split(":")[1]: case.result["images"] for case in found}
                   for arm, found in by_arm.items()}
         assert images["bare"] == images["experts"] and images["noisy"]["q0"] != images["bare"]["q0"]

@@ -76,8 +76,10 @@ class VqaCaseRunner:
             "vqa.memory": "kept" if self.graph.keep_memory else "fresh", "vqa.mode": self.graph.mode,
             "vqa.case_id": question.case_id or question.question_id, "vqa.pair_id": question.pair_id,
             "vqa.pair_role": question.pair_role, "vqa.experts": len(self.experts(arm)),
-            "vqa.corruption": None if settings.corruption is None else
-            f"{settings.corruption.kind}:{settings.corruption.severity}",
+            "vqa.arm": arm, "vqa.question_id": question.question_id,
+            "vqa.corruption": None if settings.corruption is None else settings.corruption.label,
+            "vqa.corruption_kind": None if settings.corruption is None else settings.corruption.label.rsplit("-", 1)[0],
+            "vqa.corruption_severity": 0 if settings.corruption is None else settings.corruption.severity,
             **{f"subgroup.{name}": value for name, value in question_groups(question).items()},
         }
         if question.kind == "open" and parsed.value is not None:
