@@ -302,3 +302,37 @@ def test_the_slake_workflow_runs_as_written_on_a_slake_layout(tmp_path: Path, ni
         assert {case.columns["vqa.parsed"] for case in cases} == {1}
         images = {case.case_id.split(":")[0]: case.result["images"][0] for case in cases if case.case_id.endswith("1")}
         assert len(set(images.values())) == 3  # clean, noisy and blurred pixels are three different images
+
+
+@pytest.mark.asyncio
+async def test_an_open_question_study_scores_exact_match_token_f1_and_a_judges_verdict(
+        tmp_path: Path, nih_images: list[Path], settings: Settings) -> None:
+    """Open questions: exact match after normalisation, token F1 and recall for partial answers, and (with a judge,
+    the study's assessor planner) a verdict recorded beside them; a judge that never answers validly is a recorded
+    failure, not a verdict."""
+    shutil.copy(nih_images[0], tmp_path / "cxr0.png")
+    rows = [{"id": "o1", "image": "cxr0.png", "question": "OPEN-1 which lung is larger?", "answer": "left lung"},
+            {"id": "o2", "image": "cxr0.png", "question": "OPEN-2 where is the opacity?", "answer": "right upper lobe"},
+            {"id": "o3", "image": "cxr0.png", "question": "OPEN-3 what organ is enlarged?", "answer": "heart"}]
+    (tmp_path / "questions.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    answers = PLANNER % "{answers: {OPEN-1: The Left Lung, OPEN-2: right lower lobe, OPEN-3: cardiac silhouette}}"
+    judge = "{_target_: tests.vqa_parts.judging_planner, kwargs: {correct_when: %s}}"
+    study = _study(tmp_path, "  type: vqa\n  judge: true", planner=answers, name="open")
+    with pytest.raises(StudyConfigError, match="a judge needs planners.assessor"):
+        load_study(study, allowed_prefixes=PREFIXES)
+    study.write_text(study.read_text().replace("graph:", f"  assessor:\n    backend: {judge % 'cardiac'}\ngraph:"))
+    store, cases = await _run(study, settings, "open")
+    with store:
+        found = {case.case_id: case.columns for case in cases}
+    assert {key: (found[key]["vqa.kind"], found[key]["vqa.correct"]) for key in found} == {
+        "o1": ("open", 1), "o2": ("open", 0), "o3": ("open", 0)}
+    assert found["o1"]["vqa.token_f1"] == 1.0 and found["o3"]["vqa.token_f1"] == 0.0
+    assert found["o2"]["vqa.token_f1"] == pytest.approx(2 / 3) and found["o2"]["vqa.token_recall"] == pytest.approx(2 / 3)
+    assert {key: found[key]["vqa.judge_correct"] for key in found} == {"o1": 0, "o2": 0, "o3": 1}
+    study.write_text(study.read_text().replace("correct_when: cardiac}", "correct_when: cardiac, malformed: true}"))
+    store, cases = await _run(study, settings, "judge-fails")
+    with store:
+        assert {case.status for case in cases} == {"succeeded"}
+        assert {case.columns["vqa.judge_failed"] for case in cases} == {1}
+        assert {case.result["judge_error"]["code"] for case in cases} == {"judgement_failed"}
+        assert all("vqa.judge_correct" not in case.columns for case in cases)

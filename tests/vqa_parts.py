@@ -52,3 +52,18 @@ def shown(planner: ScriptedPlanner) -> list[str]:
 def requests_about(text: str) -> list[Any]:
     return [request for planner in PLANNERS for request in planner.requests
             if text in json.dumps(request.messages, default=str)]
+
+
+def judging_planner(config: PlannerConfig, *, correct_when: str, malformed: bool = False) -> ScriptedPlanner:
+    """A judge: 'correct' when the answer given contains ``correct_when``; ``malformed``: never a valid verdict."""
+
+    def script(request: PlannerRequest) -> ScriptResult:
+        if malformed:
+            return "I think it is fine."
+        given = json.loads(request.messages[-1]["content"].split("```json\n", 1)[1].split("\n```", 1)[0])
+        verdict = "correct" if correct_when in given["answer_given"] else "incorrect"
+        return json.dumps({"verdict": verdict, "reason": "compared with the gold answer"})
+
+    planner = ScriptedPlanner(script, model="scripted:judge", config=config)
+    PLANNERS.append(planner)
+    return planner

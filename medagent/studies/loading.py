@@ -242,6 +242,10 @@ def _vqa_problems(config: StudyConfig, offered: set[str]) -> list[Problem]:
                                         "experts"))
         if config.graph.steps and config.graph.mode != "expert_then_answer":
             problems.append(Problem(("graph", "steps"), "only mode expert_then_answer runs fixed expert steps"))
+        if config.graph.judge and "assessor" not in config.planners and not any(
+                "assessor" in arm.planners for arm in config.arms):
+            problems.append(Problem(("graph", "judge"), "a judge needs planners.assessor (a model of its own, so no "
+                                    "planner judges its own answers)"))
         if config.graph.mode == "expert_then_answer" and not config.graph.steps:
             problems.append(Problem(("graph", "steps"), "mode expert_then_answer needs at least one step"))
     return problems

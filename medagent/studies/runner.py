@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from medagent.agents.planner import Planner
+from medagent.agents.planner import Planner, Role
 from medagent.agents.pool import PlannerPool
 from medagent.assembly import Assembly
 from medagent.config import Settings
@@ -367,13 +367,13 @@ class StudyRunner:
         return await self._dialogues().run(item.case.dialogue, planners, temperament=temperament, bias=bias,
                                            seed=seed, subgroups=item.case.subgroups)
 
-    async def _arm_planner(self, arm: str, seed: int) -> Planner:
-        async with self._agent_lock:  # one client per (arm, seed), shared by that arm's questions
-            planner = self._role_planners.get((arm, seed), {}).get("planner")
+    async def _arm_planner(self, arm: str, seed: int, role: Role = "planner") -> Planner:
+        async with self._agent_lock:  # one client per (arm, seed, role), shared by that arm's questions
+            planner = self._role_planners.setdefault((arm, seed), {}).get(role)
             if planner is None:
-                spec = self.config.arm_planners()[arm]["planner"].model_copy(update={"seed": seed})
+                spec = self.config.arm_planners()[arm][role].model_copy(update={"role": role, "seed": seed})
                 planner = await _build_planner(spec, self.planners, self.config.targets)
-                self._role_planners[(arm, seed)] = {"planner": planner}
+                self._role_planners[(arm, seed)][role] = planner
             return planner
 
     async def _vqa_agent(self, arm: str, seed: int, tools: list[str]) -> Any:
@@ -399,8 +399,10 @@ class StudyRunner:
         if self._vqa is None:
             self._vqa = VqaCaseRunner(self.config, self.toolbox, self.store, self._modality)
         planner = await self._arm_planner(item.arm, seed)
+        judging = isinstance(self.config.graph, VqaGraph) and self.config.graph.judge
+        judge = await self._arm_planner(item.arm, seed, "assessor") if judging else None
         return await self._vqa.run(run_id, item.arm, item.case.question, item.repeat, seed, planner,
-                                   memory_keys=item.memory_keys, agent_for=self._vqa_agent)
+                                   memory_keys=item.memory_keys, agent_for=self._vqa_agent, judge_planner=judge)
 
     async def aclose(self) -> None:
         for agent in self._agents.values():

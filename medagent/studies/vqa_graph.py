@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from medagent.studies.vqa_judge import DEFAULT_RUBRIC
 from medagent.workflows.agent_loop import LoopSettings
 
 DEFAULT_INSTRUCTIONS = (
@@ -73,6 +74,9 @@ class VqaGraph(BaseModel):
     steps: list[ExpertStep] = Field(default_factory=list, max_length=16,
                                     description="expert_then_answer: the tools run on each image first")
     loop: VqaLoop = Field(default_factory=VqaLoop, description="agent mode: the loop's limits")
+    judge: bool = Field(default=False, description="open questions: a judge (the study's 'assessor' planner) also "
+                                                  "decides whether each answer means the gold one")
+    judge_rubric: str = Field(default=DEFAULT_RUBRIC, min_length=1, max_length=MAX_INSTRUCTION_CHARS)
     send_images: Literal["auto", "always", "never"] = Field(
         default="auto", description="image content parts for the planner: auto (when its config says it reads "
                                     "images), always, never (summaries only)")

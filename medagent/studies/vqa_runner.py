@@ -16,16 +16,17 @@ from typing import Any
 
 from medagent.agents.planner import Message, Planner, PlannerTurn
 from medagent.agents.prompts import compact_for_planner, fence_data, fence_tool_result, safe_token
-from medagent.errors import PlannerRejected
+from medagent.errors import MedagentError, PlannerRejected
 from medagent.questions.answers import choice_schema, extract_answer, is_correct, token_f1, token_recall
 from medagent.questions.corruptions import Corruption, corrupt
 from medagent.questions.model import Question
 from medagent.runtime.untrained import expert_weights
-from medagent.store import CaseResult, StudyStore
+from medagent.store import CaseError, CaseResult, StudyStore
 from medagent.studies.config import Arm, StudyConfig
 from medagent.studies.datasets import question_groups
 from medagent.studies.pipeline import render_arguments
 from medagent.studies.vqa_graph import VqaGraph
+from medagent.studies.vqa_judge import judge
 from medagent.tools.builtin import Toolbox
 from medagent.tools.invoke import ToolCallRecord, invoke
 
@@ -49,7 +50,8 @@ class VqaCaseRunner:
         return list(self.study_experts) if chosen is None else [name for name in chosen if name in self.study_experts]
 
     async def run(self, run_id: str, arm: str, question: Question, repeat: int, seed: int, planner: Planner, *,
-                  memory_keys: tuple[str, ...] = (), agent_for: AgentFactory | None = None
+                  memory_keys: tuple[str, ...] = (), agent_for: AgentFactory | None = None,
+                  judge_planner: Planner | None = None
                   ) -> tuple[CaseResult, list[dict[str, Any]], list[ToolCallRecord]]:
         started = time.perf_counter()
         settings = self.arms[arm]
@@ -87,6 +89,8 @@ class VqaCaseRunner:
             columns["vqa.token_recall"] = token_recall(parsed.value, question.answer)
         result = {"question": question.question, "options": question.options, "reply": turn.content,
                   "answer": parsed.value, "unparsed_reason": parsed.reason, "images": image_ids}
+        if self.graph.judge and question.kind == "open" and parsed.value is not None and judge_planner is not None:
+            await self._judge(judge_planner, question, parsed.value, columns, result)
         usage = turn.usage
         return CaseResult(
             status="succeeded", answer=turn.content, result=result, columns=columns, seed=seed, model_id=turn.model,
@@ -94,6 +98,20 @@ class VqaCaseRunner:
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
         ), [*transcript, *messages, turn.as_message()], calls
+
+    async def _judge(self, planner: Planner, question: Question, answer: str, columns: dict[str, Any],
+                     result: dict[str, Any]) -> None:
+        """The judge's verdict beside exact match and token F1; a judge that fails is recorded, typed, and the
+        question still counts by its measured overlap."""
+        try:
+            judgement = await judge(planner, self.graph.judge_rubric, question.question, question.answer, answer)
+        except MedagentError as exc:
+            result["judge_error"] = CaseError.from_exception(exc).model_dump()
+            columns["vqa.judge_failed"] = 1
+            return
+        result["judge"] = judgement.model_dump()
+        columns["vqa.judge_correct"] = int(judgement.verdict == "correct")
+        columns["vqa.judge_failed"] = 0
 
     def _images(self, question: Question, corruption: Corruption | None, seed: int) -> list[str]:
         """The question's images, stored de-identified; perturbed first when the arm says so (seeded per
