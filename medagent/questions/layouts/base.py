@@ -1,6 +1,7 @@
 """What every question-layout loader shares: located errors, bounded reading, images confined to the dataset.
 
-A layout module's ``load(source, reader)`` yields questions. It builds each one inside ``reader.row(...)``: a
+A layout module's ``load(source, reader)`` yields questions. It builds each one with ``reader.build(...)`` (or
+inside ``reader.row(...)``): a
 malformed row raises a located :class:`QuestionFileError` (file, row, field; never the cell's value), which the
 reader either raises or, when the study skips malformed rows, records and moves past.
 """
@@ -84,6 +85,13 @@ class QuestionReader:
             if not self.skip_malformed or exc.row is None and exc.line is None:
                 raise  # a whole-file problem is never skipped
             self.skipped.append(SkippedRow(path.name, exc.row, exc.line, exc.field or "(row)", exc.message))
+
+    def build(self, path: Path, make: Callable[..., Question], *arguments: Any, row: int | None = None,
+              line: int | None = None) -> Question | None:
+        """``make(*arguments)``, its problems located at ``path``/``row``/``line``; None when the row was skipped."""
+        with self.row(path, row=row, line=line):
+            return make(*arguments)
+        return None  # a malformed row, recorded as skipped
 
     def _refuse(self, path: Path, field_name: str, problem: str, *, row: int | None, line: int | None) -> None:
         error = QuestionFileError.at(path, field_name, problem, row=row, line=line)

@@ -149,8 +149,6 @@ def load(source: Path, reader: QuestionReader) -> Iterator[Question]:
         raise QuestionFileError(f"{source.name}: ChestAgentBench questions are a metadata.jsonl file",
                                 file=source.name)
     for record, line, row in table_rows(path):
-        question = None
-        with reader.row(path, row=row, line=line):
-            question = _question(record, reader)
+        question = reader.build(path, _question, record, reader, row=row, line=line)
         if question is not None:
             yield question

@@ -140,8 +140,6 @@ def load(source: Path, reader: QuestionReader) -> Iterator[Question]:
         raise QuestionFileError(f"{source.name}: a question manifest is a {' or '.join(SUFFIXES)} file",
                                 file=source.name)
     for record, line, row in table_rows(source):
-        question = None
-        with reader.row(source, row=row, line=line):
-            question = _question(clean_keys(record), reader)
+        question = reader.build(source, _question, clean_keys(record), reader, row=row, line=line)
         if question is not None:
             yield question

@@ -138,8 +138,6 @@ def load(source: Path, reader: QuestionReader) -> Iterator[Question]:
                                 file=source.name)
     images = _image_reader(source, path, reader)
     for record, line, row in table_rows(path):
-        question = None
-        with reader.row(path, row=row, line=line):
-            question = _question(record, images)
+        question = reader.build(path, _question, record, images, row=row, line=line)
         if question is not None:
             yield question

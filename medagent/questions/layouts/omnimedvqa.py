@@ -123,8 +123,6 @@ def load(source: Path, reader: QuestionReader) -> Iterator[Question]:
             raise QuestionFileError.at(path, "(file)", "must be a JSON list of question records")
         images = _image_reader(source, _top_folder(path), reader)
         for row, record in enumerate(records, start=1):
-            question = None
-            with reader.row(path, row=row):
-                question = _question(record, path, images)
+            question = reader.build(path, _question, record, path, images, row=row)
             if question is not None:
                 yield question

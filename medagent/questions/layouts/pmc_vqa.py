@@ -82,8 +82,7 @@ def load(source: Path, reader: QuestionReader) -> Iterator[Question]:
     folder = next((sub for sub in IMAGE_SUBFOLDERS if (reader.images_root / sub).is_dir()), None)
     prefix = f"{folder}/" if folder else ""
     for record, line, row in table_rows(source):
-        question = None
-        with reader.row(source, row=row, line=line):
-            question = _question(clean_keys(record), source.stem, row, reader, prefix)
+        question = reader.build(source, _question, clean_keys(record), source.stem, row, reader, prefix,
+                                 row=row, line=line)
         if question is not None:
             yield question

@@ -111,8 +111,6 @@ def load(source: Path, reader: QuestionReader) -> Iterator[Question]:
     if not isinstance(records, list):
         raise QuestionFileError.at(path, "(file)", "must be a JSON list of question records")
     for row, record in enumerate(records, start=1):
-        question = None
-        with reader.row(path, row=row):
-            question = _question(record, reader)
+        question = reader.build(path, _question, record, reader, row=row)
         if question is not None:
             yield question

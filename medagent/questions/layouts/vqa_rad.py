@@ -109,8 +109,6 @@ def load(source: Path, reader: QuestionReader) -> Iterator[Question]:
         raise QuestionFileError(f"{source.name}: VQA-RAD is a Parquet split file or the original JSON file",
                                 file=source.name)
     for record, line, row in table_rows(source):
-        question = None
-        with reader.row(source, row=row, line=line):
-            question = _parquet_question(record, source.stem, row, reader)
+        question = reader.build(source, _parquet_question, record, source.stem, row, reader, row=row, line=line)
         if question is not None:
             yield question
