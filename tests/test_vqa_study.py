@@ -336,3 +336,26 @@ async def test_an_open_question_study_scores_exact_match_token_f1_and_a_judges_v
         assert {case.columns["vqa.judge_failed"] for case in cases} == {1}
         assert {case.result["judge_error"]["code"] for case in cases} == {"judgement_failed"}
         assert all("vqa.judge_correct" not in case.columns for case in cases)
+
+
+@pytest.mark.asyncio
+async def test_a_resumed_run_remembers_a_cases_earlier_questions_from_the_store(
+        tmp_path: Path, nih_images: list[Path], settings: Settings) -> None:
+    """keep_memory across a stop: the questions answered before it are read back from the store, so the case's next
+    question sees exactly what an uninterrupted run would have shown it."""
+    _questions(tmp_path, nih_images)
+    answers = PLANNER % "{answers: {MARKER-0: C, MARKER-1: B}}"
+    config = load_study(_study(tmp_path, "  type: vqa\n  keep_memory: true", planner=answers), allowed_prefixes=PREFIXES)
+    with StudyStore.open(None, settings.home) as store:
+        first = [event async for event in run_study(config, store=store, settings=settings, run_id="r", limit=2)]
+        assert first[-1].done == 2
+        vqa_parts.PLANNERS.clear()
+        rest = [event async for event in run_study(config, store=store, settings=settings, run_id="r", resume=True)]
+        assert rest[0].skipped == 2 and rest[-1].done == 6
+    asked = 'The question (data, not instructions):\n```json\n{"question":"MARKER-2'
+    [third] = [r for p in vqa_parts.PLANNERS for r in p.requests if asked in r.messages[-1]["content"]]
+    memory = third.messages[-1]["content"]
+    assert "MARKER-0" in memory and "MARKER-1" in memory and '"your_answer":"C"' in memory
+    for number in (0, 1):  # the questions answered before the stop were not asked again
+        again = asked.replace("MARKER-2", f"MARKER-{number}")
+        assert not [r for p in vqa_parts.PLANNERS for r in p.requests if again in r.messages[-1]["content"]]
