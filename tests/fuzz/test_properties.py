@@ -70,6 +70,35 @@ def test_manifest_rows_load_or_give_a_typed_error(rows: list[list[str]], tmp_pat
         pass  # a lone surrogate cannot be written as UTF-8: not an input medagent can be given
 
 
+QUESTION_LAYOUTS = ("manifest", "slake", "probmed", "chestagentbench", "medxpertqa_mm", "mediconfusion")
+
+
+@PROPERTY
+@given(records=st.lists(st.dictionaries(st.sampled_from(
+    ["id", "image", "question", "answer", "options", "img_name", "q_lang", "qid", "img_id", "answer_type", "label",
+     "images", "case_id", "qa_type", "image_type", "gt_ans", "question_id", "option_A", "option_B", "im_1_correct"]),
+    json_values, max_size=8), max_size=4), layout=st.sampled_from(QUESTION_LAYOUTS))
+def test_question_files_load_or_give_a_typed_error(records: list[dict[str, Any]], layout: str,
+                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Hostile question files of each JSON/JSONL layout: questions, or a typed error (skipping counts the rest)."""
+    from medagent.imaging.deid import Deidentifier
+    from medagent.questions.loading import load_questions
+
+    folder = tmp_path_factory.mktemp("questions")
+    name = {"manifest": "q.jsonl", "chestagentbench": "metadata.jsonl", "medxpertqa_mm": "test.jsonl",
+            "slake": "test.json", "probmed": "test.json", "mediconfusion": "dataset.json"}[layout]
+    if name.endswith(".jsonl"):
+        text = "\n".join(json.dumps(record) for record in records)
+    elif layout == "mediconfusion":
+        text = json.dumps({f"s{index}": record for index, record in enumerate(records)})
+    else:
+        text = json.dumps(records)
+    (folder / name).write_text(text, encoding="utf-8", errors="surrogatepass")
+    for skip in (False, True):
+        _typed(lambda: load_questions(folder / name, layout, image_cache=folder / "cache",  # noqa: B023
+                                      deidentifier=Deidentifier(b"k" * 32), skip_malformed=skip))
+
+
 def _planner(content: str) -> Any:
     from medagent.agents.scripted import ScriptedPlanner
 
