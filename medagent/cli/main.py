@@ -243,3 +243,4 @@ def _register_conversation_commands() -> None:
 
 _register_conversation_commands()
 register_study_commands(app)
+# more command groups: one `register(app)` line each (the service, keys and audit; mcp)
