@@ -16,16 +16,23 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, BinaryIO, Literal, Self
 
 from pydantic import BaseModel, Field
 
 from medagent.agents.planner import Message, Planner, PlannerConfig
 from medagent.assembly import Assembly
 from medagent.config import Settings
-from medagent.errors import ConfigurationError, MedagentError, UnknownArtifact
+from medagent.errors import (
+    ConfigurationError,
+    CorruptFile,
+    FileTooLarge,
+    MedagentError,
+    SessionNotFound,
+    UnknownArtifact,
+)
 from medagent.names import check_name
-from medagent.tools.artifacts import Artifact, ArtifactKind
+from medagent.tools.artifacts import Artifact, ArtifactKind, referenced_ids
 from medagent.tools.builtin import Toolbox
 from medagent.tools.spec import Tool
 from medagent.workflows.agent_loop import AgentLoop, LoopSettings
@@ -128,12 +135,17 @@ class Agent:
     async def __aexit__(self, *_: object) -> None:
         await self.aclose()
 
-    def session(self, session_id: str | None = None) -> Session:
+    def session(self, session_id: str | None = None, *, owner: str | None = None) -> Session:
+        """A session by id (a new one without). ``owner``: the tenant it belongs to (an opaque id, e.g. an API key's
+        id): a session, its images and artifacts are reachable only with the owner it was first used with; any
+        other owner gets :class:`SessionNotFound`, as for an id that does not exist."""
         if self._graph is None:
             raise RuntimeError("start the agent first (async with Agent(...) as agent)")
         if session_id is not None:
             check_name(session_id, "the session id")
-        return Session(self, session_id or uuid.uuid4().hex[:12])
+        if owner is not None:
+            check_name(owner, "the owner id")
+        return Session(self, session_id or uuid.uuid4().hex[:12], owner)
 
 
 class Session:
@@ -145,9 +157,10 @@ class Session:
     one checkpoint database are not coordinated: give each process its own sessions.
     """
 
-    def __init__(self, agent: Agent, session_id: str) -> None:
+    def __init__(self, agent: Agent, session_id: str, owner: str | None = None) -> None:
         self.agent = agent
         self.id = session_id
+        self.owner = owner
         self._new_images: list[str] = []
         self._error: MedagentError | None = None
 
@@ -155,10 +168,59 @@ class Session:
     def _config(self) -> dict[str, Any]:
         return {"configurable": {"thread_id": self.id}}
 
+    async def _values(self) -> dict[str, Any]:
+        """The session's stored state, if this owner may see it (a session not yet used is empty: anyone's)."""
+        values = dict((await self.agent._graph.aget_state(self._config)).values)
+        if values and values.get("owner") != self.owner:
+            raise SessionNotFound("no such session")
+        return values
+
+    async def exists(self) -> bool:
+        """True when this owner's session has run at least once."""
+        return bool(await self._values())
+
     async def attach(self, path: str | Path, modality: str | None = None) -> Artifact:
+        await self._values()
         artifact = await asyncio.to_thread(self.agent.toolbox.attach, path, modality)
         self._new_images.append(artifact.id)
         return artifact
+
+    async def attach_bytes(self, data: bytes, modality: str | None = None) -> Artifact:
+        """An image given as bytes (an upload): the same limits and de-identification as a file."""
+        await self._values()
+        artifact = await asyncio.to_thread(self.agent.toolbox.attach_bytes, bytes(data), modality)
+        self._new_images.append(artifact.id)
+        return artifact
+
+    async def attach_file(self, stream: BinaryIO, modality: str | None = None) -> Artifact:
+        """An image read from a binary file-like object, never more than the size limit (plus one byte)."""
+        limit = self.agent.settings.limits.max_file_bytes
+        data = await asyncio.to_thread(stream.read, limit + 1)
+        if len(data) > limit:
+            raise FileTooLarge(f"the image is over {limit} bytes", size=len(data), limit=limit)
+        return await self.attach_bytes(data, modality)
+
+    async def attach_dataset(self, dataset: Any, modality: str | None = None) -> Artifact:
+        """A ``pydicom.Dataset`` (e.g. from a PACS): written to bytes in memory, then attached as a file is."""
+        import io
+
+        buffer = io.BytesIO()
+        try:
+            dataset.save_as(buffer, enforce_file_format=True)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types, with values in their messages
+            raise CorruptFile(f"the DICOM dataset cannot be written as a file ({type(exc).__name__})") from None
+        return await self.attach_bytes(buffer.getvalue(), modality)
+
+    async def artifact(self, artifact_id: str) -> Artifact:
+        """An artifact of this session: one of its images or something its tool calls wrote; else
+        :class:`UnknownArtifact` (whether it exists for another session is not said)."""
+        values = await self._values()
+        reachable = {*values.get("image_ids", []), *self._new_images,
+                     *(found for record in values.get("tool_records", [])
+                       for found in referenced_ids(record.get("output")))}
+        if artifact_id not in reachable:
+            raise UnknownArtifact("no such artifact in this session")
+        return self.agent.toolbox.store.get(artifact_id)
 
     def attach_stored(self, image_id: str) -> Artifact:
         """An image already in the agent's artifact store (loaded and de-identified by medagent), attached to this
@@ -170,8 +232,7 @@ class Session:
         return artifact
 
     async def state(self) -> dict[str, Any]:
-        snapshot = await self.agent._graph.aget_state(self._config)
-        return dict(snapshot.values)
+        return await self._values()
 
     async def history(self) -> list[Message]:
         return list((await self.state()).get("messages", []))
@@ -180,7 +241,9 @@ class Session:
         return list((await self.state()).get("image_ids", [])) + list(self._new_images)
 
     async def events(self, question: str) -> AsyncIterator[Event]:
-        graph_input = {"messages": [{"role": "user", "content": question}], "image_ids": list(self._new_images)}
+        await self._values()
+        graph_input = {"messages": [{"role": "user", "content": question}], "image_ids": list(self._new_images),
+                       "owner": self.owner}
         self._new_images.clear()
         async for event in self._run(graph_input):
             yield event
@@ -191,6 +254,7 @@ class Session:
         from langgraph.types import Command
 
         async with self.agent.session_lock(self.id):
+            await self._values()
             if not (await self.agent._graph.aget_state(self._config)).interrupts:
                 self._error = NoApprovalPending("this session has no tool call waiting for approval")
                 yield Event(kind="error", data=self._error.to_dict())
@@ -200,11 +264,13 @@ class Session:
 
     async def unfinished(self) -> bool:
         """True when a run of this session stopped midway (the process died): ``proceed()`` completes it."""
+        await self._values()
         snapshot = await self.agent._graph.aget_state(self._config)
         return bool(snapshot.next) and not snapshot.interrupts
 
     async def proceed(self) -> AsyncIterator[Event]:
         """Continue a run from its last checkpoint."""
+        await self._values()
         async for event in self._run(None):
             yield event
 

@@ -153,6 +153,12 @@ class MissingDependency(ConfigurationError):
     code = "missing_dependency"
 
 
+class SessionNotFound(ConfigurationError):
+    """No session with this id belongs to this owner (whether it exists for another owner is not said)."""
+
+    code = "session_not_found"
+
+
 class PlannerRejected(ConfigurationError):
     """The planner server refused the request (HTTP 4xx other than 408/429): fix the request, do not retry."""
 

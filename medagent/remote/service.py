@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 import tempfile
 import time
 from collections import OrderedDict
@@ -58,14 +57,13 @@ from medagent.remote.protocol import (
     WireError,
     library_versions,
 )
-from medagent.tools.artifacts import ArtifactKind, ArtifactStore
+from medagent.tools.artifacts import ArtifactKind, ArtifactStore, referenced_ids
 from medagent.tools.registry import ToolRegistry
 from medagent.tools.spec import Tool, ToolContext
 
 MAX_INFLIGHT_REQUESTS = 8  # batch requests read and answered at once: bounds the memory hostile clients can take
 DEFAULT_ARTIFACT_TTL_S = 900.0  # how long what a call wrote waits for its client to fetch it
 MAX_KEPT_ARTIFACTS = 4096  # written and not yet expired; the oldest go first past this
-_ARTIFACT_ID = re.compile(r"[a-z]{2,8}-[0-9a-f]{6,64}")
 
 
 @dataclass
@@ -175,8 +173,8 @@ class ExpertService:
     def _written_by(self, output: Any, inputs: set[str]) -> list[str]:
         """The ids in ``output`` of artifacts in this service's store (what the call wrote), kept to be fetched."""
         found: list[str] = []
-        for value in _strings(output):
-            if value in inputs or value in found or not _ARTIFACT_ID.fullmatch(value):
+        for value in referenced_ids(output):
+            if value in inputs:
                 continue
             try:
                 artifact = self.store.get(value)
@@ -233,13 +231,3 @@ class ExpertService:
         if self._scratch is not None:
             self._scratch.cleanup()
 
-
-def _strings(value: Any) -> list[str]:
-    """Every string in a JSON value (a tool's output: depth bounded by its own model)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [found for item in value.values() for found in _strings(item)]
-    if isinstance(value, list):
-        return [found for item in value for found in _strings(item)]
-    return []

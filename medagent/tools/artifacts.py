@@ -66,6 +66,22 @@ class Artifact(BaseModel):
 _VALID_ID = re.compile(r"[a-z]{2,8}-[0-9a-f]{6,64}")
 
 
+def referenced_ids(value: Any) -> list[str]:
+    """Every string in a JSON value (a tool's output) shaped like an artifact id, in order, once each."""
+    found: dict[str, None] = {}
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _VALID_ID.fullmatch(item):
+                found[item] = None
+        elif isinstance(item, dict):
+            pending.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            pending.extend(reversed(item))
+    return list(found)
+
+
 def _identity(sha256: str, metadata: dict[str, Any] | None) -> str:
     if not metadata:
         return sha256

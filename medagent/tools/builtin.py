@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,11 +12,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from medagent.config import Settings
+from medagent.errors import FileTooLarge
 from medagent.experts.cxr_classifier import Classification
 from medagent.experts.cxr_detect import with_detected_modality
 from medagent.experts.dicom_header import DicomHeader
 from medagent.experts.lungs import LungLocalization
 from medagent.experts.quality import QualityReport
+from medagent.files import write_private
 from medagent.imaging import Deidentifier, ImageLoader, Modality, load_or_create_secret
 from medagent.imaging.data_url import display_data_url, shows_burned_in_text
 from medagent.imaging.overlay import boxes_overlay_png
@@ -157,6 +160,17 @@ class Toolbox:
             with self._attach_lock:
                 self._attached[key] = artifact
         return artifact
+
+    def attach_bytes(self, data: bytes, modality: Modality | str | None = None) -> Artifact:
+        """An image given as bytes (an upload, a PACS instance): the same size limits, content sniffing and
+        de-identification as a file. The bytes pass through an owner-only temporary file, removed at once."""
+        limit = self.settings.limits.max_file_bytes
+        if len(data) > limit:
+            raise FileTooLarge(f"the image is {len(data)} bytes; the limit is {limit}", size=len(data), limit=limit)
+        with tempfile.TemporaryDirectory(prefix="medagent-upload-") as folder:  # 0700
+            path = write_private(Path(folder) / "upload", data)
+            record = with_detected_modality(self.loader.load(path, modality=modality))
+        return self.store.put_image(record)
 
     def context(self, image_ids: list[str]) -> ToolContext:
         return ToolContext(artifacts=self.store, image_ids=list(image_ids))

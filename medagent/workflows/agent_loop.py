@@ -44,6 +44,7 @@ class AgentState(TypedDict, total=False):
     refusals: list[dict[str, Any] | None]  # per call position of the last turn: why it may not run, or None
     answer: str | None
     model: str | None
+    owner: str | None  # the tenant the session belongs to (medagent.api.Session checks it on every use)
 
 
 def _emit(event: dict[str, Any]) -> None:
