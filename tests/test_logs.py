@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -13,14 +15,14 @@ from medagent.logs import configure_logging, log_context
 
 
 @pytest.fixture
-def lines() -> tuple[logging.Logger, io.StringIO]:
+def lines() -> Iterator[tuple[logging.Logger, io.StringIO]]:
     stream = io.StringIO()
     handler = configure_logging("DEBUG", stream, logger="medagent.test_logs")
     yield logging.getLogger("medagent.test_logs.child"), stream
     logging.getLogger("medagent.test_logs").removeHandler(handler)
 
 
-def _read(stream: io.StringIO) -> list[dict[str, object]]:
+def _read(stream: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
