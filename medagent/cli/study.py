@@ -20,6 +20,7 @@ from medagent.names import confined
 
 if TYPE_CHECKING:
     from medagent.config import Settings
+    from medagent.store import StudyStore
 
 console = Console()
 errors = Console(stderr=True)
@@ -158,44 +159,64 @@ def report(
                 cases, calls = store.cases_frame(one), store.tool_calls_frame(one)
                 reports.append(build_report(cases, calls, run_id=one, options=ReportOptions.from_study(stored.config)))
                 frames.append((cases, calls))
+            private_dir(folder)
+            gallery = _gallery(store, run_id, settings, folder)
     except MedagentError as exc:
         _fail(exc)
         return
-    private_dir(folder)
     write_plots(reports[0], frames[0][0], frames[0][1], folder)
     comparison = compare_runs(reports) if compare else None
     text = render_html(reports[0], comparison) if output_format == "html" else render_markdown(reports[0], comparison)
     target = folder / f"report.{output_format}"
     write_private(target, text)
     console.print(f"report written to {escape(str(target))}", soft_wrap=True)
+    if gallery is not None:
+        console.print(f"case gallery written to {escape(str(gallery))}", soft_wrap=True)
+
+
+def _gallery(store: StudyStore, run_id: str, settings: Settings, folder: Path) -> Path | None:
+    """The per-case gallery of a VQA or dialogue run, beside its report; None for other runs."""
+    from medagent.reports.gallery import write_gallery
+    from medagent.reports.stored import graph_type
+    from medagent.tools.artifacts import ArtifactStore
+
+    if graph_type(store, run_id) not in ("vqa", "dialogue"):
+        return None
+    return write_gallery(store, run_id, ArtifactStore(settings.artifacts_dir), folder)
 
 
 def export(
     run_id: Annotated[str, typer.Argument(help="the run to export")],
-    output_format: Annotated[Literal["csv", "parquet"], typer.Option("--format")] = "csv",
+    output_format: Annotated[Literal["csv", "parquet", "trajectories"], typer.Option("--format")] = "csv",
     out: Annotated[Path | None, typer.Option("--out", help="output file")] = None,
     store_url: StoreOption = None,
 ) -> None:
-    """One row per (case, repeat) with truth, predictions, subgroups, tokens and latency."""
+    """One row per (case, repeat) with truth, predictions, subgroups, tokens and latency; or (trajectories) one
+    JSON line per (case, repeat) with its messages, tool calls, answer and correctness, for training pipelines."""
     from medagent.config import Settings
     from medagent.reports import export as write_frame
+    from medagent.reports.export import export_trajectories
     from medagent.store import StudyStore, UnknownRun
 
     settings = Settings()
+    suffix = "jsonl" if output_format == "trajectories" else output_format
     try:
         with StudyStore.open(store_url, settings.home) as store:
             if store.get_run(run_id) is None:
                 raise UnknownRun(f"no run with id {run_id!r} in the study store", run_id=run_id)
-            frame = store.cases_frame(run_id)
-        # the default file is named by the run id: it must stay in the working directory
-        path = out or Path(f"{run_id}.{output_format}")
-        if out is None:
-            confined(Path.cwd(), path, "the export file")
+            # the default file is named by the run id: it must stay in the working directory
+            path = out or Path(f"{run_id}.{suffix}")
+            if out is None:
+                confined(Path.cwd(), path, "the export file")
+            if output_format == "trajectories":
+                rows, target = export_trajectories(store, run_id, path), path
+            else:
+                frame = store.cases_frame(run_id)
+                rows, target = len(frame), write_frame(frame, path, output_format)
     except MedagentError as exc:
         _fail(exc)
         return
-    target = write_frame(frame, path, output_format)
-    console.print(json.dumps({"run_id": run_id, "rows": len(frame), "path": str(target)}))
+    console.print(json.dumps({"run_id": run_id, "rows": rows, "path": str(target)}))
 
 
 def runs(

@@ -1,14 +1,31 @@
-"""Export a frame (cases, tool calls, a comparison) as CSV or Parquet."""
+"""Export a frame (cases, tool calls, a comparison) as CSV or Parquet, or a run's trajectories as JSONL.
+
+Trajectories (``medagent export RUN --format trajectories``) are one JSON object per line, one line per stored
+(case, repeat), in case order, for SFT/DPO/GRPO training pipelines:
+
+``run_id``, ``case_id``, ``repeat``, ``status`` (succeeded|failed), ``error`` (the failed case's error code, else
+null), ``arm``, ``question_id`` (VQA runs), ``images`` (the artifact ids of the images as the planner saw them),
+``messages`` (the conversation as stored, OpenAI chat format: the agent loop's turns, then the answer request and
+the reply; a dialogue's turns with their speaker as ``role``), ``tool_calls`` (a list of ``{name, arguments, ok,
+output, error}``: ``output`` for a call that succeeded, ``error`` its error code otherwise), ``answer`` (the
+planner's reply), ``prediction`` (the answer read from it), ``gold``, ``parsed``, ``correct`` (booleans, null when
+not scored), ``model_id`` (as the server reported it) and ``seed``.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import pandas as pd
 
 from medagent.errors import ConfigurationError, MissingDependency
 from medagent.files import replacing
+from medagent.reports.stored import CaseStore, StoredCase, arm_names, graph_type, outcome
+from medagent.tools.invoke import ToolCallRecord
 
 ExportFormat = Literal["csv", "parquet"]
 
@@ -33,3 +50,59 @@ def export(frame: pd.DataFrame, path: Path | str, format: ExportFormat = "csv") 
                 raise MissingDependency("Parquet export needs pyarrow: install medagent[reports]") from exc
             frame.to_parquet(temporary, index=False, engine="pyarrow")
     return path
+
+
+def export_trajectories(store: CaseStore, run_id: str, path: Path | str) -> int:
+    """Write the run's trajectories to ``path`` (0600, whole or not at all); returns the number of lines.
+
+    Cases are read and written one at a time: memory holds one case's messages, never the run's."""
+    kind, arms = graph_type(store, run_id), arm_names(store, run_id)
+    path, lines = Path(path), 0
+    with replacing(path) as temporary, open(temporary, "w", encoding="utf-8") as stream:
+        for case_id, repeat in sorted(store.recorded_keys(run_id)):
+            case = store.get_case(run_id, case_id, repeat)
+            if case is None:
+                continue  # removed while the export ran
+            row = trajectory(case, run_id, kind, arms, store.messages(run_id, case_id, repeat),
+                             store.tool_calls(run_id, case_id, repeat))
+            stream.write(_json_line(row))
+            lines += 1
+    return lines
+
+
+def trajectory(case: StoredCase, run_id: str, kind: str | None, arms: list[str], messages: list[dict[str, Any]],
+               calls: Sequence[ToolCallRecord]) -> dict[str, Any]:
+    """One line of the trajectory export (see the module's docstring for its fields)."""
+    scored = outcome(case, kind, arms)
+    images = (case.result or {}).get("images")
+    return {
+        "run_id": run_id, "case_id": case.case_id, "repeat": case.repeat, "status": case.status,
+        "error": case.error.code if case.error else None, "arm": scored.arm, "question_id": scored.question_id,
+        "images": [image for image in images if isinstance(image, str)] if isinstance(images, list) else [],
+        "messages": messages, "tool_calls": [_call(call) for call in calls], "answer": case.answer,
+        "prediction": scored.prediction, "gold": scored.gold, "parsed": scored.parsed, "correct": scored.correct,
+        "model_id": case.model_id, "seed": case.seed,
+    }
+
+
+def _call(call: ToolCallRecord) -> dict[str, Any]:
+    return {"name": call.tool, "arguments": call.arguments, "ok": call.ok, "output": call.output if call.ok else None,
+            "error": None if call.ok else (call.error_code or "failed")}
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    # ASCII: a lone surrogate in stored text stays a \u escape instead of failing the UTF-8 write
+    try:
+        return json.dumps(row, allow_nan=False, default=str) + "\n"
+    except ValueError:  # a NaN or infinity inside a stored tool output: not JSON, written as null
+        return json.dumps(_finite(row), allow_nan=False, default=str) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
