@@ -149,6 +149,8 @@ async def test_a_server_without_structured_output_gets_free_text_read_robustly(
                                      name="always"), settings, "always")
     with store:
         assert {(c.status, c.error.code if c.error else None) for c in cases} == {("failed", "planner_rejected")}
+        assert {c.columns["vqa.question_id"] for c in cases} == {f"q{number}" for number in range(6)}
+        assert {c.columns["vqa.arm"] for c in cases} == {"default"} and all(c.result["options"] for c in cases)
     vague = PLANNER % "{free_text: 'It could be A or C, hard to say.'}"
     store, cases = await _run(_study(tmp_path, "  type: vqa\n  constrained: never", planner=vague, name="vague"),
                               settings, "vague")

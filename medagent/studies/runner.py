@@ -36,7 +36,7 @@ from medagent.studies.pipeline_graph import PipelineRunner
 from medagent.studies.preflight import check_planner_endpoints
 from medagent.studies.scheduling import StartupGate
 from medagent.studies.vqa_graph import VqaGraph
-from medagent.studies.vqa_runner import VqaCaseRunner
+from medagent.studies.vqa_runner import VqaCaseRunner, question_columns
 from medagent.tools.builtin import Toolbox
 from medagent.tools.invoke import ToolCallRecord, label_probabilities
 from medagent.tools.registry import ToolRegistry
@@ -304,8 +304,12 @@ class StudyRunner:
             if not isinstance(exc, MedagentError):
                 logger.exception("case %s failed unexpectedly", item.key)
             error = CaseError.from_exception(exc)
+            question = item.case.question  # a failed question still says which it was, in which arm
             return CaseResult(status="failed", error=error, seed=seed, latency_s=time.perf_counter() - started,
-                              columns=_columns(item.case, [])), [], []
+                              columns={**_columns(item.case, []), **(question_columns(item.arm, question)
+                                                                     if question else {})},
+                              result={"question": question.question, "options": question.options}
+                              if question else None), [], []
         calls = outcome.tool_calls
         outputs = [call.output for call in calls if call.ok]
         status: Literal["succeeded", "failed"] = "failed" if outcome.status == "failed" else "succeeded"

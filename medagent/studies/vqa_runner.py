@@ -72,17 +72,15 @@ class VqaCaseRunner:
         parsed = extract_answer(turn.content, question)
         correct = is_correct(parsed, question)
         columns: dict[str, Any] = {
-            "vqa.kind": question.kind, "vqa.parsed": int(parsed.parsed), "vqa.method": parsed.method,
+            **question_columns(arm, question),
+            "vqa.parsed": int(parsed.parsed), "vqa.method": parsed.method,
             "vqa.correct": None if correct is None else int(correct), "vqa.prediction": parsed.value,
-            "vqa.gold": question.answer, "vqa.chance": question.chance, "vqa.constrained": int(constrained),
+            "vqa.constrained": int(constrained),
             "vqa.memory": "kept" if self.graph.keep_memory else "fresh", "vqa.mode": self.graph.mode,
-            "vqa.case_id": question.case_id or question.question_id, "vqa.pair_id": question.pair_id,
-            "vqa.pair_role": question.pair_role, "vqa.experts": len(self.experts(arm)),
-            "vqa.arm": arm, "vqa.question_id": question.question_id,
+            "vqa.experts": len(self.experts(arm)),
             "vqa.corruption": None if settings.corruption is None else settings.corruption.label,
             "vqa.corruption_kind": None if settings.corruption is None else settings.corruption.label.rsplit("-", 1)[0],
             "vqa.corruption_severity": 0 if settings.corruption is None else settings.corruption.severity,
-            **{f"subgroup.{name}": value for name, value in question_groups(question).items()},
         }
         if question.kind == "open" and parsed.value is not None:
             columns["vqa.token_f1"] = token_f1(parsed.value, question.answer)
@@ -210,3 +208,11 @@ class VqaCaseRunner:
                 self._refuses_schema.add(id(planner))
         return await planner.complete(messages), False
 
+
+def question_columns(arm: str, question: Question) -> dict[str, Any]:
+    """What identifies a question's row, whatever its outcome: arm, ids, kind, gold, chance, pairing, groups."""
+    return {"vqa.arm": arm, "vqa.question_id": question.question_id, "vqa.kind": question.kind,
+            "vqa.gold": question.answer, "vqa.chance": question.chance,
+            "vqa.case_id": question.case_id or question.question_id, "vqa.pair_id": question.pair_id,
+            "vqa.pair_role": question.pair_role,
+            **{f"subgroup.{name}": value for name, value in question_groups(question).items()}}
