@@ -1,4 +1,4 @@
-"""PNG plots of a report: ROC curves, confusion matrices, latency histograms.
+"""PNG plots of a report: ROC curves, confusion matrices, latency histograms, VQA accuracy vs corruption severity.
 
 Figures are built as :class:`matplotlib.figure.Figure` with an explicit Agg canvas instead
 of through ``pyplot``: nothing touches the global backend or pyplot's figure registry, so
@@ -118,6 +118,17 @@ def latency_plot(report: StudyReport, cases: pd.DataFrame, tool_calls: pd.DataFr
     return PlotFile(kind="latency", title="Latency histograms", path=path)
 
 
+def severity_plots(report: StudyReport, out_dir: Path) -> list[PlotFile]:
+    """A VQA run's accuracy against corruption severity, one line per corruption, when it has corruption arms."""
+    curves = report.vqa.severity if report.vqa is not None else []
+    if not any(point.accuracy.value is not None for curve in curves for point in curve.points):
+        return []
+    from medagent.reports.vqa_metrics import plot_severity
+
+    path = plot_severity(curves, out_dir / "vqa_severity.png")
+    return [PlotFile(kind="severity", title="Accuracy vs corruption severity", path=path)]
+
+
 def write_plots(
     report: StudyReport, cases: pd.DataFrame, tool_calls: pd.DataFrame | None, out_dir: Path | str
 ) -> list[PlotFile]:
@@ -126,7 +137,7 @@ def write_plots(
     out_dir = Path(out_dir)
     private_dir(out_dir)
     plots = [*roc_plots(report, cases, out_dir), *confusion_plots(report, out_dir),
-             latency_plot(report, cases, tool_calls, out_dir)]
+             latency_plot(report, cases, tool_calls, out_dir), *severity_plots(report, out_dir)]
     if report.provenance.untrained:  # a plot opened on its own must say so as the report does
         from medagent.imaging.overlay import watermark_untrained
 

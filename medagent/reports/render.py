@@ -64,7 +64,7 @@ def _sections(report: StudyReport, comparison: RunComparison | None) -> list[_Se
         f"Intervals: {b.confidence:.0%} percentile bootstrap over cases, {b.n_resamples} resamples, seed {b.seed}.",
     ])
     sections = [produced, overview]
-    if report.findings or report.dialogue is None:
+    if report.findings or (report.dialogue is None and report.vqa is None):
         findings = _Section("Metrics per finding", tables=[("", _finding_table(report.findings))])
         summary_rows = [[s.average, ", ".join(s.findings), *(format_metric(s.metrics[m]) for m in METRIC_NAMES)]
                         for s in report.summaries]
@@ -77,6 +77,12 @@ def _sections(report: StudyReport, comparison: RunComparison | None) -> list[_Se
         paragraphs, tables = dialogue_tables(report.dialogue, report.assessor_failures)
         sections.append(_Section("Diagnostic dialogues", paragraphs,
                                  [(caption, _Table(headers, rows)) for caption, headers, rows in tables]))
+    if report.vqa is not None:
+        from medagent.reports.vqa_render import vqa_sections
+
+        for title, paragraphs, tables in vqa_sections(report.vqa):
+            sections.append(_Section(title, paragraphs, [(caption, _Table(headers, rows))
+                                                         for caption, headers, rows in tables]))
     if report.subgroups:
         groups = _Section("Subgroups", ["Groups marked small have fewer cases than the configured minimum."])
         for table in report.subgroups:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ from medagent.reports.schema import (
     validate_cases,
     validate_tool_calls,
 )
+from medagent.reports.vqa_report import VqaSummary, summarise_vqa
 
 MACRO_ROW = "macro average"
 
@@ -44,6 +45,9 @@ class ReportOptions(BaseModel):
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     small_group: int = Field(default=SMALL_GROUP, ge=1, description="subgroups with fewer cases are flagged")
     findings: list[str] | None = Field(default=None, description="score only these findings; None: every one")
+    run_config: dict[str, Any] | None = Field(
+        default=None, exclude=True, repr=False,
+        description="the run's stored study configuration (a VQA report reads its arms); not part of the report")
 
     @classmethod
     def from_study(cls, run_config: dict[str, Any]) -> ReportOptions:
@@ -59,11 +63,11 @@ class ReportOptions(BaseModel):
                      if name in metrics}
         if bootstrap:
             options["bootstrap"] = BootstrapConfig(**bootstrap)
-        return cls(**options)
+        return cls(**options, run_config=dict(run_config))
 
 
 class PlotFile(BaseModel):
-    kind: Literal["roc", "confusion", "latency"]
+    kind: Literal["roc", "confusion", "latency", "severity"]
     title: str
     path: Path
 
@@ -79,6 +83,7 @@ class StudyReport(BaseModel):
     tools: list[ToolUsage]
     tokens: TokenUsage
     dialogue: DialogueSummary | None = Field(default=None, description="dialogue-benchmark runs only")
+    vqa: VqaSummary | None = Field(default=None, description="visual-question-answering runs only")
     assessor_failures: int = 0
     plots: list[PlotFile] = Field(default_factory=list)
     provenance: ReportProvenance = Field(default_factory=ReportProvenance, description="what produced the run")
@@ -105,9 +110,14 @@ def _unscored_if_all_failed(cases: pd.DataFrame) -> pd.DataFrame:
 
 def build_report(
     cases: pd.DataFrame, tool_calls: pd.DataFrame | None = None, *, run_id: str | None = None,
-    options: ReportOptions | None = None, title: str | None = None,
+    options: ReportOptions | None = None, title: str | None = None, run_config: Mapping[str, Any] | None = None,
+    skipped_rows: int | None = None,
 ) -> StudyReport:
-    """Validate the frames and compute every table of one run's report (plots are added by ``write_plots``)."""
+    """Validate the frames and compute every table of one run's report (plots are added by ``write_plots``).
+
+    ``run_config``: the run's stored study configuration (default: ``options.run_config``, which
+    :meth:`ReportOptions.from_study` sets); ``skipped_rows``: the malformed dataset rows the run skipped
+    (``vqa_report.skipped_rows_of(store.metrics(run_id))``); both are read by VQA runs only."""
     options = options or ReportOptions()
     cases = _unscored_if_all_failed(cases)
     validate_cases(cases)
@@ -125,13 +135,16 @@ def build_report(
     calls = calls[calls["run_id"].astype(str) == run_id]
     findings, summaries = finding_metrics(cases, layout, options.thresholds, options.bootstrap)
     failures = pd.to_numeric(cases.get("assessment.failed", pd.Series(dtype=float)), errors="coerce")
+    vqa = summarise_vqa(cases, options.run_config if run_config is None else run_config, skipped_rows, options)
+    # a VQA run's subgroups (question type, modality, ...) are broken down by its own tables
+    subgroups = [] if vqa is not None and not layout.findings else subgroup_tables(
+        cases, layout, options.thresholds, options.bootstrap, options.small_group)
     return StudyReport(
         run_id=run_id, title=title or f"Study report: run {run_id}", options=options,
-        outcomes=case_outcomes(cases), findings=findings, summaries=summaries,
-        subgroups=subgroup_tables(cases, layout, options.thresholds, options.bootstrap, options.small_group),
+        outcomes=case_outcomes(cases), findings=findings, summaries=summaries, subgroups=subgroups,
         tools=tool_usage(calls), tokens=token_usage(cases),
         dialogue=summarise_dialogues(cases, options.bootstrap), assessor_failures=int(failures.fillna(0).sum()),
-        provenance=provenance,
+        vqa=vqa, provenance=provenance,
     )
 
 
