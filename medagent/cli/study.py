@@ -144,6 +144,7 @@ def report(
         render_markdown,
         write_plots,
     )
+    from medagent.reports.vqa_report import skipped_rows_of
     from medagent.store import StudyStore, UnknownRun
 
     settings = Settings()
@@ -157,7 +158,8 @@ def report(
                 if stored is None:
                     raise UnknownRun(f"no run with id {one!r} in the study store", run_id=one)
                 cases, calls = store.cases_frame(one), store.tool_calls_frame(one)
-                reports.append(build_report(cases, calls, run_id=one, options=ReportOptions.from_study(stored.config)))
+                reports.append(build_report(cases, calls, run_id=one, options=ReportOptions.from_study(stored.config),
+                                            skipped_rows=skipped_rows_of(store.metrics(one))))
                 frames.append((cases, calls))
             private_dir(folder)
             gallery = _gallery(store, run_id, settings, folder)
