@@ -244,3 +244,4 @@ def _register_conversation_commands() -> None:
 _register_conversation_commands()
 register_study_commands(app)
 # more command groups: one `register(app)` line each (the service, keys and audit; mcp)
+from medagent.cli.mcp import register as register_mcp; register_mcp(app)  # noqa: I001
