@@ -7,7 +7,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import typer
 from rich.console import Console
@@ -55,21 +55,49 @@ def _agent(endpoint: str | None, model: str | None, backend: BackendChoice) -> A
     return Agent(AgentConfig(planner=planner_config(endpoint, model, backend)))
 
 
+class PacsRequest(NamedTuple):
+    """``--dicomweb URL --study UID [--series UID] [--push]``."""
+
+    url: str
+    study: str
+    series: str | None
+    push: bool
+
+
 async def _ask(question: str, images: list[Path], modality: str | None, endpoint: str | None, model: str | None,
-               backend: BackendChoice, session_id: str | None, as_json: bool) -> None:
+               backend: BackendChoice, session_id: str | None, as_json: bool, pacs: PacsRequest | None = None) -> None:
     async with _agent(endpoint, model, backend) as agent:
         session = agent.session(session_id)
         for image in images:
             await session.attach(image, modality)
+        pull = None
+        if pacs is not None:
+            from medagent.dicomweb import pull_study
+
+            pull = await pull_study(session, pacs.url, pacs.study, pacs.series)
+            if not as_json:
+                console.print(f"pulled {len(pull.images)} image(s) from DICOMweb: "
+                              f"{', '.join(image.image_id for image in pull.images)}")
         answer = await session.ask(question)
+        pushed = None
+        if pacs is not None and pacs.push and pull is not None:
+            from medagent.dicomweb import push_results
+
+            pushed = await push_results(pull, answer.tool_calls, agent.toolbox.store)
         if as_json:
             result = answer.model_dump(mode="json") | {"provenance": answer.provenance}
+            if pull is not None:
+                result["dicomweb"] = {"images": pull.image_ids, "skipped_instances": pull.skipped_instances,
+                                      "stored": None if pushed is None else {"segmentations": pushed.segmentations,
+                                                                             "reports": pushed.reports}}
             sys.stdout.write(json.dumps(result, indent=2) + "\n")
             return
         screen = Screen(agent, console, errors)
         for call in answer.tool_calls:
             screen.panel(call)
         screen.answer(answer.text, answer.tool_calls, answer.model, streamed=False)
+        if pushed is not None:
+            console.print(f"stored on the DICOMweb server: {len(pushed.segmentations)} SEG, {len(pushed.reports)} SR")
         console.print(f"[dim]session {session.id}[/]")
 
 
@@ -82,10 +110,21 @@ def ask(
     backend: BackendOption = "auto",
     session: SessionOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer, tool trace and provenance as JSON.")] = False,
+    dicomweb: Annotated[str | None, typer.Option(
+        "--dicomweb", help="DICOMweb base URL of a PACS (e.g. http://host:8042/dicom-web): pull --study from it "
+        "(QIDO-RS, WADO-RS), de-identified on arrival.")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study Instance UID to pull (with --dicomweb).")] = None,
+    series: Annotated[str | None, typer.Option("--series", help="Only this Series Instance UID of the study.")] = None,
+    push: Annotated[bool, typer.Option("--push", help="Store the results back on the DICOMweb server (STOW-RS): "
+                                       "masks as DICOM SEG, findings as a DICOM SR.")] = False,
 ) -> None:
     """Ask one question about the attached images and print the answer."""
+    if (dicomweb is None) != (study is None) or ((series is not None or push) and dicomweb is None):
+        errors.print("[red]error[/] --dicomweb URL and --study UID go together (--series and --push need both)")
+        raise typer.Exit(code=2)
+    pacs = PacsRequest(dicomweb, study, series, push) if dicomweb is not None and study is not None else None
     try:
-        asyncio.run(_ask(question, image or [], modality, endpoint, model, backend, session, as_json))
+        asyncio.run(_ask(question, image or [], modality, endpoint, model, backend, session, as_json, pacs))
     except MedagentError as exc:
         errors.print(f"[red]error[/] {exc.code}: {clean(exc.message)}", soft_wrap=True)
         raise typer.Exit(code=2) from None
