@@ -13,7 +13,7 @@ from medagent.agents.planner import PlannerConfig
 from medagent.agents.scripted import tool_sequence_planner
 from medagent.api import Agent, AgentConfig
 from medagent.config import Settings
-from medagent.errors import FileTooLarge, ImageInputError, SessionNotFound, UnknownArtifact
+from medagent.errors import FileTooLarge, ImageInputError, MedagentError, SessionNotFound, UnknownArtifact
 from medagent.imaging.limits import ImageLimits
 from medagent.sync_api import SyncAgent
 from tests.dicom_files import cr_dicom
@@ -63,6 +63,19 @@ async def test_images_from_bytes_file_objects_and_datasets_are_de_identified_lik
         answer = await session.ask("Outline the lung fields.")
         assert [call["tool"] for call in answer.tool_calls] == ["segment_lung_fields"]
     _no_phi_under(settings.home)
+
+
+@pytest.mark.asyncio
+async def test_uploads_attach_when_a_workspace_confines_the_paths_users_name(nih_images: list[Path],
+                                                                           tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", workspace=tmp_path / "workspace", plugins=False)
+    (tmp_path / "workspace").mkdir()
+    async with _agent(settings) as agent:
+        session = agent.session()
+        uploaded = await session.attach_bytes(nih_images[0].read_bytes(), "DX")
+        assert (await session.artifact(uploaded.id)).kind.value == "image"
+        with pytest.raises(MedagentError):
+            await session.attach(nih_images[0], "DX")  # a path outside the workspace stays refused
 
 
 @pytest.mark.asyncio

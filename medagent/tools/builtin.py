@@ -167,9 +167,11 @@ class Toolbox:
         limit = self.settings.limits.max_file_bytes
         if len(data) > limit:
             raise FileTooLarge(f"the image is {len(data)} bytes; the limit is {limit}", size=len(data), limit=limit)
+        # the workspace confines paths a user names; this file is medagent's own, so it is read without it
+        loader = ImageLoader(self.loader.deidentifier, self.loader.limits)
         with tempfile.TemporaryDirectory(prefix="medagent-upload-") as folder:  # 0700
             path = write_private(Path(folder) / "upload", data)
-            record = with_detected_modality(self.loader.load(path, modality=modality))
+            record = with_detected_modality(loader.load(path, modality=modality))
         return self.store.put_image(record)
 
     def context(self, image_ids: list[str]) -> ToolContext:
