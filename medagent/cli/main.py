@@ -245,3 +245,4 @@ _register_conversation_commands()
 register_study_commands(app)
 # more command groups: one `register(app)` line each (the service, keys and audit; mcp)
 from medagent.cli.mcp import register as register_mcp; register_mcp(app)  # noqa: I001
+from medagent.cli.service import register as register_service; register_service(app)  # noqa: I001
