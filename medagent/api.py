@@ -179,6 +179,17 @@ class Session:
         """True when this owner's session has run at least once."""
         return bool(await self._values())
 
+    async def delete(self) -> None:
+        """Remove this owner's session: its conversation and every checkpoint of it. Afterwards the id is
+        unknown (its history is empty and its artifacts unreachable through it). Images and artifacts stay in
+        the content-addressed store, de-identified, because another session may hold the same ones. Waits for
+        a running turn of this session to end first."""
+        async with self.agent.session_lock(self.id):
+            await self._values()  # another owner's session: SessionNotFound, nothing deleted
+            await self.agent._graph.checkpointer.adelete_thread(self.id)
+        self._new_images.clear()
+        self._error = None
+
     async def attach(self, path: str | Path, modality: str | None = None) -> Artifact:
         await self._values()
         artifact = await asyncio.to_thread(self.agent.toolbox.attach, path, modality)

@@ -91,5 +91,8 @@ class SyncSession:
     def history(self) -> list[Message]:
         return self._agent.run(self.session.history())
 
+    def delete(self) -> None:
+        self._agent.run(self.session.delete())
+
     def artifact(self, artifact_id: str) -> Artifact:
         return self._agent.run(self.session.artifact(artifact_id))

@@ -4,6 +4,7 @@ same limits and de-identification as files; sessions that belong to an owner; a 
 from __future__ import annotations
 
 import io
+import sqlite3
 from pathlib import Path
 
 import pydicom
@@ -114,6 +115,33 @@ async def test_a_session_and_its_artifacts_belong_to_their_owner(nih_images: lis
         with pytest.raises(UnknownArtifact):
             await other.artifact(overlay)  # the same owner's other session did not make it
         assert len(await mine.history()) >= 2  # the owner's session is untouched
+
+
+@pytest.mark.asyncio
+async def test_deleting_a_session_removes_its_checkpoints_and_only_its_owner_may(nih_images: list[Path],
+                                                                               settings: Settings) -> None:
+    """On the default SQLite checkpointer: the deleted session's rows are gone from the file, its id is unknown
+    (an empty history, its artifacts unreachable), and the owner's other session is untouched."""
+    checkpoints = settings.home / "sessions.sqlite"
+    config = AgentConfig(planner=PlannerConfig(backend="scripted"), checkpoint_url=str(checkpoints))
+    async with Agent(config, settings=settings, planner=tool_sequence_planner(
+            ["segment_lung_fields"], config=PlannerConfig(backend="scripted"))) as agent:
+        doomed, kept = agent.session("visit-1", owner="clinic-a"), agent.session("visit-2", owner="clinic-a")
+        for session in (doomed, kept):
+            await session.attach(nih_images[0], "DX")
+        overlay = (await doomed.ask("Outline the lung fields.")).tool_calls[0]["output"]["overlay_id"]
+        await kept.ask("Outline the lung fields.")
+        with pytest.raises(SessionNotFound):
+            await agent.session("visit-1", owner="clinic-b").delete()  # not the owner: nothing deleted
+        assert await doomed.exists()
+        await doomed.delete()
+        assert not await doomed.exists() and await doomed.history() == []
+        with pytest.raises(UnknownArtifact):
+            await doomed.artifact(overlay)
+        assert len(await kept.history()) >= 2
+    with sqlite3.connect(checkpoints) as database:
+        threads = {row[0] for row in database.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+    assert threads == {"visit-2"}
 
 
 def test_the_blocking_api_serves_scripts_without_asyncio(nih_images: list[Path], settings: Settings) -> None:

@@ -116,6 +116,9 @@ def test_the_whole_flow_key_session_upload_question_events_artifact_approval(
 
         assert client.delete(f"/v1/sessions/{session_id}").status_code == 204
         assert client.get(f"/v1/sessions/{session_id}").status_code == 404
+        with sqlite3.connect(served.home / "sessions.sqlite") as checkpoints:  # the conversation itself is gone
+            assert not checkpoints.execute("SELECT count(*) FROM checkpoints WHERE thread_id = ?",
+                                           (session_id,)).fetchone()[0]
         assert session_id not in [item["id"] for item in client.get("/v1/sessions").json()["sessions"]]
 
     code, output = cli(served.home, "audit", "tail", "-n", "200")

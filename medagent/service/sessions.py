@@ -142,6 +142,4 @@ class Sessions:
 
         await asyncio.to_thread(write)
         self._open.pop(session_id, None)
-        remove = getattr(session, "delete", None)  # the library's own deletion, where it offers one
-        if remove is not None:
-            await remove()
+        await session.delete()
