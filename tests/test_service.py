@@ -210,7 +210,8 @@ def test_every_route_that_takes_a_session_id_is_404_for_another_key(served: Serv
         bodies: dict[str, dict[str, Any]] = {
             "/messages": {"json": {"question": "outline_image"}}, "/messages/stream": {"json": {"question": "x"}},
             "/approval": {"json": {"approved": True}}, "/approval/stream": {"json": {"approved": True}},
-            "/images": {"content": pydicom_ct.read_bytes(), "headers": {"Content-Type": "application/dicom"}}}
+            "/images": {"content": pydicom_ct.read_bytes(), "headers": {"Content-Type": "application/dicom"}},
+            "/dicomweb/pull": {"json": {"server": "pacs", "study_uid": "1.2.3"}}, "/dicomweb/push": {"json": {"server": "pacs"}}}
         tried = []
         mine = _session(bob, pydicom_ct)
         for template, operations in schema["paths"].items():

@@ -44,6 +44,9 @@ def serve(
     endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL of the planner")] = None,
     model: Annotated[str | None, typer.Option(help="the planner's model id as served")] = None,
     log_level: Annotated[str, typer.Option(help="level of the JSON-line logs on stderr")] = "info",
+    dicomweb: Annotated[list[str] | None, typer.Option(
+        "--dicomweb", help="a DICOMweb server (PACS) sessions may pull from and push to, as NAME=URL (e.g. "
+        "pacs=http://host:8042/dicom-web); repeat for more. Requests name the server, never a URL")] = None,
 ) -> None:
     """Serve the agent over HTTP: sessions, uploads, questions (JSON or Server-Sent Events), approvals, artifacts;
     API keys, rate limits and an audit log."""
@@ -55,6 +58,8 @@ def serve(
     from medagent.service.settings import ServiceSettings
 
     settings = ServiceSettings()
+    if dicomweb:
+        settings = _with_dicomweb(settings, dicomweb)
     if backend is not None or endpoint is not None or model is not None:
         settings = settings.model_copy(update={"planner": planner_config(endpoint, model, backend or "auto")})
     configure_logging(log_level.upper())
@@ -67,6 +72,26 @@ def serve(
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False,
                 limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5,
                 timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)))
+
+
+def _with_dicomweb(settings: Any, servers: list[str]) -> Any:
+    """``settings`` with the ``--dicomweb NAME=URL`` servers added (over MEDAGENT_SERVICE_DICOMWEB_SERVERS); a
+    malformed one exits with status 2."""
+    from pydantic import ValidationError
+
+    named = dict(settings.dicomweb_servers)
+    for item in servers:
+        name, equals, url = item.partition("=")
+        if not equals or not name.strip() or not url.strip():
+            errors.print("[red]error[/] --dicomweb takes NAME=URL")
+            raise typer.Exit(code=2)
+        named[name.strip()] = url.strip()
+    try:
+        return type(settings).model_validate({**settings.model_dump(), "dicomweb_servers": named})
+    except ValidationError as exc:
+        problems = "; ".join(str(error.get("msg", "")) for error in exc.errors()[:4])
+        errors.print(f"[red]error[/] --dicomweb: {safe(problems)}", soft_wrap=True)
+        raise typer.Exit(code=2) from None
 
 
 def keys_create(

@@ -224,10 +224,13 @@ def report_object(results: ImageResults, seg: Dataset | None) -> Dataset:
 
 @dataclass(frozen=True)
 class PushResult:
-    """SOP Instance UIDs of the objects stored (new UIDs medagent generated, none of the source's)."""
+    """SOP Instance UIDs of the objects stored, and the series each is in (new UIDs medagent generated, none of the
+    source's)."""
 
     segmentations: list[str]
     reports: list[str]
+    segmentation_series: list[str] = field(default_factory=list)
+    report_series: list[str] = field(default_factory=list)
 
 
 def _part10(dataset: Dataset) -> bytes:
@@ -256,4 +259,6 @@ async def push_results(pull: PacsPull, tool_calls: Sequence[Mapping[str, Any]], 
     async with DicomwebClient(pull.url, limits=limits, headers=headers) as client:
         await client.store(payload)
     return PushResult(segmentations=[str(seg.SOPInstanceUID) for seg in segs],
-                      reports=[str(report.SOPInstanceUID) for report in reports])
+                      reports=[str(report.SOPInstanceUID) for report in reports],
+                      segmentation_series=[str(seg.SeriesInstanceUID) for seg in segs],
+                      report_series=[str(report.SeriesInstanceUID) for report in reports])

@@ -27,7 +27,7 @@ from medagent.agents.planner import Planner
 from medagent.api import Agent, AgentConfig
 from medagent.config import Settings
 from medagent.errors import MedagentError
-from medagent.service import problems
+from medagent.service import dicomweb_routes, problems
 from medagent.service.audit import AuditEntry, AuditLog
 from medagent.service.auth import Caller
 from medagent.service.db import ServiceDatabase
@@ -111,6 +111,7 @@ def create_app(settings: ServiceSettings | None = None, *, library_settings: Set
                                                 "questions answered as JSON or Server-Sent Events, approvals, "
                                                 "artifacts. Every route but health and readiness needs an API key.")
     app.include_router(router)
+    app.include_router(dicomweb_routes.router)
 
     @app.get("/v1/openapi.json", include_in_schema=False)
     async def openapi(_caller: Caller) -> JSONResponse:

@@ -73,6 +73,10 @@ STATUS: Final[dict[str, int]] = {
     "invalid_request": 422,
     "rate_limited": 429,
     "service_busy": 503,
+    # a PACS behind the service (DICOMweb): what it lacks is 404, how it failed 502, its silence 504
+    "dicomweb_server_unknown": 404, "dicomweb_not_found": 404, "dicomweb_nothing_pulled": 409,
+    "dicomweb_invalid_request": 422, "dicomweb": 502, "dicomweb_unavailable": 502, "dicomweb_server_error": 502,
+    "dicomweb_rejected": 502, "dicomweb_response_invalid": 502, "dicomweb_too_large": 502, "dicomweb_timeout": 504,
 }
 _FAMILY_STATUS: Final[dict[str, int]] = {"tool_failure": 422, "retry": 502, "infrastructure": 503,
                                          "configuration": 500}

@@ -7,14 +7,18 @@ library's own :class:`medagent.config.Settings` (``MEDAGENT_HOME``, weights, ima
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
-from pydantic import Field
+import httpx
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medagent.agents.planner import PlannerConfig
 
 MIB: Final = 1024**2
+MAX_DICOMWEB_SERVERS: Final = 32
+DICOMWEB_SERVER_NAME: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class ServiceSettings(BaseSettings):
@@ -40,3 +44,23 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="on shutdown, how long running turns may "
                                     "take to finish before they are stopped at their last checkpoint")
     sse_keepalive_s: float = Field(default=15.0, gt=0, description="a comment line on an idle event stream")
+    dicomweb_servers: dict[str, str] = Field(default_factory=dict, description="the DICOMweb servers (PACS) sessions "
+                                             "may pull from and push to, by name: name -> base URL (JSON in "
+                                             "MEDAGENT_SERVICE_DICOMWEB_SERVERS, or `medagent serve --dicomweb "
+                                             "NAME=URL`). Requests name a server, never a URL")
+
+    @field_validator("dicomweb_servers")
+    @classmethod
+    def _servers(cls, servers: dict[str, str]) -> dict[str, str]:
+        if len(servers) > MAX_DICOMWEB_SERVERS:
+            raise ValueError(f"at most {MAX_DICOMWEB_SERVERS} DICOMweb servers")
+        for name, url in servers.items():
+            if not re.fullmatch(DICOMWEB_SERVER_NAME, name):
+                raise ValueError("a DICOMweb server name is 1-64 letters, digits, '.', '_' or '-'")
+            try:
+                parsed = httpx.URL(url)
+            except (httpx.InvalidURL, TypeError):
+                raise ValueError(f"the URL of DICOMweb server {name!r} cannot be parsed") from None
+            if parsed.scheme not in ("http", "https") or not parsed.host or parsed.query or parsed.fragment:
+                raise ValueError(f"the URL of DICOMweb server {name!r} must be http(s)://host[:port]/path")
+        return servers
