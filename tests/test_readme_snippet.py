@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from medagent.config import Settings
 from medagent.tools.builtin import Toolbox
@@ -71,3 +77,43 @@ def test_the_readme_backend_snippet_consults_a_served_planner_with_a_tenant_and_
     assert result.returncode == 0, result.stderr[-3000:]
     assert "{'answer': 'The image is usable.', 'tools': ['assess_image_quality']}" in result.stdout, result.stdout
     assert image_id in requests and "Quarrington" not in requests and "Ysolde" not in requests
+
+
+CURL_MARKER = "<!-- snippet: service-curl -->"
+
+
+def _bash_block(readme: str, marker: str) -> str:
+    lines = readme.split(marker, 1)[1].splitlines()
+    start = next(index for index, line in enumerate(lines) if line.strip() == "```bash") + 1
+    end = next(index for index in range(start, len(lines)) if lines[index].strip() == "```")
+    return "\n".join(lines[start:end]) + "\n"
+
+
+def test_the_readme_curl_walkthrough_of_the_service_runs_as_printed(nih_images: list[Path], tmp_path: Path) -> None:
+    """Every command of the walkthrough, on a free port, against `medagent serve` with the scripted planner: the
+    upload is de-identified, the stream ends in an answer, the session is deleted and the audit chain verifies."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    script = _bash_block((REPO_ROOT / "README.md").read_text(encoding="utf-8"), CURL_MARKER)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = script.replace("8080", str(port))
+    (tmp_path / ".venv").symlink_to(REPO_ROOT / ".venv")
+    cr_dicom(nih_images[0], tmp_path / "chest.dcm")
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MEDAGENT_")}
+    environment.update({"MEDAGENT_HOME": str(tmp_path / "home"), "MEDAGENT_DEID_SECRET": TEST_SECRET.decode(),
+                        "MEDAGENT_PLUGINS": "false", "MEDAGENT_SERVICE_PLANNER": '{"backend": "scripted"}'})
+    # files, not pipes: the service started in the background keeps its standard streams open after the script
+    with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
+        process = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=environment,
+                                   stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            process.wait(timeout=120)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)  # the service the walkthrough started in the background
+    output, errors = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+    assert process.returncode == 0, errors[-3000:]
+    assert '"deidentified":true' in output and "event: tool_finished" in output and "event: answer" in output
+    assert '"messages":[' in output and re.search(r"ok: \d+ records", output), output[-3000:]
