@@ -15,15 +15,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
@@ -55,13 +58,13 @@ def _stdio(home: Path, errlog: Any = None, *extra: str) -> Client:
 
 
 @contextlib.contextmanager
-def _http_server(home: Path, log: Path) -> Iterator[str]:
+def _http_server(home: Path, log: Path, *extra: str) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/mcp"
     with log.open("wb") as output:
-        process = subprocess.Popen([*MCP, "--transport", "http", "--port", str(port)], cwd=REPO_ROOT,
+        process = subprocess.Popen([*MCP, "--transport", "http", "--port", str(port), *extra], cwd=REPO_ROOT,
                                    env=_environment(home), stdout=output, stderr=output, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -187,10 +190,45 @@ async def test_over_stdio(settings: Settings, nih_images: list[Path]) -> None:
         await _check_unreachable(other, image_id, segmentation.overlay_id)
 
 
+def _create_key(home: Path, name: str) -> str:
+    """A key of the service's store, as `medagent keys create` makes it."""
+    result = subprocess.run([sys.executable, "-m", "medagent.cli", "keys", "create", name, "--json"], cwd=REPO_ROOT,
+                            env=_environment(home), capture_output=True, text=True, timeout=60, check=True)
+    key: str = json.loads(result.stdout)["key"]
+    return key
+
+
+@contextlib.asynccontextmanager
+async def _keyed(url: str, key: str, **options: Any) -> AsyncIterator[Client]:
+    """The SDK's client with the key on every request (an HTTP client the SDK is given, it leaves open: closed here)."""
+    async with create_mcp_http_client(headers={"Authorization": f"Bearer {key}"}) as http, \
+            Client(streamable_http_client(url, http_client=http), **options) as client:
+        yield client
+
+
+def _check_keys_refused(url: str, key: str, home: Path) -> None:
+    """Without a valid key nothing reaches the SDK: no header, a made-up key, a revoked key, another scheme."""
+    revoked = _create_key(home, "revoked")
+    subprocess.run([sys.executable, "-m", "medagent.cli", "keys", "revoke", revoked.split("_")[1]],
+                   cwd=REPO_ROOT, env=_environment(home), capture_output=True, timeout=60, check=True)
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": HANDSHAKE_PROTOCOL_VERSIONS[-1], "capabilities": {},
+        "clientInfo": {"name": "probe", "version": "0"}}}
+    accept = {"Accept": "application/json, text/event-stream"}
+    for headers in ({}, {"Authorization": "Bearer mak_0000_guess"}, {"Authorization": f"Bearer {revoked}"},
+                    {"Authorization": f"Basic {key}"}):
+        answer = httpx.post(url, json=initialize, headers={**headers, **accept}, timeout=30)
+        assert answer.status_code == 401 and answer.headers["www-authenticate"].startswith("Bearer")
+        assert key not in answer.text and "mcp-session-id" not in answer.headers
+    keyed = httpx.post(url, json=initialize, headers={"Authorization": f"Bearer {key}", **accept}, timeout=30)
+    assert keyed.status_code == 200  # the same request, keyed
+
+
 @pytest.mark.asyncio
 async def test_over_http_with_separate_sessions(tmp_path: Path, settings: Settings, nih_images: list[Path]) -> None:
+    key = _create_key(settings.home, "ide")
     with _http_server(settings.home, tmp_path / "server.log") as url:
-        async with Client(url) as first, Client(url) as second:
+        async with _keyed(url, key) as first, _keyed(url, key) as second:
             assert first.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS  # a version with sessions
             await _check_listing(first, settings)
             image_id = await _upload(first, nih_images[0].read_bytes())
@@ -200,10 +238,25 @@ async def test_over_http_with_separate_sessions(tmp_path: Path, settings: Settin
             await _check_refusals(first, image_id)
             assert await _upload(second, nih_images[0].read_bytes()) == image_id  # its own upload: now its own too
             assert not (await second.call_tool("assess_image_quality", {"image_id": image_id})).is_error
-        async with Client(url, mode="2026-07-28") as sessionless:  # no sessions to keep images in: refused, said why
+        async with _keyed(url, key, mode="2026-07-28") as sessionless:  # no sessions to keep images in: refused, said why
             with pytest.raises(MCPError, match="per MCP session") as refused:
                 await sessionless.list_tools()
             assert refused.value.error.code == -32022
+        await asyncio.to_thread(_check_keys_refused, url, key, settings.home)
+
+
+@pytest.mark.asyncio
+async def test_http_without_keys_on_loopback(tmp_path: Path, settings: Settings, nih_images: list[Path]) -> None:
+    with _http_server(settings.home, tmp_path / "server.log", "--no-auth") as url:
+        async with Client(url) as client:
+            assert not (await client.call_tool("upload_image", {"content_base64": _b64(
+                nih_images[0].read_bytes())})).is_error
+
+
+def test_http_without_keys_is_refused_off_loopback(settings: Settings) -> None:
+    refused = subprocess.run([*MCP, "--transport", "http", "--host", "0.0.0.0", "--no-auth"], cwd=REPO_ROOT,
+                             env=_environment(settings.home), capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2 and "--no-auth" in refused.stderr
 
 
 @pytest.mark.asyncio

@@ -25,8 +25,8 @@ def mcp(
     transport: Annotated[McpTransport, typer.Option(help="stdio: the client starts this command and talks over "
                                                          "its stdin and stdout; http: streamable HTTP at /mcp")]
     = McpTransport.stdio,
-    host: Annotated[str, typer.Option(help="address to bind (http); the server has no authentication: keep it on "
-                                           "loopback or behind an authenticating proxy")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="address to bind (http); off loopback, put TLS in front (keys are "
+                                           "bearer tokens)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="port (http)")] = 8766,
     tools: Annotated[list[str] | None, typer.Option("--tools", help="offer only these tools (repeat the option); "
                                                     "default: every tool ready here")] = None,
@@ -36,6 +36,8 @@ def mcp(
     overlay_images: Annotated[bool, typer.Option(help="return the overlays a call drew as PNG image content "
                                                       "(bounded) beside their artifact ids")] = True,
     log_level: Annotated[str, typer.Option(help="level of the JSON log lines on stderr")] = "WARNING",
+    auth: Annotated[bool, typer.Option(help="http: every request needs Authorization: Bearer <key>, a key of "
+                                            "`medagent keys create`; --no-auth only on loopback")] = True,
 ) -> None:
     """Serve medagent's expert tools over MCP: typed schemas and model cards, an upload_image tool (base64) whose
     image ids the experts take (never paths), results as structured content."""
@@ -57,12 +59,44 @@ def mcp(
             errors.print(f"medagent mcp on stdio: upload_image, {safe(names)}", soft_wrap=True)
             run_stdio(experts)
             return
-        if host not in LOOPBACK:
-            errors.print(f"[yellow]warning[/] serving on {safe(host)}: anyone who reaches it can run these experts")
-        errors.print(f"medagent mcp on http://{safe(host)}:{port}/mcp: upload_image, {safe(names)}", soft_wrap=True)
-        run_http(experts, host, port)
+        if not auth and host not in LOOPBACK:
+            errors.print(f"[red]error[/] --no-auth would let anyone who reaches {safe(host)} run these experts: "
+                         "serve on loopback, or with keys")
+            raise typer.Exit(2)
+        gate = ServiceKeys() if auth else None
+        errors.print(f"medagent mcp on http://{safe(host)}:{port}/mcp ({'API keys' if auth else 'no keys'}): "
+                     f"upload_image, {safe(names)}", soft_wrap=True)
+        try:
+            run_http(experts, host, port, gate)
+        finally:
+            if gate is not None:
+                gate.close()
     finally:
         asyncio.run(root.aclose())
+
+
+class ServiceKeys:
+    """The keys of ``medagent serve`` (its store under ``MEDAGENT_HOME``, or ``MEDAGENT_SERVICE_DATABASE_URL``)
+    as the MCP server's gate, with the service's throttle on failed logins."""
+
+    def __init__(self) -> None:
+        from medagent.config import Settings
+        from medagent.service.app import open_store
+        from medagent.service.ratelimit import RateLimiter
+        from medagent.service.settings import ServiceSettings
+
+        settings = ServiceSettings()
+        self.database, self.keys, _ = open_store(settings, Settings())
+        self.failures = RateLimiter(settings.failed_auth_per_s, settings.failed_auth_burst)
+
+    def verify(self, token: str) -> bool:
+        return self.keys.verify(token) is not None
+
+    def failed(self, client: str) -> float:
+        return self.failures.acquire(client)
+
+    def close(self) -> None:
+        self.database.close()
 
 
 def register(app: typer.Typer) -> None:
