@@ -119,18 +119,24 @@ async def test_two_same_id_calls_run_exactly_as_the_human_decided(
 
 
 @pytest.mark.asyncio
-async def test_a_rejected_call_does_not_run_beside_a_free_call_with_its_id(settings: Settings,
-                                                                           nih_images: list[Path]) -> None:
+@pytest.mark.parametrize("order", [("free", "guarded"), ("guarded", "free")])
+async def test_a_rejected_call_does_not_run_beside_a_free_call_with_its_id(
+        settings: Settings, nih_images: list[Path], order: tuple[str, str]) -> None:
+    """A rejected call never runs, whichever of the two same-id calls comes first in the turn."""
     ran: list[str] = []
-    planner = _calls_then_answer([("free", {"tag": "free"}, "x"), ("guarded", {"tag": "guarded"}, "x")])
+    planner = _calls_then_answer([(name, {"tag": name}, "x") for name in order])
     agent = await _agent(settings, planner, [_spy("free", ran), _spy("guarded", ran, approval=True)])
     try:
         session = agent.session()
         await session.attach(nih_images[0], "DX")
         paused = await session.ask("go")
         assert paused.pending_approval is not None and paused.pending_approval["tool"] == "guarded"
+        assert paused.pending_approval["position"] == order.index("guarded")
         answer = await session.approve(False)
         assert answer.text == "done" and ran == ["free:free"]
+        records = {record["tool"]: record for record in answer.tool_calls}
+        assert records["free"]["ok"] is True
+        assert records["guarded"]["ok"] is False and records["guarded"]["error"]["code"] == "approval_rejected"
         _pairing(await session.history())
     finally:
         await agent.aclose()
