@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -20,7 +21,7 @@ from PIL import Image
 from medagent.config import Settings
 from medagent.errors import ConfigurationError, InsecurePermissions, SecretInvalid
 from medagent.imaging import Deidentifier, ImageLoader, load_or_create_secret
-from medagent.redaction import REDACTED, redact
+from medagent.redaction import REDACTED, redact, redact_text, redact_url
 from medagent.simulators.loaders import load_3mdbench
 from tests.conftest import NIH_CARDIOMEGALY, TEST_SECRET
 from tests.study_files import SCRIPTED, write_manifest
@@ -148,19 +149,62 @@ def test_an_embedded_file_that_is_no_image_is_refused_typed(tmp_path: Path, monk
 
 
 def test_redact_hides_keys_url_passwords_and_inline_secrets_only() -> None:
-    config = {"planners": {"planner": {"api_key": API_KEY, "max_tokens": 512, "model": "m", "apiKey": None,
-                                       "endpoint": f"http://alice:{ENDPOINT_PASSWORD}@127.0.0.1:9/v1?token=abc"}},
-              "store": {"url": f"postgresql://medagent:{STORE_PASSWORD}@db.example:5432/medagent"},
-              "kwargs": [f"host=db password={STORE_PASSWORD} user=x", {"client_secret": "s3"}]}
+    endpoint = f"http://alice:{ENDPOINT_PASSWORD}@127.0.0.1:9/v1?token=abc"
+    config: dict[str, Any] = {
+        "planners": {"planner": {"api_key": API_KEY, "max_tokens": 512, "model": "m", "apiKey": None,
+                                 "endpoint": endpoint}},
+        "store": {"url": f"postgresql://medagent:{STORE_PASSWORD}@db.example:5432/medagent"},
+        "kwargs": [f"host=db password={STORE_PASSWORD} user=x", {"client_secret": "s3"}]}
     redacted = redact(config)
     assert not any(secret.decode() in str(redacted) for secret in SECRETS) and "abc" not in str(redacted)
     planner = redacted["planners"]["planner"]
     assert planner["api_key"] == REDACTED and planner["max_tokens"] == 512 and planner["apiKey"] is None
-    assert planner["endpoint"].startswith(f"http://alice:{REDACTED}@127.0.0.1:9/v1")
-    assert redacted["store"]["url"] == f"postgresql://medagent:{REDACTED}@db.example:5432/medagent"
+    assert planner["endpoint"] == f"http://{REDACTED}@127.0.0.1:9/v1?token={REDACTED}"
+    assert redacted["store"]["url"] == f"postgresql://{REDACTED}@db.example:5432/medagent"
     assert redacted["kwargs"] == [f"host=db password={REDACTED} user=x", {"client_secret": REDACTED}]
     assert config["planners"]["planner"]["api_key"] == API_KEY  # a copy: the running study keeps its key
 
+
+
+TOKEN = "sk-live-9f8e7d6c5b4a"
+
+
+@pytest.mark.parametrize(("url", "redacted"), [
+    # user info goes whole, with a password or without: a token may be the user name
+    (f"https://{TOKEN}@api.example/v1", f"https://{REDACTED}@api.example/v1"),
+    (f"https://user:{TOKEN}@api.example/", f"https://{REDACTED}@api.example/"),
+    (f"https://:{TOKEN}@api.example/", f"https://{REDACTED}@api.example/"),
+    # secret query parameters, any case, ordinary ones beside them untouched (and not re-encoded)
+    (f"https://maps.example/x?key={TOKEN}&page=2", f"https://maps.example/x?key={REDACTED}&page=2"),
+    (f"https://b.s3.example/o?X-Amz-Date=20240101&X-Amz-Signature={TOKEN}&path=a%2Fb",
+     f"https://b.s3.example/o?X-Amz-Date=20240101&X-Amz-Signature={REDACTED}&path=a%2Fb"),
+    (f"https://blob.example/c?sv=2022&SIG={TOKEN}", f"https://blob.example/c?sv=2022&SIG={REDACTED}"),
+    (f"https://h.example/?token={TOKEN}", f"https://h.example/?token={REDACTED}"),
+    (f"https://h.example/?Access_Token={TOKEN}&q=x", f"https://h.example/?Access_Token={REDACTED}&q=x"),
+    (f"https://h.example/?api_key={TOKEN}", f"https://h.example/?api_key={REDACTED}"),
+    (f"https://h.example/?signature={TOKEN}", f"https://h.example/?signature={REDACTED}"),
+    (f"https://h.example/cb#access_token={TOKEN}&state=7", f"https://h.example/cb#access_token={REDACTED}&state=7"),
+    # left alone: nothing secret in them
+    ("https://h.example/studies?page=2&limit=50", "https://h.example/studies?page=2&limit=50"),
+    ("https://h.example/q?max_tokens=512&keyword=lung", "https://h.example/q?max_tokens=512&keyword=lung"),
+    ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+])
+def test_redact_url_removes_user_info_and_secret_query_parameters(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted
+    assert redact_text(f"connecting to {url} now") == f"connecting to {redacted} now"
+
+
+@pytest.mark.parametrize(("text", "redacted"), [
+    (f"Authorization: Bearer {TOKEN}", f"Authorization: Bearer {REDACTED}"),
+    (f"authorization=Basic {TOKEN}", f"authorization=Basic {REDACTED}"),
+    (f"curl -H 'x' with Bearer {TOKEN} failed", f"curl -H 'x' with Bearer {REDACTED} failed"),
+    ("bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", f"bearer {REDACTED}"),
+    # prose about bearer tokens, and ordinary pairs, stay as written
+    ("keys are bearer tokens; Bearer authentication is on", "keys are bearer tokens; Bearer authentication is on"),
+    ("max_tokens=512 page=2", "max_tokens=512 page=2"),
+])
+def test_redact_text_removes_bearer_tokens_and_leaves_prose(text: str, redacted: str) -> None:
+    assert redact_text(text) == redacted
 
 def _environment(home: Path) -> dict[str, str]:
     return {**os.environ, "MEDAGENT_HOME": str(home), "MEDAGENT_DEID_SECRET": TEST_SECRET.decode(),
@@ -207,7 +251,7 @@ store: {{url: 'postgresql://medagent:{STORE_PASSWORD}@db.invalid:5432/medagent'}
         run = opened.get_run("keys")
         assert run is not None and run.status == "finished"
         assert run.config["planners"]["planner"]["api_key"] == REDACTED  # stored, redacted: not dropped
-        assert run.config["store"]["url"] == f"postgresql://medagent:{REDACTED}@db.invalid:5432/medagent"
+        assert run.config["store"]["url"] == f"postgresql://{REDACTED}@db.invalid:5432/medagent"
     for done in outputs:
         assert not any(secret.decode() in done.stdout + done.stderr for secret in SECRETS)
     assert (home / "reports" / "keys" / "report.html").is_file()
