@@ -27,7 +27,7 @@ from medagent.agents.planner import Planner
 from medagent.api import Agent, AgentConfig
 from medagent.config import Settings
 from medagent.errors import MedagentError
-from medagent.service import dicomweb_routes, problems
+from medagent.service import dicomweb_routes, openai_facade, problems
 from medagent.service.audit import AuditEntry, AuditLog
 from medagent.service.auth import Caller
 from medagent.service.db import ServiceDatabase
@@ -112,6 +112,7 @@ def create_app(settings: ServiceSettings | None = None, *, library_settings: Set
                                                 "artifacts. Every route but health and readiness needs an API key.")
     app.include_router(router)
     app.include_router(dicomweb_routes.router)
+    app.include_router(openai_facade.router)
 
     @app.get("/v1/openapi.json", include_in_schema=False)
     async def openapi(_caller: Caller) -> JSONResponse:
@@ -128,5 +129,6 @@ def create_app(settings: ServiceSettings | None = None, *, library_settings: Set
     app.add_exception_handler(RequestValidationError, problems.validation_error)
     app.add_exception_handler(Exception, problems.unexpected_error)
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes,
-                       max_upload_bytes=settings.max_upload_bytes, record=record)
+                       max_upload_bytes=settings.max_upload_bytes, record=record,
+                       max_chat_body_bytes=settings.chat_body_bytes)
     return app

@@ -4,7 +4,7 @@
   returned as ``X-Request-Id``.
 - Bodies are bounded before anything reads them: a declared ``Content-Length`` over the bound is refused at
   once with ``413``, and a body that streams past it raises :class:`BodyTooLarge` (a ``413`` too) in
-  whatever was reading it. Uploads have their own, larger bound.
+  whatever was reading it. Uploads and chat completions (images inline) have their own, larger bounds.
 - One log line per request: method, the route as a template, status, duration, key id; never the raw path
   or query string.
 - One audit record per routed request (health and readiness aside), written when the response has been sent
@@ -32,6 +32,7 @@ log = logging.getLogger("medagent.service.http")
 UNAUDITED: Final = frozenset({"/v1/health", "/v1/ready"})
 _UPLOAD_PATH = re.compile(r"/v1/sessions/[^/]+/images")
 _SESSION_PATH = re.compile(r"/v1/sessions/([^/]+)(?:/.*)?")
+CHAT_PATH: Final = "/v1/chat/completions"
 MULTIPART_OVERHEAD: Final = 64 * 1024
 # a body over its bound is read and dropped up to this much more before the 413 goes out: a client still sending
 # would otherwise see its connection reset instead of the answer; a larger one is answered and the connection closed
@@ -45,15 +46,18 @@ class BodyTooLarge(HTTPException):
 
 class ServiceMiddleware:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_upload_bytes: int,
-                 record: Callable[[AuditEntry], Awaitable[None]]) -> None:
+                 record: Callable[[AuditEntry], Awaitable[None]], max_chat_body_bytes: int | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes
+        self.max_chat_body_bytes = max_chat_body_bytes or max_body_bytes
         self.record = record
 
     def _limit(self, scope: Scope) -> int:
         if scope["method"] == "POST" and _UPLOAD_PATH.fullmatch(scope["path"]):
             return self.max_upload_bytes + MULTIPART_OVERHEAD
+        if scope["method"] == "POST" and scope["path"] == CHAT_PATH:  # the OpenAI facade: images inline, base64
+            return self.max_chat_body_bytes
         return self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -76,7 +80,7 @@ class ServiceMiddleware:
                 status = 413
                 if declared.isdigit() and int(declared) - limit <= DRAIN_BYTES:
                     await _drain(receive, int(declared))
-                await _refuse(send, request_id, limit)
+                await _refuse(send, request_id, limit, openai=scope["path"] == CHAT_PATH)
                 return
             received = 0
 
@@ -132,11 +136,13 @@ async def _drain(receive: Receive, budget: int) -> None:
             return
 
 
-async def _refuse(send: Send, request_id: str, limit: int) -> None:
+async def _refuse(send: Send, request_id: str, limit: int, *, openai: bool = False) -> None:
     import json
 
-    body = json.dumps({"error": {"code": "payload_too_large", "family": "configuration",
-                                 "message": f"the request body is over the limit of {limit} bytes"},
+    message = f"the request body is over the limit of {limit} bytes"
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                 "code": "payload_too_large"}} if openai else
+                      {"error": {"code": "payload_too_large", "family": "configuration", "message": message},
                        "request_id": request_id}).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

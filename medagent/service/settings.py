@@ -37,6 +37,11 @@ class ServiceSettings(BaseSettings):
     max_upload_bytes: int = Field(default=64 * MIB, gt=0, description="one uploaded image (the library's image "
                                                                       "limits apply as well)")
     max_body_bytes: int = Field(default=MIB, gt=0, description="any other request body")
+    max_chat_body_bytes: int | None = Field(default=None, gt=0, description="a POST /v1/chat/completions body (the "
+                                            "OpenAI facade: images inline as base64); default 1.4 x max_upload_bytes")
+    chat_keep_sessions: bool = Field(default=True, description="keep each chat completion's session, owned by the "
+                                     "key, for the native API (counted in max_sessions_per_key); false deletes it "
+                                     "once answered")
     max_question_chars: int = Field(default=8000, ge=1, le=1_000_000)
     max_sessions_per_key: int = Field(default=1000, ge=1)
     max_images_per_session: int = Field(default=32, ge=1)
@@ -48,6 +53,11 @@ class ServiceSettings(BaseSettings):
                                              "may pull from and push to, by name: name -> base URL (JSON in "
                                              "MEDAGENT_SERVICE_DICOMWEB_SERVERS, or `medagent serve --dicomweb "
                                              "NAME=URL`). Requests name a server, never a URL")
+
+    @property
+    def chat_body_bytes(self) -> int:
+        """The bound of a chat completion's body: base64 makes an image a third larger, JSON adds a little."""
+        return self.max_chat_body_bytes or int(self.max_upload_bytes * 1.4)
 
     @field_validator("dicomweb_servers")
     @classmethod
