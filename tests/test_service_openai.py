@@ -274,3 +274,26 @@ def test_facade_calls_are_audited_like_every_route(served: FacadeServed, key: st
     assert "Audited question" not in output
     code, output = cli(served.home, "audit", "verify")
     assert code == 0, output
+
+
+def test_the_chat_body_bound_and_session_keeping_are_the_services_settings(tmp_path: Path,
+                                                                           nih_images: list[Path]) -> None:
+    """``max_chat_body_bytes`` replaces the derived bound; ``chat_keep_sessions=false`` deletes each session once
+    answered unless the request asks to keep it."""
+    image = data_url(nih_images[0], "image/png")
+    with FacadeServed(tmp_path / "home", max_chat_body_bytes=len(image) + 4096, chat_keep_sessions=False) as served:
+        key = new_key(served.home, "settings")
+        client = _client(served, key)
+        dropped = client.chat.completions.create(model="medagent", messages=_ask("Cardiomegaly?", image))
+        kept = client.chat.completions.create(model="medagent", messages=_ask("Cardiomegaly?", image),
+                                              extra_body={"medagent": {"keep_session": True}})
+        assert dropped.model_extra["medagent"]["session_kept"] is False
+        assert kept.model_extra["medagent"]["session_kept"] is True
+        with served.client(key) as native:
+            assert native.get(f"/v1/sessions/{dropped.model_extra['medagent']['session_id']}").status_code == 404
+            assert native.get(f"/v1/sessions/{kept.model_extra['medagent']['session_id']}").status_code == 200
+        with pytest.raises(openai.APIStatusError) as refused:  # two such images: over the configured bound
+            client.chat.completions.create(model="medagent", messages=_ask(
+                "Cardiomegaly?", image, {"role": "user", "content": [{"type": "image_url", "image_url": {
+                    "url": data_url(nih_images[1], "image/png")}}]}))
+        assert refused.value.status_code == 413 and refused.value.code == "payload_too_large"
