@@ -1,7 +1,8 @@
 """Owner-only from creation, not only in the end: under a umask of 0 and with ``chmod`` disabled, everything
 medagent writes under its home (the study store and its WAL, the de-identification secret, artifacts, checkpoints,
-reports and their plots, exports, text and image indexes, cached case images) is still 0600 in 0700 folders, and
-no file or folder is open to others at the instant it is created (see tests/private_creation.py)."""
+reports and their plots, exports, text and image indexes, cached case images, the planner call log, the embedded
+server's log folder and log) is still 0600 in 0700 folders, and no file or folder is open to others at the instant
+it is created (see tests/private_creation.py)."""
 
 from __future__ import annotations
 
@@ -149,3 +150,70 @@ def test_the_watch_catches_a_file_made_open_then_narrowed_or_removed(tmp_path: P
     with watch_creation(root) as creation:
         outside.write_bytes(b"x")  # not under the watched root: not its business
     assert creation.loose == []
+
+
+# -- logs: the scripted planner's call log, the embedded server's log folder and log ---------------------
+
+
+def test_the_planner_call_log_is_owner_only_even_when_made_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medagent.agents.scripted import tool_sequence_planner
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEDAGENT_HOME", str(home))
+    log = home / "logs" / "calls.log"
+    with watch_creation(home) as creation:
+        planner = tool_sequence_planner([], call_log=log.name)
+        asyncio.run(planner.complete([{"role": "user", "content": "q"}]))
+        assert log.read_text() == "-\n"
+        log.unlink()  # rotated away between two calls: the next call makes it again
+        asyncio.run(planner.complete([{"role": "user", "content": "q"}]))
+    assert log.read_text() == "-\n"
+    assert creation.loose == [], f"open to others when created: {creation.loose}"
+    assert modes_open_to_others(home) == [], f"chmod attempted on {creation.chmods}"
+
+
+_FAKE_SERVER = """import http.server, sys
+class Models(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"data": []}')
+    def log_message(self, *args):
+        print("request", flush=True)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Models).serve_forever()
+"""
+
+
+def test_the_embedded_servers_log_folder_and_log_are_owner_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log folder (default MEDAGENT_HOME/logs) and the server's log, from their creation; a folder that
+    exists open to others is narrowed. A tiny HTTP server stands in for llama.cpp under the real guard."""
+    import stat
+    import sys
+
+    from medagent.agents.embedded import EmbeddedLlamaServer, _log_dir
+
+    class StandIn(EmbeddedLlamaServer):
+        def command(self) -> list[str]:
+            return [sys.executable, "-c", _FAKE_SERVER, str(self.port)]
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEDAGENT_HOME", str(home))
+    server = StandIn(startup_timeout_s=60)
+    with watch_creation(home) as creation:
+        assert _log_dir(None) == home / "logs"
+        try:
+            asyncio.run(server.start())
+            assert server.log_path is not None and server.log_path.parent == home / "logs"
+            assert modes_open_to_others(home) == [], f"chmod attempted on {creation.chmods}"
+        finally:
+            server.stop()
+    assert creation.loose == [], f"open to others when created: {creation.loose}"
+    assert server.log_path is not None and not server.log_path.exists()  # removed after a normal stop
+
+    shared = tmp_path / "shared-logs"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    assert _log_dir(shared) == shared and stat.S_IMODE(shared.stat().st_mode) == 0o700

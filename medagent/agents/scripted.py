@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,11 @@ def tool_sequence_planner(tools: list[str], *, answer_prefix: str = "Findings fr
 
 
 def _append_line(path: Path, line: str) -> None:
-    with open(path, "a", encoding="utf-8") as stream:  # one short line: atomic with O_APPEND
+    from medagent.files import PRIVATE_FILE_MODE
+
+    # 0600 if the file was removed since the planner made it; one short write: atomic with O_APPEND
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(path, flags, PRIVATE_FILE_MODE), "a", encoding="utf-8") as stream:
         stream.write(f"{line}\n")
 
 
