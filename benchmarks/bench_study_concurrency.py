@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from medagent.config import Settings  # noqa: E402
 from medagent.store import StudyStore  # noqa: E402
 from medagent.studies import parse_study  # noqa: E402
+from medagent.studies.config import MAX_CONCURRENCY  # noqa: E402
 from medagent.studies.runner import run_study  # noqa: E402
 
 IMAGE = Path(os.environ.get("MEDAGENT_SHARED_DATA", REPO.parent / "shared" / "data")) / "torchxrayvision-nih" / \
@@ -85,7 +86,8 @@ async def main(cases: int, latency: float, capacity: int, sequential_cases: int)
     folder = Path(tempfile.mkdtemp())
     with _server(latency, capacity) as url:
         await _run(folder, url, 2, 2, "warm-up")  # imports and first loads happen once per process
-        concurrent, concurrent_cpu = await _run(folder, url, cases, cases, "concurrent")
+        # as many cases in flight as a study may have (MAX_CONCURRENCY): enough to keep every server slot busy
+        concurrent, concurrent_cpu = await _run(folder, url, cases, min(cases, MAX_CONCURRENCY), "concurrent")
         sequential, _ = await _run(folder, url, sequential_cases, 1, "sequential")
     ideal = math.ceil(cases / capacity) * latency
     return {"cases": cases, "latency_s": latency, "capacity": capacity,
