@@ -171,6 +171,12 @@ class ModelNotServed(ConfigurationError):
     code = "model_not_served"
 
 
+class ReplicaModelMismatch(ConfigurationError):
+    """Replicas of one planner role (``endpoints``) serve different models; named by index, never by URL."""
+
+    code = "replica_model_mismatch"
+
+
 class SecretInvalid(ConfigurationError):
     """A configured secret (``MEDAGENT_DEID_SECRET``, ``deid.secret``) is too short or not text; never echoed."""
 

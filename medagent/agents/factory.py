@@ -8,7 +8,8 @@ build their planners here::
 
 Backends (``PlannerConfig.backend``; the names are :data:`medagent.agents.planner.BACKENDS`):
 
-- ``openai``: an OpenAI-compatible server (vLLM, llama.cpp, a hosted API) at ``endpoint``.
+- ``openai``: an OpenAI-compatible server (vLLM, llama.cpp, a hosted API) at ``endpoint``, or several replicas
+  of one model at ``endpoints`` (:mod:`medagent.agents.replicas`; load and health shared by the factory's planners).
 - ``embedded``: llama.cpp on 127.0.0.1 serving ``gguf_path`` (SmolLM2-135M-Instruct by default); one
   server per GGUF file, shared by every planner of one factory and stopped by :meth:`PlannerFactory.aclose`.
 - ``scripted``: no model; deterministic (:mod:`medagent.agents.dry_run`).
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from medagent.agents.planner import Backend, Planner, PlannerConfig
+from medagent.agents.replicas import ReplicaBoard, ReplicatedPlanner
 from medagent.errors import BackendConflict, ComponentContract
 
 PlannerFactoryFunction = Callable[..., Planner | Awaitable[Planner]]
@@ -38,28 +40,39 @@ PlannerFactoryFunction = Callable[..., Planner | Awaitable[Planner]]
 def resolve_backend(config: PlannerConfig) -> Backend:
     """The backend ``config`` names; ``auto`` is openai with an endpoint, else embedded."""
     if config.backend == "auto":
-        return "embedded" if config.endpoint is None else "openai"
+        return "openai" if config.endpoint_urls else "embedded"
     return config.backend
 
 
 def backend_problem(config: PlannerConfig) -> str | None:
     """Why ``config``'s backend and endpoint do not fit together, or None."""
     backend = resolve_backend(config)
-    if backend == "openai" and config.endpoint is None:
+    if backend == "openai" and not config.endpoint_urls:
         return "backend 'openai' needs an endpoint (the server's base URL, e.g. http://127.0.0.1:8000/v1)"
-    if backend == "embedded" and config.endpoint is not None:
+    if backend == "embedded" and config.endpoint_urls:
         return "backend 'embedded' starts its own server: remove the endpoint, or use backend 'openai'"
     return None
 
 
 def endpoint_key(config: PlannerConfig) -> str:
-    """What counts as one endpoint for concurrency limits: the base URL, the embedded GGUF file, or 'scripted'."""
+    """What counts as one endpoint for concurrency limits: the base URL, the embedded GGUF file, or 'scripted'
+    (a planner on ``endpoints`` is limited per replica by its factory's :class:`ReplicaBoard` instead)."""
     backend = resolve_backend(config)
-    if backend == "openai" and config.endpoint is not None:
-        return config.endpoint.rstrip("/")
+    if backend == "openai" and config.endpoint_urls:
+        return ",".join(url.rstrip("/") for url in config.endpoint_urls)
     if backend == "scripted":
         return "scripted"
     return f"embedded:{Path(config.gguf_path).resolve() if config.gguf_path else 'default'}"
+
+
+def served_planner(config: PlannerConfig, replicas: ReplicaBoard | None = None) -> Planner:
+    """The client of the OpenAI-compatible server ``config`` names, or of its replicas (``endpoints``, routed on
+    ``replicas``: the load and health a factory's planners share; a board of its own when None)."""
+    if config.endpoints:
+        return ReplicatedPlanner(config, replicas if replicas is not None else ReplicaBoard())
+    from medagent.agents.openai_backend import OpenAICompatiblePlanner
+
+    return OpenAICompatiblePlanner(config)
 
 
 class PlannerFactory:
@@ -71,6 +84,7 @@ class PlannerFactory:
         self._servers: dict[str, Any] = {}
         self._planners: list[Planner] = []
         self._lock = asyncio.Lock()
+        self.replicas = ReplicaBoard()  # every planner on endpoints shares each server's load and health
 
     async def build(self, config: PlannerConfig, *, factory: PlannerFactoryFunction | None = None,
                     kwargs: Mapping[str, Any] | None = None, wait: bool = True) -> Planner:
@@ -103,11 +117,10 @@ class PlannerFactory:
             from medagent.agents.dry_run import scripted_planner
 
             return scripted_planner(config)
-        from medagent.agents.openai_backend import OpenAICompatiblePlanner
-
         if backend == "openai":
-            return OpenAICompatiblePlanner(config)
+            return served_planner(config, self.replicas)
         from medagent.agents.embedded import embedded_planner_config
+        from medagent.agents.openai_backend import OpenAICompatiblePlanner
 
         served = embedded_planner_config(config)
         self._server(config.gguf_path)  # registered now: stopped on close even if closed before it starts

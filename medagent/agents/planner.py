@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 Message = dict[str, Any]  # an OpenAI chat message
 TokenCallback = Callable[[str], Awaitable[None] | None]
@@ -17,6 +18,7 @@ ROLES: tuple[Role, ...] = get_args(Role)
 Backend = Literal["openai", "embedded", "scripted"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 BackendChoice = Literal["auto", Backend]
+MAX_REPLICAS = 64  # servers behind one role: far above a real deployment, far below a typo that repeats a list
 
 
 class PlannerConfig(BaseModel):
@@ -32,6 +34,14 @@ class PlannerConfig(BaseModel):
                                     "scripted (no model: deterministic), or auto: openai with an endpoint, else "
                                     "embedded; see medagent.agents.factory")
     endpoint: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    endpoints: list[str] | None = Field(
+        default=None, min_length=2, max_length=MAX_REPLICAS,
+        description="instead of endpoint: several OpenAI-compatible servers of the same model (replicas); each "
+                    "request goes to the least-loaded healthy one (medagent.agents.replicas)")
+    replica_cooldown_s: float = Field(
+        default=5.0, gt=0, le=600,
+        description="with endpoints: how long a replica that failed stays out of rotation, doubled with each "
+                    "failure in a row (at most 32x); then one request probes it")
     model: str | None = Field(default=None, description="model id as served; None takes the server's only model")
     api_key: str | None = None
     gguf_path: str | None = Field(default=None, description="embedded default only: another GGUF file")
@@ -65,6 +75,32 @@ class PlannerConfig(BaseModel):
             "'json_object' with a 'schema' key"
         ),
     )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _replica_urls(cls, urls: list[str] | None) -> list[str] | None:
+        if urls is None:
+            return None
+        seen: set[str] = set()
+        for index, url in enumerate(urls):  # named by index: a URL may carry credentials
+            split = urlsplit(url)
+            if split.scheme not in ("http", "https") or not split.hostname:
+                raise ValueError(f"endpoints[{index}] is not an http(s) URL with a host")
+            if url.rstrip("/") in seen:
+                raise ValueError(f"endpoints[{index}] repeats an earlier endpoint")
+            seen.add(url.rstrip("/"))
+        return urls
+
+    @model_validator(mode="after")
+    def _one_kind_of_endpoint(self) -> PlannerConfig:
+        if self.endpoint is not None and self.endpoints is not None:
+            raise ValueError("name either endpoint (one server) or endpoints (replicas), not both")
+        return self
+
+    @property
+    def endpoint_urls(self) -> list[str]:
+        """The server(s) this role is played on: ``endpoints``, or ``[endpoint]``, or none (embedded/scripted)."""
+        return list(self.endpoints) if self.endpoints else [self.endpoint] if self.endpoint else []
 
     @property
     def answer_limit(self) -> int:

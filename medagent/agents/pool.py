@@ -2,7 +2,8 @@
 
 Roles on the embedded backend share one llama.cpp server per GGUF file, started on first use. With
 ``per_endpoint`` set, requests to one endpoint (every role and arm that uses it) are bounded together,
-so a study cannot overrun a shared vLLM server however many cases are in flight.
+so a study cannot overrun a shared vLLM server however many cases are in flight; a role on several replicas
+(``endpoints``) has the limit per replica.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from medagent.agents.factory import PlannerFactory, PlannerFactoryFunction, endpoint_key
 from medagent.agents.planner import Message, Planner, PlannerConfig, PlannerTurn, TokenCallback, ToolChoice
+from medagent.agents.replicas import ReplicatedPlanner
 
 # set by a scheduler (the study runner's start-up gate) for the task running one case: called when the
 # case is about to wait for a planner server, i.e. when its CPU-bound start-up is over
@@ -43,7 +45,8 @@ def calling_on_wait(callback: Callable[[], None]) -> Iterator[None]:
 class LimitedPlanner:
     """A planner whose requests wait for a slot of a semaphore shared by every planner on its endpoint."""
 
-    def __init__(self, planner: Planner, slots: asyncio.Semaphore) -> None:
+    def __init__(self, planner: Planner, slots: asyncio.Semaphore | None) -> None:
+        """``slots=None``: the planner bounds its own requests (replicas, each with its limit)."""
         self.inner = planner
         self.config = planner.config
         self._slots = slots
@@ -55,7 +58,7 @@ class LimitedPlanner:
                        tool_choice: ToolChoice = "auto", response_schema: dict[str, Any] | None = None,
                        on_token: TokenCallback | None = None) -> PlannerTurn:
         entering_wait()
-        async with self._slots:
+        async with self._slots or contextlib.nullcontext():
             return await self.inner.complete(messages, tools=tools, tool_choice=tool_choice,
                                              response_schema=response_schema, on_token=on_token)
 
@@ -71,11 +74,14 @@ class PlannerPool(PlannerFactory):
         super().__init__(log_dir=log_dir)
         self.per_endpoint = per_endpoint
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self.replicas.limit = per_endpoint  # per replica: each server of a role on endpoints is one endpoint
 
     def limited(self, planner: Planner) -> Planner:
         """``planner`` bounded by its endpoint's shared limit (unchanged when the pool has no limit)."""
         if self.per_endpoint is None:
             return planner
+        if isinstance(planner, ReplicatedPlanner):  # its board holds the limit, per replica
+            return LimitedPlanner(planner, None)
         key = endpoint_key(planner.config)
         slots = self._slots.setdefault(key, asyncio.Semaphore(self.per_endpoint))
         return LimitedPlanner(planner, slots)

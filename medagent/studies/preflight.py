@@ -20,9 +20,9 @@ def served_endpoints(config: StudyConfig) -> list[tuple[str, str, PlannerSpec]]:
     found: list[tuple[str, str, PlannerSpec]] = []
     for arm, roles in config.arm_planners().items():
         for role, spec in roles.items():
-            if spec.resolved_backend() != "openai" or spec.endpoint is None:
+            if spec.resolved_backend() != "openai" or not spec.endpoint_urls:
                 continue
-            key = (spec.endpoint, spec.model)
+            key = (",".join(spec.endpoint_urls), spec.model)
             if key not in seen:
                 seen.add(key)
                 found.append((arm, role, spec))
@@ -32,13 +32,13 @@ def served_endpoints(config: StudyConfig) -> list[tuple[str, str, PlannerSpec]]:
 async def check_planner_endpoints(config: StudyConfig) -> None:
     """Raise the planner's own typed error (``planner_unavailable``, ``model_not_served``, ...) for the first
     endpoint that does not answer, prefixed with the arm and role that use it."""
-    from medagent.agents.openai_backend import OpenAICompatiblePlanner
+    from medagent.agents.factory import served_planner
 
     for arm, role, spec in served_endpoints(config):
         probe = spec.planner_config().model_copy(update={
             "max_retries": 0, "connect_timeout_s": min(spec.connect_timeout_s, _TIMEOUT_S),
             "read_timeout_s": min(spec.read_timeout_s, _TIMEOUT_S)})
-        planner = OpenAICompatiblePlanner(probe)
+        planner = served_planner(probe)  # replicas: at least one answers, and those that do serve one model
         try:
             await planner.served_model()
         except MedagentError as exc:
