@@ -12,6 +12,10 @@ medagent's own whose schema here is identical, that class is used (its behaviour
 study columns, comes with it); otherwise the tool's models are thin shells around the schema, validated by
 ``jsonschema``: translating an arbitrary JSON schema into pydantic types is lossy (patterns, unions, $refs), so
 the planner is offered, and the answer checked against, exactly what the service declared.
+
+A service is hostile input like any data: the text of its cards is capped (:data:`MAX_CARD_TEXT` characters per
+string, :data:`MAX_CARD_ITEMS` items per list), stripped of control characters, and reaches planners only fenced
+as data inside the tool's description, never as instructions.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from medagent.agents.prompts import fence_data, one_line
 from medagent.cards import ModelCard
 from medagent.config import Settings
 from medagent.errors import RemoteResponseInvalid
@@ -38,6 +43,8 @@ from medagent.remote.transport import Endpoint
 from medagent.runtime.results import Provenance
 from medagent.tools.spec import ARTIFACT_ID_MARKER, Tool, ToolContext, ToolPolicy
 
+MAX_CARD_TEXT = 500  # characters of one string of a service's card (summary, each limitation...)
+MAX_CARD_ITEMS = 16  # limitations, references, body parts kept from a service's card
 _CLASS_PATH = re.compile(r"^(medagent(?:\.[A-Za-z_][A-Za-z0-9_]*)+):([A-Za-z_][A-Za-z0-9_]*)$")
 
 
@@ -77,7 +84,7 @@ def _remote_tool(card: RemoteCard, remote: ToolDescription, endpoint: Endpoint, 
     narrowed = {key: getattr(card, key) for key in ("modalities", "body_parts", "summary", "performance")
                 if getattr(card, key) is not None}
     narrowed |= {key: getattr(card, key) for key in ("limitations", "references") if getattr(card, key)}
-    model_card = model_card.model_copy(update=narrowed)
+    model_card = _bounded(model_card).model_copy(update=narrowed)
     input_model = _local(remote.input_class, remote.input_schema) or _input_shell(name, remote.input_schema,
                                                                                   endpoint)
     output_model = _local(remote.output_class, remote.output_schema, "serialization") or _output_shell(name, remote.output_schema,
@@ -107,7 +114,28 @@ def _remote_tool(card: RemoteCard, remote: ToolDescription, endpoint: Endpoint, 
     policy = ToolPolicy(timeout_s=card.timeout_s, max_retries=remote_policy.max_retries,
                         max_concurrency=card.max_concurrency, requires_approval=remote_policy.requires_approval)
     return Tool(name=name, card=model_card, input_model=input_model, output_model=output_model, run=run,
-                policy=policy, ready=lambda: remote.ready)
+                policy=policy, ready=lambda: remote.ready, fenced_description=_description(model_card))
+
+
+def _text(value: str) -> str:
+    return one_line(value, MAX_CARD_TEXT)
+
+
+def _bounded(card: ModelCard) -> ModelCard:
+    """The service's card with every string capped and on one line (it is shown to people and planners)."""
+    return card.model_copy(update={
+        "summary": _text(card.summary), "performance": _text(card.performance) if card.performance else None,
+        "limitations": [_text(item) for item in card.limitations[:MAX_CARD_ITEMS]],
+        "references": [_text(item) for item in card.references[:MAX_CARD_ITEMS]],
+        "body_parts": [_text(item) for item in card.body_parts[:MAX_CARD_ITEMS]] if card.body_parts else None})
+
+
+def _description(card: ModelCard) -> str:
+    """What planners read: medagent's own words, the modalities (enum values), the card's text fenced as data."""
+    accepts = f" Accepts: {', '.join(m.value for m in card.modalities)}." if card.modalities else ""
+    said = {"summary": card.summary, "limitations": card.limitations}
+    return (f"A tool of a remote expert service.{accepts} What its card says:\n"
+            + fence_data("Remote card", said, max_text=MAX_CARD_TEXT))
 
 
 def _ids(value: Any) -> list[str]:

@@ -69,9 +69,14 @@ class Tool(Generic[InputT, OutputT]):
     policy: ToolPolicy = field(default_factory=ToolPolicy)
     ready: Callable[[], bool] = lambda: True  # False while, e.g., its weights are missing
     close: Callable[[], None] = lambda: None  # releases what the tool holds (an expert's threads and models)
+    # what planners read instead of the card's own words, when those come from elsewhere (a remote service's card):
+    # its builder fences that text as data, which this layer cannot do
+    fenced_description: str | None = None
 
     @property
     def description(self) -> str:
+        if self.fenced_description is not None:
+            return self.fenced_description
         parts = [self.card.summary]
         if self.card.modalities:
             parts.append("Accepts: " + ", ".join(m.value for m in self.card.modalities) + ".")
