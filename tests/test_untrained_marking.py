@@ -1,6 +1,6 @@
 """Results of untrained (test-only) weights are marked wherever a person looks: the report banner (md and
-html), the export column, the overlay watermark, the run's stored weights, the chat helper; and every report
-opens with what produced it."""
+html), the export column, the case gallery, the trajectory export, the overlay watermark, the run's stored
+weights, the chat helper; and every report opens with what produced it."""
 
 from __future__ import annotations
 
@@ -107,6 +107,38 @@ def test_the_chat_helper_says_whether_an_answer_rests_on_untrained_experts() -> 
     assert untrained_experts([call, trained, call]) == ["cxr_classifier"]
 
 
+def test_the_gallery_and_the_trajectories_mark_each_case_and_call_of_untrained_weights(tmp_path: Path) -> None:
+    """A stored run with one case whose classifier ran on random weights and one whose classifier did not: the
+    gallery's page, card, filter and call row say UNTRAINED for the first only, and so do the trajectory lines."""
+    from medagent.reports.export import export_trajectories
+    from medagent.reports.gallery import write_gallery
+    from medagent.store import CaseResult, StudyStore
+    from medagent.tools.invoke import ToolCallRecord
+
+    def call(untrained: bool) -> ToolCallRecord:
+        provenance = {"expert": "cxr_classifier", "model_id": "densenet121-res224-all", "untrained": untrained,
+                      "weights_sha256": None if untrained else SHA}
+        return ToolCallRecord(tool="classify_chest_xray", arguments={"image_id": "img-0123456789ab"}, ok=True,
+                              output={"probabilities": {"Effusion": 0.8}, "provenance": provenance})
+
+    home = tmp_path / "home"
+    with StudyStore.open(None, home) as store:
+        store.create_run("r", "study", {"graph": {"type": "pipeline"}}, "c" * 64)
+        for case_id, untrained in (("random", True), ("real", False)):
+            store.record_case("r", case_id, 0, CaseResult(status="succeeded", answer="effusion"), [], [call(untrained)])
+        page = write_gallery(store, "r", ArtifactStore(home / "artifacts"), tmp_path / "report").read_text()
+        assert export_trajectories(store, "r", tmp_path / "r.jsonl") == 2
+    cards = {card.split("</h2>")[0].split(">")[-1].split(" · ")[0]: card for card in page.split("<article")[1:]}
+    assert 'data-untrained="1"' in cards["random"] and 'data-untrained="0"' in cards["real"]
+    assert "UNTRAINED test-only weights: cxr_classifier" in cards["random"] and "UNTRAINED" not in cards["real"]
+    assert 'ok <span class="badge bad">UNTRAINED</span>' in cards["random"]  # the call row
+    head = page.split("<article", 1)[0]
+    assert "UNTRAINED: results from random test-only weights" in head and "(1 of 2 cases)" in head
+    assert 'value="untrained"> untrained experts (1)' in head  # the filter
+    lines = {line["case_id"]: line for line in map(json.loads, (tmp_path / "r.jsonl").read_text().splitlines())}
+    assert lines["random"]["untrained"] is True and lines["random"]["tool_calls"][0]["untrained"] is True
+    assert lines["real"]["untrained"] is False and lines["real"]["tool_calls"][0]["untrained"] is False
+
 def _medagent(args: list[str], home: Path) -> str:
     import os
     import subprocess
@@ -115,7 +147,7 @@ def _medagent(args: list[str], home: Path) -> str:
     environment = {**os.environ, "MEDAGENT_HOME": str(home), "MEDAGENT_DEID_SECRET": TEST_SECRET.decode(),
                    "MEDAGENT_XRV_CACHE_DIR": str(home / "xrv"), "MEDAGENT_ALLOW_UNTRAINED_TEST_ONLY": "1",
                    "COLUMNS": "250"}
-    result = subprocess.run([sys.executable, "-m", "medagent.cli", *args], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "medagent.cli", *args], capture_output=True, text=True, check=False,
                             env=environment, timeout=300, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout

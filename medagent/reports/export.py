@@ -7,9 +7,11 @@ Trajectories (``medagent export RUN --format trajectories``) are one JSON object
 null), ``arm``, ``question_id`` (VQA runs), ``images`` (the artifact ids of the images as the planner saw them),
 ``messages`` (the conversation as stored, OpenAI chat format: the agent loop's turns, then the answer request and
 the reply; a dialogue's turns with their speaker as ``role``), ``tool_calls`` (a list of ``{name, arguments, ok,
-output, error}``: ``output`` for a call that succeeded, ``error`` its error code otherwise), ``answer`` (the
-planner's reply), ``prediction`` (the answer read from it), ``gold``, ``parsed``, ``correct`` (booleans, null when
-not scored), ``model_id`` (as the server reported it) and ``seed``.
+output, error, untrained}``: ``output`` for a call that succeeded, ``error`` its error code otherwise,
+``untrained`` true when its result came from random test-only weights), ``untrained`` (true when any call's
+did: such a line is no training signal), ``answer`` (the planner's reply), ``prediction`` (the answer read from
+it), ``gold``, ``parsed``, ``correct`` (booleans, null when not scored), ``model_id`` (as the server reported it)
+and ``seed``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pandas as pd
 from medagent.errors import ConfigurationError, MissingDependency
 from medagent.files import replacing
 from medagent.reports.stored import CaseStore, StoredCase, arm_names, graph_type, outcome
+from medagent.runtime.untrained import untrained_experts
 from medagent.tools.invoke import ToolCallRecord
 
 ExportFormat = Literal["csv", "parquet"]
@@ -75,11 +78,13 @@ def trajectory(case: StoredCase, run_id: str, kind: str | None, arms: list[str],
     """One line of the trajectory export (see the module's docstring for its fields)."""
     scored = outcome(case, kind, arms)
     images = (case.result or {}).get("images")
+    exported = [_call(call) for call in calls]
     return {
         "run_id": run_id, "case_id": case.case_id, "repeat": case.repeat, "status": case.status,
         "error": case.error.code if case.error else None, "arm": scored.arm, "question_id": scored.question_id,
         "images": [image for image in images if isinstance(image, str)] if isinstance(images, list) else [],
-        "messages": messages, "tool_calls": [_call(call) for call in calls], "answer": case.answer,
+        "messages": messages, "tool_calls": exported, "untrained": any(call["untrained"] for call in exported),
+        "answer": case.answer,
         "prediction": scored.prediction, "gold": scored.gold, "parsed": scored.parsed, "correct": scored.correct,
         "model_id": case.model_id, "seed": case.seed,
     }
@@ -87,7 +92,8 @@ def trajectory(case: StoredCase, run_id: str, kind: str | None, arms: list[str],
 
 def _call(call: ToolCallRecord) -> dict[str, Any]:
     return {"name": call.tool, "arguments": call.arguments, "ok": call.ok, "output": call.output if call.ok else None,
-            "error": None if call.ok else (call.error_code or "failed")}
+            "error": None if call.ok else (call.error_code or "failed"),
+            "untrained": call.ok and bool(untrained_experts([call.output]))}
 
 
 def _json_line(row: dict[str, Any]) -> str:

@@ -3,7 +3,8 @@
 A card shows the images as the planner saw them and the overlays its tools wrote (thumbnails in ``gallery/``,
 named by artifact id), the question, options, gold answer, the planner's reply and the answer read from it, the
 tool calls with their compacted results, and the conversation (a dialogue's transcript). Filters pick the failed
-cases, the parse failures, the wrong answers and the questions on which the arms disagree.
+cases, the parse failures, the wrong answers, the questions on which the arms disagree and the cases whose tool
+results came from untrained (random, test-only) weights: those say UNTRAINED on the page, the card and the call.
 
 Everything read from the run is hostile: every value is escaped and bounded (:mod:`.gallery_page`), thumbnails
 come only from the de-identified artifact store (never from a dataset file, never named after one), and images
@@ -25,6 +26,7 @@ from medagent.imaging.data_url import display_data_url, shows_burned_in_text
 from medagent.redaction import redact
 from medagent.reports.gallery_page import compact, page, text
 from medagent.reports.stored import CaseStore, Outcome, StoredCase, arm_names, graph_type, outcome
+from medagent.runtime.untrained import NOTICE, untrained_experts
 from medagent.tools.artifacts import ArtifactKind, ArtifactStore
 from medagent.tools.invoke import ToolCallRecord
 
@@ -169,10 +171,21 @@ def _json(value: Any) -> str:
     return f"<pre>{text(redact(compact(value)), MAX_JSON)}</pre>"
 
 
+def _untrained(calls: Iterable[ToolCallRecord]) -> list[str]:
+    """The experts whose results in these calls came from random test-only weights (their provenance says so)."""
+    return untrained_experts(call.output for call in calls if call.ok)
+
+
+def _status(call: ToolCallRecord) -> str:
+    if not call.ok:
+        return text(call.error_code or "failed", 80)
+    return 'ok <span class="badge bad">UNTRAINED</span>' if _untrained([call]) else "ok"
+
+
 def _calls(calls: Sequence[ToolCallRecord]) -> str:
     if not calls:
         return ""
-    rows = [f"<tr><td>{text(call.tool, 64)}</td><td>{'ok' if call.ok else text(call.error_code or 'failed', 80)}"
+    rows = [f"<tr><td>{text(call.tool, 64)}</td><td>{_status(call)}"
             f"</td><td>{_json(call.arguments)}</td><td>{_json(call.output if call.ok else call.error)}</td></tr>"
             for call in calls[:MAX_CALLS]]
     more = f"<p>{len(calls) - MAX_CALLS} more tool calls not shown</p>" if len(calls) > MAX_CALLS else ""
@@ -199,9 +212,9 @@ def _transcript(messages: list[dict[str, Any]], dialogue: bool) -> str:
         f"{''.join(shown)}</details>"
 
 
-def _flags(case: StoredCase, found: Outcome, disagreeing: set[str]) -> dict[str, bool]:
+def _flags(case: StoredCase, found: Outcome, disagreeing: set[str], untrained: bool) -> dict[str, bool]:
     return {"error": case.status == "failed", "unparsed": found.parsed is False, "wrong": found.correct is False,
-            "disagree": found.question_id in disagreeing}
+            "disagree": found.question_id in disagreeing, "untrained": untrained}
 
 
 def _card(store: CaseStore, run_id: str, case: StoredCase, found: Outcome, flags: dict[str, bool],
@@ -212,7 +225,9 @@ def _card(store: CaseStore, run_id: str, case: StoredCase, found: Outcome, flags
               '<span class="badge warn">not parsed</span>' if flags["unparsed"] else "",
               f'<span class="badge {"good" if found.correct else "bad"}">{"correct" if found.correct else "wrong"}'
               f"</span>" if found.correct is not None else "",
-              '<span class="badge warn">arms disagree</span>' if flags["disagree"] else ""]
+              '<span class="badge warn">arms disagree</span>' if flags["disagree"] else "",
+              f'<span class="badge bad">UNTRAINED test-only weights: {text(", ".join(_untrained(calls)), 200)}</span>'
+              if flags["untrained"] else ""]
     attributes = " ".join(f'data-{name}="{int(value)}"' for name, value in flags.items())
     return (f'<article class="card" {attributes}><h2>{text(case.case_id, 200)} · repeat {int(case.repeat)}</h2>'
             f"<div>{''.join(badges)}</div>{_images(case, calls, thumbnails)}{_facts(case, found)}{_calls(calls)}"
@@ -225,8 +240,11 @@ def write_gallery(store: CaseStore, run_id: str, artifacts: ArtifactStore, folde
     kind, arms = graph_type(store, run_id), arm_names(store, run_id)
     scored = [(case, outcome(case, kind, arms)) for case in store.cases(run_id)]
     disagreeing = _disagreeing(scored)
-    flagged = [(case, found, _flags(case, found, disagreeing)) for case, found in scored]
-    counts = {name: sum(flags[name] for _, _, flags in flagged) for name in ("error", "unparsed", "wrong", "disagree")}
+    flagged = [(case, found, _flags(case, found, disagreeing,
+                                    bool(_untrained(store.tool_calls(run_id, case.case_id, case.repeat)))))
+               for case, found in scored]
+    counts = {name: sum(flags[name] for _, _, flags in flagged)
+              for name in ("error", "unparsed", "wrong", "disagree", "untrained")}
     # a question's arms side by side: the cards sort by question, then repeat, then arm
     flagged.sort(key=lambda item: (item[1].question_id or item[0].case_id, item[0].repeat, item[1].arm or ""))
     thumbnails = _Thumbnails(artifacts, private_dir(folder / "gallery"))
@@ -235,4 +253,7 @@ def write_gallery(store: CaseStore, run_id: str, artifacts: ArtifactStore, folde
     left_out = len(flagged) - len(cards)
     summary = f"{len(flagged)} stored cases" + (f"; {left_out} left out (the gallery shows at most {max_cases})"
                                                 if left_out else "")
+    if counts["untrained"]:
+        notice = f'{text(NOTICE, 300)} ({counts["untrained"]} of {len(flagged)} cases)'
+        summary = f'<span class="badge bad">{notice}</span> {summary}'
     return write_private(folder / "gallery.html", page(f"Cases of run {text(run_id, 200)}", summary, counts, cards))

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 FILTERS = {"all": "all cases", "error": "errors", "unparsed": "parse failures", "wrong": "wrong answers",
-           "disagree": "arms disagree"}
+           "disagree": "arms disagree", "untrained": "untrained experts"}
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
