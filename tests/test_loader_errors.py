@@ -1,31 +1,36 @@
 """Every refusal of the image loaders, reached by one generated input each.
 
 For each ``raise`` in medagent/imaging/{limits,loader,raster,nifti,dicom,series}.py there is an input
-below (built in tmp_path from a real PNG, DICOM or NIfTI file) that reaches it. Each test asserts the
-exact error class and code, and that the message names neither the path nor any value from the file.
+below (built in tmp_path from a real PNG, DICOM or NIfTI file) that reaches it, save a named few that no
+input can reach (``UNREACHED``, each with its reason); a traced run of the table proves it raise by raise.
+Each test asserts the exact error class and code, and that the message names neither the path nor any
+value from the file.
 """
 
 from __future__ import annotations
 
+import ast
 import gzip
 import io
 import struct
+import sys
+import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
-from tests.conftest import NIH_NO_FINDING, TEST_SECRET
+from pydicom.uid import UID, generate_uid
 
 from medagent import errors
 from medagent.imaging import Deidentifier, ImageLimits, ImageLoader
-from medagent.imaging.series import load_dicom_series, list_dicom_series
+from medagent.imaging.series import list_dicom_series, load_dicom_series
+from tests.conftest import NIH_NO_FINDING, TEST_SECRET
 
 TOKEN = "qz7token"  # in every generated file name: must never reach a message
 PATIENT = "Zebulon^Qwerty"
@@ -159,8 +164,25 @@ def _nifti_bad_datatype(tmp: Path) -> Callable[[], Any]:
 
 def _nifti_far_offset(tmp: Path) -> Callable[[], Any]:
     data = bytearray(nifti_bytes())
-    data[108:112] = struct.pack("<f", 1e30)  # vox_offset past any file: numpy's memmap overflows
+    data[108:112] = struct.pack("<f", 1e30)  # vox_offset past any file: refused before a voxel is read
     return load(write(tmp / f"{TOKEN}.nii", bytes(data)))
+
+
+def _nifti_rgb(tmp: Path) -> Callable[[], Any]:
+    """An RGB NIfTI (datatype 128): nibabel reads the header, but its voxels have no float value."""
+    import nibabel as nib
+
+    rgb = np.zeros((8, 8, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    return load(write(tmp / f"{TOKEN}.nii", nib.Nifti1Image(rgb, np.eye(4)).to_bytes()))
+
+
+def _nifti_pair(tmp: Path) -> Callable[[], Any]:
+    """A NIfTI pair's header (.hdr, its voxels in .img beside it): only single-file NIfTI is read."""
+    import nibabel as nib
+
+    image = nib.Nifti1Pair(np.arange(256, dtype=np.int16).reshape(8, 8, 4), np.eye(4))
+    nib.save(image, tmp / f"{TOKEN}.hdr")
+    return load(tmp / f"{TOKEN}.hdr")
 
 
 def _nifti_no_dimensions(tmp: Path) -> Callable[[], Any]:
@@ -191,9 +213,35 @@ def _dicom_bad_rescale(tmp: Path) -> Callable[[], Any]:
 
 
 def _dicom_invalid(tmp: Path) -> Callable[[], Any]:
-    # preamble and 'DICM', then a file meta element from the wrong group: not Part 10
+    # preamble and 'DICM', then a file meta element from the wrong group: not Part 10 (pydicom reads on, finds
+    # no file meta and no pixels)
     return load(write(tmp / f"{TOKEN}.dcm", b"\0" * 128 + b"DICM" + b"\x08\x00\x20\x00DA\x08\x0020200101"
                       + b"\x10\x00\x10\x00PN\x0e\x00" + PATIENT.encode()))
+
+
+def _strict_pydicom(build: Build) -> Build:
+    """``build`` with pydicom raising where it otherwise warns (``reading_validation_mode = RAISE``, a global an
+    application embedding medagent may set): its InvalidDicomError and EOFError then reach medagent."""
+    def strict(tmp: Path) -> Callable[[], Any]:
+        action = build(tmp)
+
+        def run() -> Any:
+            from pydicom import config
+
+            previous = config.settings.reading_validation_mode
+            config.settings.reading_validation_mode = config.RAISE
+            try:
+                return action()
+            finally:
+                config.settings.reading_validation_mode = previous
+        return run
+    return strict
+
+
+def _dicom_unterminated(tmp: Path) -> Callable[[], Any]:
+    # an OB element of undefined length after the pixels, whose sequence delimiter never comes
+    tail = b"\xe1\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" + b"\x01" * 64
+    return load(write(tmp / f"{TOKEN}.dcm", ct_bytes() + tail))
 
 
 def _delete(*names: str) -> Callable[[Dataset], None]:
@@ -213,7 +261,7 @@ def _set(**values: Any) -> Callable[[Dataset], None]:
 def _no_decoder(dataset: Dataset) -> None:
     from pydicom.encaps import encapsulate
 
-    dataset.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: pydicom has no decoder for it
+    dataset.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")  # MPEG2: pydicom has no decoder for it
     dataset.PixelData = encapsulate([b"\0\0\1\xb3" + b"\0" * 60])
 
 
@@ -245,8 +293,9 @@ def _series_call(count: int, change: Callable[[int, Dataset], None] | None = Non
                  **options: Any) -> Build:
     def build(tmp: Path) -> Callable[[], Any]:
         folder = series(tmp / "s", count, change)
-        limits = ImageLimits(**options.pop("limits", {}))
-        return lambda: load_dicom_series(folder, Deidentifier(TEST_SECRET), limits, **options)
+        rest = dict(options)  # a copy: a row is built again by the traced run below
+        limits = ImageLimits(**rest.pop("limits", {}))
+        return lambda: load_dicom_series(folder, Deidentifier(TEST_SECRET), limits, **rest)
     return build
 
 
@@ -337,7 +386,9 @@ CASES: dict[str, tuple[Build, type[errors.MedagentError]]] = {
     # nifti.py
     "nifti.header-unparseable": (_nifti_bad_datatype, errors.CorruptFile),
     "nifti.no-dimensions": (_nifti_no_dimensions, errors.CorruptFile),
-    "nifti.voxels-unreadable": (_nifti_far_offset, errors.CorruptFile),
+    "nifti.not-single-file": (_nifti_pair, errors.CorruptFile),
+    "nifti.offset-past-end": (_nifti_far_offset, errors.TruncatedFile),
+    "nifti.voxels-unreadable": (_nifti_rgb, errors.CorruptFile),
     "nifti.too-many-voxels": (lambda tmp: load(write(tmp / f"{TOKEN}.nii", nifti_bytes()), max_pixels=100),
                               errors.ImageTooLarge),
     "nifti.declared-past-end": (lambda tmp: load(write(tmp / f"{TOKEN}.nii", nifti_bytes()[:-100])),
@@ -348,6 +399,8 @@ CASES: dict[str, tuple[Build, type[errors.MedagentError]]] = {
     # dicom.py
     "dicom.invalid": (_dicom_invalid, errors.UnsupportedFormat),
     "dicom.unknown-vr": (_dicom_bad_vr, errors.CorruptFile),
+    "dicom.unknown-vr-strict": (_strict_pydicom(_dicom_bad_vr), errors.UnsupportedFormat),
+    "dicom.unterminated-element-strict": (_strict_pydicom(_dicom_unterminated), errors.TruncatedFile),
     "dicom.unknown-vr-in-dataset": (_dicom_sequence_bad_vr, errors.CorruptFile),
     "dicom.no-transfer-syntax": (_dicom_without_syntax, errors.CorruptFile),
     "dicom.bad-rescale": (_dicom_bad_rescale, errors.CorruptFile),
@@ -401,16 +454,90 @@ def test_each_refusal_is_typed_and_names_no_path_or_value(name: str, tmp_path: P
         assert secret not in text, f"{name}: message carries {secret!r}: {text}"
 
 
-def test_the_table_reaches_every_raise_in_the_loaders() -> None:
-    """A new ``raise`` in the loaders needs a new row above: count them."""
-    root = Path(__file__).resolve().parents[1] / "medagent" / "imaging"
-    raises = sum(line.strip().startswith("raise ") for name in ("limits", "loader", "raster", "nifti", "dicom",
-                                                                   "series")
-                 for line in (root / f"{name}.py").read_text().splitlines())
-    # not generated: Pillow's DecompressionBombError at load() (Pillow checks in open()); pydicom's EOFError
-    # (pydicom 3 warns and stops at a short read); MemoryError while reading NIfTI voxels (needs memory pressure)
-    unreachable = 3
-    assert raises - unreachable <= len(CASES), f"{raises} raises, {len(CASES)} cases"
+LOADERS = ("limits", "loader", "raster", "nifti", "dicom", "series")
+IMAGING = Path(__file__).resolve().parents[1] / "medagent" / "imaging"
+RaiseKey = tuple[str, str, str, int]
+"""module, function, the raise statement's first line, its occurrence among identical lines in that function"""
+
+# raises no input can reach, each with why; a key that matches no raise any more fails the test below
+UNREACHED: dict[RaiseKey, str] = {
+    ("raster", "load_raster", 'raise ImageTooLarge("image exceeds the decoder\'s hard pixel limit") from exc', 2):
+        "Pillow raises DecompressionBombError in open(), refused by the first branch; load() re-checks nothing",
+    ("nifti", "load_nifti", 'raise ResourceExhausted("not enough memory to read the NIfTI voxels") from None', 1):
+        "needs real memory pressure while nibabel reads voxels that passed the size and pixel checks",
+    ("dicom", "_check_declared_lengths",
+     'raise CorruptFile(f"DICOM data elements could not be parsed ({type(exc).__name__})") from None', 1):
+        "pydicom 3's Dataset.elements() yields raw elements without converting them (no deferred reads here)",
+}
+
+
+def _raise_statements() -> dict[RaiseKey, tuple[str, range]]:
+    """Every ``raise`` in the loader modules: its key -> (file, its lines)."""
+    found: dict[RaiseKey, tuple[str, range]] = {}
+    for module in LOADERS:
+        path = IMAGING / f"{module}.py"
+        source = path.read_text()
+        lines = source.splitlines()
+
+        def visit(node: ast.AST, function: str) -> Iterator[tuple[str, ast.Raise]]:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.Raise):
+                    yield function, child
+                inner = child.name if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) else function
+                yield from visit(child, inner)
+
+        seen: dict[tuple[str, str], int] = {}
+        for function, node in visit(ast.parse(source), "<module>"):
+            text = lines[node.lineno - 1].strip()
+            seen[function, text] = seen.get((function, text), 0) + 1
+            found[module, function, text, seen[function, text]] = (
+                str(path), range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    return found
+
+
+def _traced(action: Callable[[], Any], files: set[str]) -> set[tuple[str, int]]:
+    """The (file, line) pairs of ``files`` that ``action`` executed, in this thread and any it starts."""
+    executed: set[tuple[str, int]] = set()
+
+    def lines(frame: FrameType, event: str, _arg: Any) -> Any:
+        if event == "line":
+            executed.add((frame.f_code.co_filename, frame.f_lineno))
+        return lines
+
+    def calls(frame: FrameType, _event: str, _arg: Any) -> Any:
+        return lines if frame.f_code.co_filename in files else None  # other code runs untraced
+
+    previous, previous_threads = sys.gettrace(), threading.gettrace()  # a coverage tracer, say: put back after
+    threading.settrace(calls)
+    sys.settrace(calls)
+    try:
+        action()
+    except errors.MedagentError:
+        pass
+    finally:
+        sys.settrace(previous)
+        threading.settrace(previous_threads)
+    return executed
+
+
+def test_the_table_reaches_every_raise_in_the_loaders(tmp_path: Path) -> None:
+    """Each row reaches a raise of the loaders, and every raise there is reached by a row or named in
+    ``UNREACHED``: a new ``raise`` needs a new row (or a reason)."""
+    statements = _raise_statements()
+    files = {file for file, _ in statements.values()}
+    reached: dict[RaiseKey, list[str]] = {}
+    for index, (name, (build, _)) in enumerate(CASES.items()):
+        folder = tmp_path / str(index)
+        folder.mkdir()
+        executed = _traced(build(folder), files)
+        hits = [key for key, (file, lines) in statements.items() if any((file, line) in executed for line in lines)]
+        assert hits, f"{name} reaches no raise in the loaders"
+        for key in hits:
+            reached.setdefault(key, []).append(name)
+    missing = [key for key in statements if key not in reached and key not in UNREACHED]
+    assert not missing, "raises no row reaches (add a row, or a reason to UNREACHED):\n" + "\n".join(map(str, missing))
+    stale = [key for key in UNREACHED if key not in statements or key in reached]
+    assert not stale, f"UNREACHED names raises that are gone or reached now: {stale}"
 
 
 def test_series_listing_shares_the_scan_refusals(tmp_path: Path) -> None:

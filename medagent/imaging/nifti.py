@@ -24,7 +24,9 @@ def load_nifti(path: Path, file_size: int, sha256: str, limits: ImageLimits, mod
             raise TypeError("not a NIfTI image")
         header = image.header
         shape = tuple(int(extent) for extent in header.get_data_shape())
-        offset, itemsize = int(header.get_data_offset()), header.get_data_dtype().itemsize
+        # the file's vox_offset: a loaded image's header copy has it reset to 0, its data proxy keeps it
+        offset = int(getattr(image.dataobj, "offset", header.get_data_offset()))
+        itemsize = header.get_data_dtype().itemsize
         zooms = tuple(float(z) for z in header.get_zooms()[: min(3, len(shape))])
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types (HeaderDataError is not a ValueError)
         # from None: nibabel's messages name the file path, which may identify a patient
