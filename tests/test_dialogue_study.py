@@ -1,6 +1,6 @@
 """Dialogue benchmarks as studies: AgentClinic and built-in cases through the study runner, SQL
-records, kill and resume, reports per temperament; scripted roles for exact checks, the real
-embedded model for one small end-to-end run."""
+records, kill and resume, reports per temperament; scripted roles for exact checks (the shipped
+dialogue workflow on the real embedded model runs in test_shipped_workflows.py)."""
 
 from __future__ import annotations
 

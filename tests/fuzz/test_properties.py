@@ -118,7 +118,7 @@ def test_doctor_reply_gives_a_step_or_a_typed_error(reply: str) -> None:
 @PROPERTY
 @given(call=json_values)
 def test_structured_step_gives_a_turn_or_a_typed_error(call: Any) -> None:
-    """(Replies nested past the recursion limit: a known open bug, replayed from tests/fuzz/corpus.)"""
+    """(Replies nested past the JSON parser's depth are read as the planner's text; tests/fuzz/corpus replays one.)"""
     from medagent.workflows.agent_loop import AgentLoop
 
     tools = [{"type": "function", "function": {"name": "t", "description": "d", "parameters": {
