@@ -18,6 +18,7 @@ from medagent.studies import load_study
 from medagent.studies.runner import run_study
 from medagent.yaml_located import StudyConfigError
 from tests import vqa_parts
+from tests.vllm_server import TEST_TIMEOUT_S
 
 PREFIXES = ("medagent.", "tests.")
 PLANNER = "{_target_: tests.vqa_parts.answering_planner, kwargs: %s}"
@@ -224,6 +225,7 @@ async def test_the_embedded_model_answers_six_questions_with_constrained_choices
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(TEST_TIMEOUT_S)  # the session's vLLM server may start within this test: minutes on 2 cores
 @pytest.mark.asyncio
 async def test_the_vllm_server_answers_with_guided_choices(tmp_path: Path, nih_images: list[Path], settings: Settings,
                                                            vllm_url: str) -> None:
