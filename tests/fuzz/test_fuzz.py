@@ -1,8 +1,9 @@
 """The fuzzing job: mutated real inputs through medagent's loaders and parsers, with a fixed time budget.
 
 ``MEDAGENT_FUZZ_BUDGET_S`` (default 20 s, all targets together) sizes the run; ``MEDAGENT_FUZZ_SEED`` picks
-the mutations (default 0: the same inputs every run); ``MEDAGENT_FUZZ_REPORT`` names a JSON file for the
-figures (executions, seconds, findings per target). The inputs that once found a bug live in
+the mutations (default 0: the same inputs every run; ``.ci/run`` takes a new one each day, so CI explores new
+inputs); ``MEDAGENT_FUZZ_REPORT`` names a JSON file for the figures (executions, seconds, findings per target)
+and ``MEDAGENT_FUZZ_FOUND`` a folder that keeps the inputs that failed. The inputs that once found a bug live in
 ``tests/fuzz/corpus/<target>/`` and are replayed on every run.
 """
 
@@ -40,7 +41,7 @@ def _limit_memory() -> None:
 def test_fuzzed_inputs_fail_only_with_typed_errors(tmp_path: Path,
                                                   fuzz_figures: Callable[[dict[str, Any]], None]) -> None:
     report = Path(os.environ.get("MEDAGENT_FUZZ_REPORT") or tmp_path / "fuzz.json")
-    found = tmp_path / "found"
+    found = Path(os.environ.get("MEDAGENT_FUZZ_FOUND") or tmp_path / "found")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     process = subprocess.run([sys.executable, "-m", "tests.fuzz.targets", str(BUDGET_S), str(SEED), str(found),
                               str(report)], check=False, cwd=REPO, env=env, preexec_fn=_limit_memory,
@@ -55,7 +56,8 @@ def test_fuzzed_inputs_fail_only_with_typed_errors(tmp_path: Path,
     findings = [f"{f['target']}: {f['kind']} at {f['where']} (input {found / f['target'] / f['input_sha']})"
                 for f in figures["findings"]
                 if (f["target"], f["kind"], f["where"].split(":")[0]) not in KNOWN_OPEN]
-    assert not findings, "untyped failures (copy each input into tests/fuzz/corpus/<target>/):\n" + "\n".join(findings)
+    assert not findings, (f"untyped failures with seed {SEED} (copy each input into tests/fuzz/corpus/<target>/):\n"
+                          + "\n".join(findings))
 
 
 _BUILT: dict[str, Target] = {}
