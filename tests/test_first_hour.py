@@ -207,7 +207,7 @@ def test_the_banner_says_the_embedded_planner_is_the_small_demo_model_and_how_to
         home: Path) -> None:
     out = _clean(_medagent(["chat"], home, stdin="/quit\n"))
     banner = next(line for line in out.splitlines() if "planner" in line)
-    assert "small embedded demo model" in banner and "--endpoint URL --model NAME" in banner
+    assert "small embedded demo model" in banner and "one flag, --endpoint URL" in banner
 
 
 # -- planner serve recipes -------------------------------------------------------------------------

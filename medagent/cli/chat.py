@@ -22,8 +22,8 @@ errors = Console(stderr=True)
 
 DEMO_QUESTION = "Is this image of usable quality, and what does its DICOM header say about the acquisition?"
 COMMANDS = "/attach FILE [--modality X], /tools, /history, /quit"
-CONNECT_HINT = ("connect a served model with --endpoint URL --model NAME "
-                "(medagent planner serve MODEL prints the server command)")
+CONNECT_HINT = ("connect a served model with one flag, --endpoint URL (medagent planner serve MODEL prints the "
+                "server command; add --model NAME if the server serves several)")
 
 EndpointOption = Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (vLLM etc.); default: embedded")]
 ModelOption = Annotated[str | None, typer.Option(help="Model id as served at the endpoint.")]
