@@ -202,8 +202,44 @@ def _reply_targets() -> list[Target]:
             Target("reply_structured_step", structured_seeds, structured, text=True)]
 
 
+def _answer_and_request_targets() -> list[Target]:
+    """A VQA reply's answer extraction (never raises: a reply it cannot read is recorded as unparsed) and the
+    OpenAI facade's request body (hostile JSON from any client: a result, or a validation or typed error)."""
+    from pydantic import ValidationError
+
+    from medagent.questions.answers import extract_answer
+    from medagent.questions.model import Question
+    from medagent.service.openai_inputs import decode_image, image_urls, question
+    from medagent.service.openai_schemas import ChatRequest
+
+    choice = Question(question_id="q1", question="What is the main finding?", answer="B", options={
+        "A": "Cardiomegaly", "B": "Pleural effusion", "C": "Pneumothorax", "D": "Normal chest radiograph"})
+    yes_no = Question(question_id="q2", question="Is there a pleural effusion?", answer="yes")
+
+    def answer(data: bytes) -> object:
+        text = data.decode("utf-8", "replace")
+        return extract_answer(text, choice), extract_answer(text, yes_no)
+
+    def request(data: bytes) -> object:
+        try:
+            body = ChatRequest.model_validate_json(data)
+        except ValidationError:  # the service answers it with a 400 before any of medagent's code runs
+            return None
+        asked = question(body.messages, 8000)
+        return asked, [decode_image(url, 1 << 20) for url in image_urls(body.messages, 32)]
+
+    answer_seeds = [b"B", b"The answer is (B) Pleural effusion.", b"<answer>C</answer>", b"\\boxed{yes}",
+                    b"**Answer:** No, there is no effusion.", "答案：B".encode()]
+    request_seeds = [json.dumps({"model": "medagent", "messages": [
+        {"role": "system", "content": "You are a radiologist."},
+        {"role": "user", "content": [{"type": "text", "text": "Is there cardiomegaly?"}, {
+            "type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]}).encode()]
+    return [Target("reply_vqa_answer", answer_seeds, answer, text=True),
+            Target("openai_request", request_seeds, request, text=True)]
+
+
 def all_targets() -> list[Target]:
-    return [*_image_targets(), *_data_targets(), *_reply_targets()]
+    return [*_image_targets(), *_data_targets(), *_reply_targets(), *_answer_and_request_targets()]
 
 
 def main(budget_s: float, seed: int, found_dir: Path, report: Path) -> None:
