@@ -1,7 +1,8 @@
-"""Every tool schema medagent offers a planner compiles on every constrained-decoding backend it supports:
-checked structurally here, and against the real llama.cpp server (``llama``) and vLLM server (``vllm``),
-both as native ``tools`` and as the structured step's ``response_format``. A server that refuses a schema
-yields a typed error carrying the server's own words."""
+"""Every tool schema medagent offers a planner (built-in, text index, every family card, the example plugin, a
+remote expert service's) compiles on every constrained-decoding backend it supports: checked structurally here,
+and against the real llama.cpp server (``llama``) and vLLM server (``vllm``), both as native ``tools`` and as the
+structured step's ``response_format``. A server that refuses a schema yields a typed error carrying the server's
+own words."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from medagent.agents.prompts import structured_step_schema
 from medagent.config import Settings
 from medagent.errors import InvalidToolArguments, MedagentError, PlannerRejected
 from medagent.tools.schema_compat import UnsupportedToolSchema, planner_schema
+from tests.offered_sources import PROVIDED, expert_service, install_plugin, write_cards
 
 STRUCTURE = {"type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems",
              "anyOf", "description"}
@@ -91,14 +93,27 @@ def test_every_construct_is_reduced_to_structure_and_the_bounds_move_into_descri
         planner_schema(Node.model_json_schema())
 
 
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return install_plugin(tmp_path_factory.mktemp("plugin"))
+
+
+@pytest.fixture(scope="module")
+def expert_service_url(tmp_path_factory: pytest.TempPathFactory, plugin_site: Path) -> Iterator[str]:
+    with expert_service(tmp_path_factory.mktemp("service-home"), plugin_site) as url:
+        yield url
+
+
 @pytest.fixture
-def toolbox_with_index(settings: Settings, nih_images: list[Path],
-                       pydicom_ct: Path) -> Iterator[tuple[Any, list[str]]]:
-    """A Toolbox after ``medagent index build`` on a few texts, with two images attached."""
+def toolbox_with_index(settings: Settings, nih_images: list[Path], pydicom_ct: Path, plugin_site: Path,
+                       expert_service_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, list[str]]]:
+    """The toolbox the composition root builds after ``medagent index build`` on a few texts, with every family
+    card configured (the remote ones on a real expert service) and the example plugin installed; two chest
+    radiographs and a CT attached."""
     from typer.testing import CliRunner
 
+    from medagent.assembly import Assembly
     from medagent.cli.index import index_app
-    from medagent.tools.builtin import Toolbox
 
     corpus = settings.home.parent / "texts"
     corpus.mkdir(parents=True)
@@ -106,11 +121,15 @@ def toolbox_with_index(settings: Settings, nih_images: list[Path],
         (corpus / f"{name}.txt").write_text(text, encoding="utf-8")
     built = CliRunner().invoke(index_app, ["build", str(corpus), "--out", str(settings.text_index), "--json"])
     assert built.exit_code == 0, built.output
-    toolbox = Toolbox(settings)
-    ids = [toolbox.attach(nih_images[0], "DX").id, toolbox.attach(nih_images[1], "DX").id,
-           toolbox.attach(pydicom_ct).id]
-    yield toolbox, ids
-    toolbox.experts.close()
+    write_cards(settings.experts_dir, expert_service_url)
+    monkeypatch.syspath_prepend(str(plugin_site))  # installed: its entry points are found on the path
+    toolbox = Assembly(settings).toolbox
+    try:
+        ids = [toolbox.attach(nih_images[0], "DX").id, toolbox.attach(nih_images[1], "DX").id,
+               toolbox.attach(pydicom_ct).id]
+        yield toolbox, ids
+    finally:
+        toolbox.close()
 
 
 def _entries(toolbox_with_index: tuple[Any, list[str]]) -> list[dict[str, Any]]:
@@ -121,6 +140,21 @@ def _entries(toolbox_with_index: tuple[Any, list[str]]) -> list[dict[str, Any]]:
     assert "search_reports" in toolbox.offered_tools(summaries)  # the index is there and its tool offered
     assert {e["function"]["name"] for e in entries} == set(toolbox.registry.names())
     return entries
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_the_entries_hold_every_card_plugin_and_remote_tool(toolbox_with_index: tuple[Any, list[str]]) -> None:
+    """What the compile tests below send: each family card's tools, the plugin's and the remote service's, each
+    from the source that provides it, and no configured source failed (a broken one would drop out silently)."""
+    toolbox, _ = toolbox_with_index
+    names = {entry["function"]["name"] for entry in _entries(toolbox_with_index)}
+    for source, provided in PROVIDED.items():
+        assert provided <= names, (source, provided - names)
+        assert {toolbox.plugin_tools[name] for name in provided} == {source}
+    assert set(toolbox.plugin_tools) == set().union(*PROVIDED.values())
+    assert [item for item in toolbox.unavailable if item.source != "builtin"] == []
+    assert {"search_reports", "classify_chest_xray"} <= names  # the built-in ones are still there
 
 
 @pytest.mark.torch
@@ -160,10 +194,10 @@ class _RefusingHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:  # http.server naming
         self._send(200, json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode())
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         error = {"error": {"message": LONG_REASON, "type": "BadRequestError", "code": 400}}
         if self.mode == "status":
@@ -212,27 +246,47 @@ def _role_schemas() -> list[dict[str, Any]]:
             ] + [rubric_schema()]
 
 
+# native tools are written into the prompt, and the vLLM test server holds 4096 tokens: every card and plugin
+# configured make about 8,600 (SmolLM2's tokenizer, about 3.1 characters a token), so native tools go in groups
+PROMPT_BUDGET_CHARS = 6000
+
+
+def _prompt_groups(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``entries`` in order, in groups whose JSON stays within :data:`PROMPT_BUDGET_CHARS` (a larger entry alone)."""
+    groups: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for entry in entries:
+        length = len(json.dumps(entry))
+        if groups[-1] and size + length > PROMPT_BUDGET_CHARS:
+            groups.append([])
+            size = 0
+        groups[-1].append(entry)
+        size += length
+    return groups
+
+
 async def _every_schema_compiles(url: str, config: PlannerConfig, entries: list[dict[str, Any]]) -> None:
-    """All entries together, as the structured step schema and as native tools (``auto``, and ``required`` so the
-    server must build the grammar of every tool's arguments), plus the dialogue roles' schemas; every request must
-    complete. A grammar holding every tool compiles only if each tool's does, so one request per form covers them
-    all (grammar compilation is what a CPU vLLM server spends its time on); when one fails, each tool is tried
-    alone so the failure names the tool."""
+    """All entries together as the structured step schema, and as native tools (``auto``, and ``required`` so the
+    server must build the grammar of every tool's arguments) in groups that fit the prompt, plus the dialogue
+    roles' schemas; every request must complete. A grammar holding several tools compiles only if each tool's does,
+    so one request per form and group covers them all (grammar compilation is what a CPU vLLM server spends its
+    time on); when one fails, each tool is tried alone so the failure names the tool."""
     from medagent.agents.openai_backend import OpenAICompatiblePlanner
 
     planner = OpenAICompatiblePlanner(config, endpoint=url)
     model = await planner.served_model()
 
     async def compiles(client: httpx.AsyncClient, group: list[dict[str, Any]]) -> None:
-        names = [entry["function"]["name"] for entry in group]
         turn = await planner.complete(MESSAGES, response_schema=structured_step_schema(group))
-        assert turn.finish_reason in ("stop", "length"), names
-        turn = await planner.complete(MESSAGES, tools=group, tool_choice="auto")
-        assert turn.finish_reason in ("stop", "length", "tool_calls"), names
-        response = await client.post(f"{url}/chat/completions", json={
-            "model": model, "messages": MESSAGES, "tools": group, "tool_choice": "required",
-            "max_tokens": config.max_tokens, "temperature": 0})
-        assert response.status_code == 200 and response.json()["choices"], (names, response.text[:500])
+        assert turn.finish_reason in ("stop", "length"), [entry["function"]["name"] for entry in group]
+        for part in _prompt_groups(group):
+            names = [entry["function"]["name"] for entry in part]
+            turn = await planner.complete(MESSAGES, tools=part, tool_choice="auto")
+            assert turn.finish_reason in ("stop", "length", "tool_calls"), names
+            response = await client.post(f"{url}/chat/completions", json={
+                "model": model, "messages": MESSAGES, "tools": part, "tool_choice": "required",
+                "max_tokens": config.max_tokens, "temperature": 0})
+            assert response.status_code == 200 and response.json()["choices"], (names, response.text[:500])
 
     try:
         for schema in _role_schemas():  # the dialogue roles' constrained replies too
