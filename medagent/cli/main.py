@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from medagent import __version__
+from medagent.cli.expert_deploy import deploy as deploy_experts
 from medagent.cli.expert_serve import serve as serve_experts
 from medagent.cli.experts import experts_list
 from medagent.cli.index import index_app
@@ -99,9 +100,11 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 
 experts_app.command("list")(experts_list)
-expert_app = typer.Typer(help="Run experts in this process as a service for other medagents.", no_args_is_help=True)
+expert_app = typer.Typer(help="Run experts as a service for other medagents: in this process or on a Ray cluster.",
+                         no_args_is_help=True)
 app.add_typer(expert_app, name="expert")
 expert_app.command("serve")(serve_experts)
+expert_app.command("deploy")(deploy_experts)
 
 
 async def _inspect_one(toolbox: Any, path: Path, modality: str | None, out: Path | None) -> dict[str, Any]:
