@@ -24,7 +24,9 @@ from pydantic import BaseModel
 from medagent.questions.model import Question
 
 MAX_REPLY_CHARS = 16_384
-MAX_OPEN_ANSWER_CHARS = 1024
+# the open answer's maxLength: llama.cpp's grammar parser refuses a string bound above about 1000 characters (its
+# repetition limit) and the embedded server then crashes; short-answer benchmarks need far less
+MAX_OPEN_ANSWER_CHARS = 512
 MAX_SCANNED_CHARS = 1_048_576  # a reasoning block is searched for in at most this much of a reply
 Method = Literal["json", "tag", "boxed", "letter", "option_text", "yes_no", "open", "unparsed"]
 _YES_NO = {"yes": "yes", "yeah": "yes", "yep": "yes", "no": "no", "nope": "no", "有": "yes", "无": "no"}
