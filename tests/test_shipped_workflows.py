@@ -29,7 +29,7 @@ def _medagent(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "MEDAGENT_HOME": str(home), "MEDAGENT_DEID_SECRET": TEST_SECRET.decode(),
                    "MEDAGENT_XRV_CACHE_DIR": str(home / "xrv"), "MEDAGENT_ALLOW_UNTRAINED_TEST_ONLY": "1",
                    "COLUMNS": "250"}
-    return subprocess.run([sys.executable, "-m", "medagent.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "medagent.cli", *args], check=False, capture_output=True, text=True,
                           env=environment, timeout=600, stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
 
 
@@ -172,3 +172,61 @@ def test_dialogue_bench_runs_as_written_on_the_embedded_planner(tmp_path: Path) 
     report = _medagent(["report", "bench", "--out", str(tmp_path / "report")], home)
     assert report.returncode == 0, report.stderr[-3000:]
     assert "Diagnostic dialogues" in (tmp_path / "report" / "report.md").read_text()
+
+
+@pytest.mark.llama
+@pytest.mark.torch
+@pytest.mark.slow
+def test_planner_comparison_runs_as_written_with_both_arms_on_the_same_case(tmp_path: Path, nih_images: list[Path],
+                                                                           settings: Settings) -> None:
+    """Both arms as written (the embedded SmolLM2, and an OpenAI-compatible server standing in for vLLM: a real HTTP
+    server on 127.0.0.1, its URL the only line changed) answer the same chest X-ray in every repeat, each with its
+    own planner settings and the repeat's seed; the served endpoint is checked before any question is asked."""
+    from medagent.tools.builtin import Toolbox
+    from tests.fake_openai_server import FakeOpenAIServer, text, tool
+
+    toolbox = Toolbox(settings)  # image ids are content-addressed: the served arm's call can name the image
+    image_id = toolbox.attach(nih_images[0], "DX").id  # the folder's first image, the only case under --limit 1
+    toolbox.close()
+    answer = "Yes. The cardiac silhouette is enlarged on the classifier's reading."
+    written = (WORKFLOWS / "planner-comparison.yaml").read_text()
+    served_model = "Qwen/Qwen2.5-1.5B-Instruct"
+    # the first question of the served arm calls an expert, every later request is answered
+    with FakeOpenAIServer([tool("classify_chest_xray", {"image_id": image_id}), text(answer)],
+                          model=served_model) as server:
+        study = tmp_path / "planner-comparison.yaml"
+        study.write_text(written.replace("http://127.0.0.1:8000/v1", server.url))
+        changed = [(a, b) for a, b in zip(written.splitlines(), study.read_text().splitlines(), strict=True) if a != b]
+        assert len(changed) == 1 and "endpoint:" in changed[0][0]
+        result = _medagent(["run", str(study), "--dataset", str(NIH_DIR), "--limit", "1", "--run-id", "cmp"],
+                           settings.home)
+        requests = list(server.requests)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "run cmp finished: 6/6 cases, 0 failed" in result.stdout, result.stdout
+    assert requests[0]["path"].endswith("/models")  # checked before the run started
+    chats = [request["body"] for request in requests if request["path"].endswith("/chat/completions")]
+    assert chats and {body["model"] for body in chats} == {served_model}
+    assert {(body["temperature"], body["max_tokens"]) for body in chats} == {(0.0, 384)}
+    assert {body["seed"] for body in chats} == {11, 12, 13}  # one seed per repeat, as the workflow lists them
+    assert all("classify_chest_xray" in {t["function"]["name"] for t in body["tools"]} for body in chats)
+    with StudyStore.open(None, settings.home) as store:
+        cases = store.cases("cmp")
+        runs = {(case.case_id.split(":", 1)[0], case.repeat): case for case in cases}
+        assert set(runs) == {(arm, repeat) for arm in ("embedded", "vllm") for repeat in range(3)}
+        assert len({case.case_id.split(":", 1)[1] for case in cases}) == 1  # the same case in both arms
+        assert {case.status for case in cases} == {"succeeded"}
+        assert {(arm, case.seed) for (arm, repeat), case in runs.items()} == {
+            (arm, seed) for arm in ("embedded", "vllm") for seed in (11, 12, 13)}
+        assert {case.model_id for (arm, _), case in runs.items() if arm == "vllm"} == {served_model}
+        assert all("smollm2" in str(case.model_id).lower() for (arm, _), case in runs.items() if arm == "embedded")
+        assert all(case.answer for case in cases)
+        assert {case.answer for (arm, _), case in runs.items() if arm == "vllm"} == {answer}
+        served_calls = [call for case in cases if case.case_id.startswith("vllm:")
+                        for call in store.tool_calls("cmp", case.case_id, case.repeat)]
+        assert [(call.tool, call.ok) for call in served_calls] == [("classify_chest_xray", True)]
+    report = _medagent(["report", "cmp", "--out", str(tmp_path / "report")], settings.home)
+    assert report.returncode == 0, report.stderr[-3000:]
+    text_of_report = (tmp_path / "report" / "report.md").read_text()
+    models = re.search(r"^planner models: (.+)$", text_of_report, re.MULTILINE)
+    assert models is not None and served_model in models.group(1) and "smollm2" in models.group(1).lower()
+    assert "6 succeeded, 0 failed" in text_of_report
