@@ -47,6 +47,9 @@ def run(
         "--allow-target", help="also allow _target_ paths under this package (e.g. mypkg); repeatable")] = None,
     allow_any_target: Annotated[bool, typer.Option(
         "--allow-any-target", help="allow any _target_ import path: only for a study file you trust")] = False,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray", metavar="ADDRESS", help="run the cases on this Ray cluster (auto, HOST:PORT or ray://HOST:PORT), "
+                                         "as executor: ray does; needs a PostgreSQL store on several nodes")] = None,
 ) -> None:
     """Run a study: cases concurrently, each result written to SQL as it finishes; resumable.
 
@@ -60,9 +63,16 @@ def run(
     from medagent.store import StudyStore
     from medagent.studies import BUILTIN_TOOL_NAMES, load_study, with_dataset
     from medagent.studies.components import DEFAULT_ALLOWED_PREFIXES
+    from medagent.studies.config import ExecutorSpec
     from medagent.studies.runner import run_study
     from medagent.tools.builtin import Toolbox
 
+    executor = None
+    if ray_address is not None:  # validated as the study's own executor key is
+        try:
+            executor = ExecutorSpec.model_validate({"type": "ray", "address": ray_address})
+        except ValueError:  # pydantic's ValidationError
+            raise typer.BadParameter("must be auto, HOST:PORT or ray://HOST:PORT", param_hint="--ray") from None
     last: dict[str, int] = {}
     failed_codes: Counter[str] = Counter()
     untrained: set[str] = set()  # experts that ran on random test-only weights
@@ -79,6 +89,9 @@ def run(
                             allowed_prefixes=prefixes, allow_any_target=allow_any_target)
         if dataset is not None:
             config = with_dataset(config, dataset)
+        if executor is not None:  # the study's worker count, if it sets one, still holds
+            config = config.model_copy(update={"executor": executor.model_copy(
+                update={"workers": config.executor.workers})})
         store = StudyStore.open(store_url or config.store.url, settings.home)
         chosen = resume or retry_failed or run_id
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -105,6 +105,11 @@ class StudyStore:
         """The database URL with any password hidden (safe to log)."""
         return make_url(self._engine.url).render_as_string(hide_password=True)
 
+    def connect_url(self) -> str:
+        """The database URL with its password: for processes that open this same store (the case workers of a
+        study on a cluster). Never log it; :attr:`url` is the printable one."""
+        return make_url(self._engine.url).render_as_string(hide_password=False)
+
     def close(self) -> None:
         self._engine.dispose()
 
@@ -199,17 +204,22 @@ class StudyStore:
 
     def record_case(self, run_id: str, case_id: str, repeat: int, result: CaseResult,
                     messages: Sequence[Mapping[str, Any]] = (), tool_calls: Sequence[ToolCallRecord] = (),
-                    *, retry: bool = False) -> CaseWrite:
-        """Write one terminal case with its planner messages and tool calls, atomically and idempotently."""
+                    *, retry: bool = False, attempts: int = 1) -> CaseWrite:
+        """Write one terminal case with its planner messages and tool calls, atomically and idempotently.
+        ``attempts``: how many times this result's computation was started (2: its first worker died and it was
+        run again), added to the stored count when a retry replaces a failed case."""
         require_text(run_id=run_id, case_id=case_id)
         if repeat < 0:
             raise StoreError("repeat must be 0 or more", repeat=repeat)
+        if attempts < 1:
+            raise StoreError("attempts must be 1 or more", attempts=attempts)
         key = (_CASES.c.run_id == run_id) & (_CASES.c.case_id == case_id) & (_CASES.c.repeat == repeat)
         with self._transaction(write=True) as connection:
             run = self._run(connection, run_id)
             values = case_values(result, run)
             case_pk = connection.execute(
-                self._insert(_CASES).values(run_id=run_id, case_id=case_id, repeat=repeat, attempts=1, **values)
+                self._insert(_CASES).values(run_id=run_id, case_id=case_id, repeat=repeat, attempts=attempts,
+                                              **values)
                 .on_conflict_do_nothing(index_elements=["run_id", "case_id", "repeat"])
                 .returning(_CASES.c.id)).scalar_one_or_none()
             if case_pk is None:
@@ -222,7 +232,7 @@ class StudyStore:
                 connection.execute(delete(_MESSAGES).where(_MESSAGES.c.case_pk == case_pk))
                 connection.execute(delete(_TOOL_CALLS).where(_TOOL_CALLS.c.case_pk == case_pk))
                 connection.execute(update(_CASES).where(_CASES.c.id == case_pk)
-                                   .values(attempts=existing["attempts"] + 1, **values))
+                                   .values(attempts=existing["attempts"] + attempts, **values))
             if messages:
                 connection.execute(_MESSAGES.insert(), [
                     {"case_pk": case_pk, "run_id": run_id, "position": position, "role": str(message.get("role", "")),

@@ -6,11 +6,12 @@ steps, ``_target_`` paths) are checked after validation by ``loading.reference_p
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from medagent.agents.planner import BACKENDS, PlannerConfig, Role
 from medagent.names import name_problem
@@ -137,6 +138,41 @@ class StoreSpec(_Strict):
         return value
 
 
+# auto, HOST:PORT of a Ray head node, or ray://HOST:PORT (Ray Client); host names, IPv4 and bracketed IPv6
+_RAY_ADDRESS = re.compile(r"auto|(ray://)?([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}")
+
+
+class ExecutorSpec(_Strict):
+    """Where cases run: in this process (``local``), or as calls to case workers on a Ray cluster (``ray``;
+    docs/scale-out.md). ``executor: ray`` is short for ``{type: ray}``. Not part of the configuration hash: a run
+    started on a cluster may be resumed in one process, and the other way round."""
+
+    type: Literal["local", "ray"] = "local"
+    address: str | None = Field(default=None, max_length=300, description=(
+        "ray: auto (the cluster this machine belongs to), HOST:PORT of the head node, or ray://HOST:PORT "
+        "(Ray Client); default auto"))
+    workers: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY, description=(
+        "ray: case workers (one CPU each, spread over the nodes); default one per CPU of the cluster"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not _RAY_ADDRESS.fullmatch(value):
+            raise ValueError("must be auto, HOST:PORT or ray://HOST:PORT")
+        return value
+
+    @model_validator(mode="after")
+    def _ray_only(self) -> ExecutorSpec:
+        if self.type == "local" and (self.address is not None or self.workers is not None):
+            raise ValueError("address and workers are settings of executor type ray")
+        return self
+
+
 class MetricsSpec(_Strict):
     findings: list[str] = Field(default_factory=list, description="label names scored; default: every label")
     thresholds: Probability | dict[str, Probability] = Field(default=0.5, description="one, or per finding")
@@ -162,6 +198,7 @@ class StudyConfig(_Strict):
         default=0, description="a base seed (repeat r gets base + r) or one per repeat")
     concurrency: ConcurrencySpec = Field(default_factory=ConcurrencySpec)
     store: StoreSpec = Field(default_factory=StoreSpec)
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     metrics: MetricsSpec | None = None
 
     _source: LocatedDocument | None = PrivateAttr(default=None)

@@ -287,12 +287,12 @@ def parse_study(text: str, file_name: str = "study.yaml", **options: Any) -> Stu
 def config_hash(config: StudyConfig) -> str:
     """sha256 of the validated config as canonical JSON (sorted keys, defaults filled in).
 
-    Descriptions, concurrency, the store URL, API keys and dataset.max_cases are left out: they do not change
-    results.
+    Descriptions, concurrency, the store URL, the executor, API keys and dataset.max_cases are left out: they do
+    not change results.
     """
     # dataset.max_cases only refuses oversized datasets: it never changes the results of a run that completes
     data = config.model_dump(mode="json", by_alias=True,
-                             exclude={"description": True, "concurrency": True, "store": True,
+                             exclude={"description": True, "concurrency": True, "store": True, "executor": True,
                                       "dataset": {"max_cases"}})
     for planners in [data["planners"], *(arm["planners"] for arm in data["arms"])]:
         for spec in planners.values():

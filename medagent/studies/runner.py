@@ -11,7 +11,8 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -41,6 +42,9 @@ from medagent.tools.builtin import Toolbox
 from medagent.tools.invoke import ToolCallRecord, label_probabilities
 from medagent.tools.registry import ToolRegistry
 
+if TYPE_CHECKING:
+    from medagent.studies.ray_executor import RayCases
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,6 +58,19 @@ class StudyProgress(BaseModel):
     case_id: str | None = None
     repeat: int | None = None
     status: str | None = None
+    attempts: int | None = None  # 2: the case's first worker died and it ran again (executor: ray)
+    node_id: str | None = None  # the Ray node that ran the case (executor: ray)
+
+
+@dataclass
+class CaseOutcome:
+    """A computed case as the store takes it, with where and how many times it was computed."""
+
+    result: CaseResult
+    messages: list[dict[str, Any]]
+    calls: list[ToolCallRecord]
+    attempts: int = 1
+    node_id: str | None = None
 
 
 class _WorkItem(BaseModel):
@@ -129,6 +146,7 @@ class StudyRunner:
         self.skipped_rows: list[SkippedRow] = []
         self._role_planners: dict[tuple[str, int], dict[str, Planner]] = {}
         self.lease_ttl_s = lease_ttl_s
+        self._worker_gate = StartupGate()  # execute_one: the start-up gate of a case worker's own cases
         dataset = config.dataset
         self._modality = dataset.modality.value if dataset is not None and dataset.modality else None
 
@@ -190,13 +208,31 @@ class StudyRunner:
 
     async def run(self, run_id: str | None = None, *, resume: bool = False, retry_failed: bool = False,
                   force: bool = False, limit: int | None = None) -> AsyncIterator[StudyProgress]:
-        digest = config_hash(self.config)
-        dumped = self.config.model_dump(mode="json", by_alias=True)
         if run_id is not None:
             check_name(run_id, "the run id")
         # everything that can be refused (ids, the dataset, served planners) is checked before the run's row exists
         items = self.work(limit)
         await check_planner_endpoints(self.config)
+        cluster = await self._cluster() if self.config.executor.type == "ray" else None
+        try:
+            async with contextlib.aclosing(self._lease_and_run(run_id, items, resume=resume, retry_failed=retry_failed,
+                                                               force=force, cluster=cluster)) as events:
+                async for progress in events:
+                    yield progress
+        finally:
+            if cluster is not None:
+                await cluster.aclose()
+
+    async def _cluster(self) -> RayCases:
+        """The study's case workers on its Ray cluster (refusals come before the run's row exists)."""
+        from medagent.studies.ray_executor import RayCases
+
+        return await RayCases.open(self)
+
+    async def _lease_and_run(self, run_id: str | None, items: list[_WorkItem], *, resume: bool, retry_failed: bool,
+                             force: bool, cluster: RayCases | None) -> AsyncGenerator[StudyProgress, None]:
+        digest = config_hash(self.config)
+        dumped = self.config.model_dump(mode="json", by_alias=True)
         owner = new_owner()
         if resume or retry_failed:
             assert run_id is not None, "resuming needs the run id"
@@ -214,7 +250,7 @@ class StudyRunner:
         keeper = asyncio.create_task(self._keep_lease(run_id, owner))
         try:
             # aclosing: when this generator is closed, the cases stop before the lease is released
-            async with contextlib.aclosing(self._run_items(run_id, items, retry_failed, keeper)) as events:
+            async with contextlib.aclosing(self._run_items(run_id, items, retry_failed, keeper, cluster)) as events:
                 async for progress in events:
                     yield progress
         finally:
@@ -229,8 +265,8 @@ class StudyRunner:
             await asyncio.sleep(self.lease_ttl_s / 4)
             await asyncio.to_thread(self.store.renew_lease, run_id, owner, self.lease_ttl_s)
 
-    async def _run_items(self, run_id: str, items: list[_WorkItem], retry_failed: bool,
-                         keeper: asyncio.Task[None]) -> AsyncGenerator[StudyProgress, None]:
+    async def _run_items(self, run_id: str, items: list[_WorkItem], retry_failed: bool, keeper: asyncio.Task[None],
+                         cluster: RayCases | None = None) -> AsyncGenerator[StudyProgress, None]:
         finished = await asyncio.to_thread(self.store.completed_keys, run_id)
         failed_before = await asyncio.to_thread(self.store.failed_keys, run_id)
         skip = finished | (set() if retry_failed else failed_before)
@@ -249,15 +285,23 @@ class StudyRunner:
             if (item.key, item.repeat) in skip:
                 self._stored[(item.arm, item.key, item.repeat)].set()
 
-        async def one(item: _WorkItem) -> tuple[_WorkItem, str]:
+        async def compute(item: _WorkItem) -> CaseOutcome:
+            if cluster is not None:  # the same per-case path, on a worker of the cluster (execute_one)
+                return await cluster.run_case(run_id, item)
+            async with startup.admit():
+                return CaseOutcome(*await self._execute(run_id, item))
+
+        async def one(item: _WorkItem) -> tuple[_WorkItem, str, CaseOutcome]:
             try:
-                async with limiter, startup.admit():
-                    result, messages, calls = await self._execute(run_id, item)
-                write = asyncio.ensure_future(asyncio.to_thread(self.store.record_case, run_id, item.key,
-                                                                item.repeat, result, messages, calls,
-                                                                retry=retry_failed))
+                if item.memory_keys:  # kept memory: the case's previous question is stored before it starts
+                    await self._stored[(item.arm, item.memory_keys[-1], item.repeat)].wait()
+                async with limiter:  # on a cluster too: the driver bounds the cases in flight across it
+                    outcome = await compute(item)
+                write = asyncio.ensure_future(asyncio.to_thread(
+                    self.store.record_case, run_id, item.key, item.repeat, outcome.result, outcome.messages,
+                    outcome.calls, retry=retry_failed, attempts=outcome.attempts))
                 writes.append(write)
-                return item, (await asyncio.shield(write)).record.status  # a write under way is never cut
+                return item, (await asyncio.shield(write)).record.status, outcome  # a write under way is never cut
             finally:
                 self._stored[(item.arm, item.key, item.repeat)].set()
 
@@ -267,13 +311,14 @@ class StudyRunner:
         try:
             for next_done in asyncio.as_completed(tasks):
                 try:
-                    item, status = await next_done
+                    item, status, outcome = await next_done
                 finally:
                     if keeper.done() and not keeper.cancelled():
                         keeper.result()  # RunInProgress: the lease was lost
                 progress = progress.model_copy(update={
                     "kind": "case", "done": progress.done + 1, "failed": progress.failed + (status == "failed"),
-                    "case_id": item.key, "repeat": item.repeat, "status": status})
+                    "case_id": item.key, "repeat": item.repeat, "status": status, "attempts": outcome.attempts,
+                    "node_id": outcome.node_id})
                 yield progress
         finally:
             # stopped early (the caller stopped reading, the lease was lost, an error): no case computes on
@@ -283,7 +328,25 @@ class StudyRunner:
             await asyncio.gather(*tasks, *writes, return_exceptions=True)
             await self.aclose()
         await asyncio.to_thread(self.store.finish_run, run_id)
-        yield progress.model_copy(update={"kind": "finished", "case_id": None, "repeat": None, "status": None})
+        yield progress.model_copy(update={"kind": "finished", "case_id": None, "repeat": None, "status": None,
+                                          "attempts": None, "node_id": None})
+
+    async def execute_one(self, run_id: str, item: _WorkItem) -> tuple[CaseResult, list[dict[str, Any]],
+                                                                       list[ToolCallRecord]]:
+        """One case on a worker of a study on a cluster: the per-case path of a local run. Its earlier questions
+        (kept memory) were stored before the driver sent it."""
+        for key in item.memory_keys:
+            self._stored.setdefault((item.arm, key, item.repeat), asyncio.Event()).set()
+        async with self._worker_gate.admit():
+            return await self._execute(run_id, item)
+
+    def failed_result(self, item: _WorkItem, error: BaseException, latency_s: float = 0.0) -> CaseResult:
+        """A case that failed with ``error``, recorded typed; a failed question still says which it was."""
+        question = item.case.question
+        return CaseResult(status="failed", error=CaseError.from_exception(error), seed=self.config.seed_for(item.repeat),
+                          latency_s=latency_s, columns={**_columns(item.case, []), **(question_columns(
+                              item.arm, question) if question else {})},
+                          result={"question": question.question, "options": question.options} if question else None)
 
     async def _execute(self, run_id: str, item: _WorkItem) -> tuple[CaseResult, list[dict[str, Any]],
                                                                     list[ToolCallRecord]]:
@@ -303,13 +366,7 @@ class StudyRunner:
         except Exception as exc:  # a case's failure is recorded, typed; the run goes on
             if not isinstance(exc, MedagentError):
                 logger.exception("case %s failed unexpectedly", item.key)
-            error = CaseError.from_exception(exc)
-            question = item.case.question  # a failed question still says which it was, in which arm
-            return CaseResult(status="failed", error=error, seed=seed, latency_s=time.perf_counter() - started,
-                              columns={**_columns(item.case, []), **(question_columns(item.arm, question)
-                                                                     if question else {})},
-                              result={"question": question.question, "options": question.options}
-                              if question else None), [], []
+            return self.failed_result(item, exc, time.perf_counter() - started), [], []
         calls = outcome.tool_calls
         outputs = [call.output for call in calls if call.ok]
         status: Literal["succeeded", "failed"] = "failed" if outcome.status == "failed" else "succeeded"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import json
 import time
 import weakref
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -104,6 +106,7 @@ class ToolRegistry:
             weakref.WeakKeyDictionary()
         )
         self._limits: dict[str, int] = {}
+        self._gates: dict[str, Callable[[], AbstractAsyncContextManager[object]]] = {}
         for tool in tools or []:
             self.register(tool)
 
@@ -199,6 +202,12 @@ class ToolRegistry:
         for per_loop in self._semaphores.values():
             per_loop.pop(name, None)
 
+    def set_gate(self, name: str, gate: Callable[[], AbstractAsyncContextManager[object]]) -> None:
+        """Also enter ``gate()`` around every call of tool ``name``, inside its own limit: a slot of a limit that
+        several processes share (the case workers of a study on a cluster, limited per expert across it)."""
+        self.get(name)
+        self._gates[name] = gate
+
     def concurrency(self, name: str) -> int:
         return self._limits.get(name, self.get(name).policy.max_concurrency)
 
@@ -225,7 +234,8 @@ class ToolRegistry:
         parsed = self.validate(name, arguments, context)
         if tool.policy.requires_approval and not approved:
             raise ApprovalRequired(f"tool {name} requires human approval before it runs", tool=name)
-        async with self._semaphore(tool):
+        gate = self._gates.get(name)
+        async with self._semaphore(tool), gate() if gate is not None else contextlib.nullcontext():
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(tool.policy.timeout_s):  # no extra task per call, unlike wait_for

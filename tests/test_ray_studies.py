@@ -1,0 +1,247 @@
+"""Studies on a real local Ray cluster (``executor: ray``): a head node and a second node started by the tests
+(1 CPU each, each with its own medagent home, as two machines would be), a capacity-limited fake planner server
+and a real PostgreSQL store. The cluster is stopped by process group whatever happens (``ray stop`` would stop
+every Ray process of the machine, not only this cluster's). It listens on 127.0.0.1 for the tests' lifetime only,
+without Ray's token authentication: whether Ray turns it on depends on a token file another Ray user of the
+machine may have left in ~/.ray, and the tests must not depend on that."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from medagent.config import Settings
+from medagent.store import StudyStore
+from medagent.studies import load_study
+from medagent.studies.runner import run_study
+from tests.conftest import TEST_SECRET
+from tests.fake_openai_server import Behaviour, FakeOpenAIServer
+from tests.study_files import SCRIPTED, recorded_cases, variants, write_manifest, write_study
+
+pytest.importorskip("ray", reason="ray is not installed (the 'ray' extra)")
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
+
+CASES = 64
+PER_ENDPOINT = 3
+
+
+@dataclass
+class LocalCluster:
+    address: str
+    head: subprocess.Popen[bytes]
+    second: subprocess.Popen[bytes]
+    homes: list[Path]
+
+    def kill_second_node(self) -> None:
+        """The second node's raylet, object store and agents at once (its workers exit with their raylet)."""
+        os.killpg(self.second.pid, signal.SIGKILL)
+        self.second.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _alive_nodes(ray: str, address: str) -> int:
+    done = subprocess.run([ray, "status", "--address", address], capture_output=True, text=True, timeout=60,
+                          check=False)
+    active = done.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
+    return sum(1 for line in active.splitlines() if "node_" in line) if done.returncode == 0 else 0
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """The node's whole process group: a moment to stop cleanly, then killed."""
+    for sent, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(process.pid, sent)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=wait_s)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[LocalCluster]:
+    ray = str(Path(sys.executable).parent / "ray")
+    # short: Ray's socket paths under it must stay within the 107 characters of a Unix socket name
+    base = Path(tempfile.mkdtemp(prefix="mray-", dir="/tmp"))
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block",
+              "--temp-dir", str(base / "ray")]
+    homes = [base / "node-1", base / "node-2"]
+    previous_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # the driver in this process, the CLI's and `ray status` too
+
+    def environment(home: Path) -> dict[str, str]:
+        return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MEDAGENT_HOME": str(home),
+                "MEDAGENT_DEID_SECRET": TEST_SECRET.decode()}
+
+    def ports() -> list[str]:  # free ones: another Ray of the machine may hold the fixed defaults
+        return ["--dashboard-agent-listen-port", str(_free_port()), "--metrics-export-port", str(_free_port())]
+
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        started.append(subprocess.Popen(
+            [ray, "start", "--head", "--port", str(port), "--include-dashboard=false", "--ray-client-server-port",
+             str(_free_port()), *ports(), *common],
+            env=environment(homes[0]), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 120
+        while not _listening(port):  # the head's GCS: enough for the second node to join
+            assert time.monotonic() < deadline and started[0].poll() is None, "the head node did not start"
+            time.sleep(0.2)
+        started.append(subprocess.Popen(
+            [ray, "start", "--address", address, *ports(), *common], env=environment(homes[1]), start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        while _alive_nodes(ray, address) < 2:
+            assert time.monotonic() < deadline and started[1].poll() is None, "the second node did not start"
+            time.sleep(1)
+        yield LocalCluster(address, started[0], started[1], homes)
+    finally:
+        for process in reversed(started):
+            _stop(process)
+        shutil.rmtree(base, ignore_errors=True)
+        if previous_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = previous_mode
+
+
+@pytest.fixture
+def pg_store(postgres_url: str) -> str:
+    import psycopg
+
+    name = f"ray_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return postgres_url.rsplit("/", 1)[0] + "/" + name
+
+
+def _study(folder: Path, image: Path, server_url: str | None, address: str | None) -> Path:
+    """64 cases of distinct images; the planner: the fake server at ``server_url``, else the scripted one calling
+    assess_image_quality; ``address``: executor ray there (None: a local study)."""
+    images = variants(image, folder, CASES)
+    write_manifest(folder, [(f"case-{i:02d}", path, i % 2, "MF"[i % 2]) for i, path in enumerate(images)])
+    planner = "" if server_url else SCRIPTED % ("assess_image_quality", ", latency_s: 0.3")
+    study = write_study(folder, "  type: agent_loop\n  question: Describe the image.", concurrency=8, planner=planner)
+    executor = f"\nexecutor: {{type: ray, address: '{address}'}}" if address else ""
+    text = study.read_text().replace(
+        "concurrency: {cases: 8}", f"concurrency: {{cases: 8, per_planner_endpoint: {PER_ENDPOINT}}}{executor}")
+    if server_url:
+        text = text.replace("graph:", f"planners:\n  planner: {{endpoint: '{server_url}', model: fake-model, "
+                                      "tool_calling: native}\ngraph:", 1)
+    study.write_text(text)
+    return study
+
+
+def _sql_counts(store_url: str, run_id: str) -> tuple[int, int, Counter[int], set[str]]:
+    """Rows, distinct keys, rows by attempts and statuses of a run, counted in SQL."""
+    import psycopg
+
+    with psycopg.connect(store_url) as connection:
+        rows, keys = connection.execute(
+            "SELECT count(*), count(DISTINCT (case_id, repeat)) FROM study_cases WHERE run_id = %s",
+            (run_id,)).fetchone() or (0, 0)
+        attempts = Counter({count: n for count, n in connection.execute(
+            "SELECT attempts, count(*) FROM study_cases WHERE run_id = %s GROUP BY attempts", (run_id,))})
+        statuses = {status for (status,) in connection.execute(
+            "SELECT DISTINCT status FROM study_cases WHERE run_id = %s", (run_id,))}
+    return rows, keys, attempts, statuses
+
+
+@pytest.fixture
+def driver_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("MEDAGENT_DEID_SECRET", TEST_SECRET.decode())
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    return Settings(home=tmp_path / "driver-home")
+
+
+@pytest.mark.asyncio
+async def test_a_study_runs_on_both_nodes_within_the_cluster_wide_endpoint_limit(
+        tmp_path: Path, ray_cluster: LocalCluster, pg_store: str, driver_settings: Settings,
+        nih_images: list[Path]) -> None:
+    with FakeOpenAIServer([Behaviour("slow", text="No tool was needed.", delay_s=0.2)], capacity=4) as server:
+        config = load_study(_study(tmp_path, nih_images[0], server.url, ray_cluster.address))
+        with StudyStore.open(pg_store, driver_settings.home) as store:
+            events = [event async for event in run_study(config, store=store, settings=driver_settings,
+                                                         run_id="on-ray")]
+    assert events[0].kind == "started" and events[-1].kind == "finished" and events[-1].done == CASES
+    done = [event for event in events if event.kind == "case"]
+    by_node = Counter(event.node_id for event in done)
+    assert len(by_node) == 2 and min(by_node.values()) > 0, by_node  # both nodes ran cases
+    assert {event.attempts for event in done} == {1}
+    rows, keys, attempts, statuses = _sql_counts(pg_store, "on-ray")
+    assert (rows, keys, attempts, statuses) == (CASES, CASES, Counter({1: CASES}), {"succeeded"})
+    # 8 cases in flight on 2 workers, each worker allowed 3 requests: across the cluster never more than 3
+    assert server.peak_in_flight == PER_ENDPOINT
+    assert len(server.chat_requests()) == CASES
+
+
+@pytest.mark.asyncio
+async def test_an_sqlite_store_is_refused_on_a_cluster_of_several_nodes(
+        tmp_path: Path, ray_cluster: LocalCluster, driver_settings: Settings, nih_images: list[Path]) -> None:
+    from medagent.studies.ray_executor import StoreNotShared
+
+    config = load_study(_study(tmp_path, nih_images[0], None, ray_cluster.address))
+    with StudyStore.open(None, driver_settings.home) as store:
+        with pytest.raises(StoreNotShared, match="SQLite file.*2 nodes.*PostgreSQL"):
+            async for _ in run_study(config, store=store, settings=driver_settings, run_id="refused"):
+                pass
+        assert store.get_run("refused") is None  # refused before the run existed
+
+
+def test_killing_a_node_mid_run_loses_no_case_and_runs_none_twice(
+        tmp_path: Path, ray_cluster: LocalCluster, pg_store: str, nih_images: list[Path]) -> None:
+    """Through the CLI (``medagent run --ray`` runs a local study on the cluster), with an expert called per case:
+    the artifacts its calls name come back to the driver."""
+    study = _study(tmp_path, nih_images[0], None, None)
+    home = tmp_path / "driver-home"
+    environment = {**os.environ, "MEDAGENT_HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0",
+                   "MEDAGENT_DEID_SECRET": TEST_SECRET.decode()}
+    command = [sys.executable, "-m", "medagent.cli", "run", str(study), "--ray", ray_cluster.address,
+               "--store", pg_store, "--run-id", "killed"]
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while recorded_cases(home, "killed", pg_store) < CASES // 4:
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run did not get going"
+            time.sleep(0.1)
+        ray_cluster.kill_second_node()
+        killed_at = recorded_cases(home, "killed", pg_store)
+        out, err = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err[-3000:]
+    assert killed_at < CASES, "the node should die mid-run"
+    rows, keys, attempts, statuses = _sql_counts(pg_store, "killed")
+    assert rows == keys == CASES and statuses == {"succeeded"}  # nothing lost, nothing twice
+    assert attempts[2] > 0 and set(attempts) <= {1, 2}, attempts  # the cases the dead node had: rerun once
+    assert f"{CASES}/{CASES} cases" in out.decode()
+    # each case's expert call names its de-identified input: stored on the driver (the nodes have homes of their own)
+    with StudyStore.open(pg_store, home) as store:
+        inputs = {call.arguments["image_id"] for call in store.tool_calls("killed")}
+    assert len(inputs) == CASES
+    assert all((home / "artifacts" / "index" / f"{image_id}.json").is_file() for image_id in inputs)
