@@ -24,11 +24,12 @@ from medagent.store.records import (
     ToolCallRecord,
     UnknownRun,
 )
-from medagent.store.study_store import CaseKey, StudyStore
+from medagent.store.study_store import CaseEntry, CaseKey, StudyStore
 from medagent.store.tables import SCHEMA_VERSION
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CaseEntry",
     "CaseError",
     "CaseKey",
     "CaseRecord",

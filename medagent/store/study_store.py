@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from sqlalchemy import Connection, Engine, Table, delete, func, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
@@ -59,12 +60,25 @@ if TYPE_CHECKING:
 
 CaseKey = tuple[str, int]
 
+
+@dataclass(frozen=True)
+class CaseEntry:
+    """One case for :meth:`StudyStore.record_cases`: what :meth:`StudyStore.record_case` takes for one."""
+
+    case_id: str
+    repeat: int
+    result: CaseResult
+    messages: Sequence[Mapping[str, Any]] = ()
+    tool_calls: Sequence[ToolCallRecord] = field(default_factory=list)
+    attempts: int = 1
+
 _RUNS: Table = RunRow.__table__  # type: ignore[attr-defined]
 _CASES: Table = CaseRow.__table__  # type: ignore[attr-defined]
 _MESSAGES: Table = MessageRow.__table__  # type: ignore[attr-defined]
 _TOOL_CALLS: Table = ToolCallRow.__table__  # type: ignore[attr-defined]
 _METRICS: Table = MetricRow.__table__  # type: ignore[attr-defined]
 _LEASES: Table = RunLeaseRow.__table__  # type: ignore[attr-defined]
+_STORED_CASE = select(_CASES).where(_CASES.c.id == bindparam("case_pk"))  # a case as written, read back
 
 
 class StudyStore:
@@ -72,6 +86,7 @@ class StudyStore:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._insert_case: Any = None  # the case INSERT of this backend, built on first use
 
     @classmethod
     def open(cls, url: str | None, home: Path) -> StudyStore:
@@ -208,45 +223,59 @@ class StudyStore:
         """Write one terminal case with its planner messages and tool calls, atomically and idempotently.
         ``attempts``: how many times this result's computation was started (2: its first worker died and it was
         run again), added to the stored count when a retry replaces a failed case."""
-        require_text(run_id=run_id, case_id=case_id)
-        if repeat < 0:
-            raise StoreError("repeat must be 0 or more", repeat=repeat)
-        if attempts < 1:
-            raise StoreError("attempts must be 1 or more", attempts=attempts)
-        key = (_CASES.c.run_id == run_id) & (_CASES.c.case_id == case_id) & (_CASES.c.repeat == repeat)
+        _check_case(run_id, case_id, repeat, attempts)
+        with self._transaction(write=True) as connection:
+            return self._record(connection, self._run(connection, run_id), case_id, repeat, result, messages,
+                                tool_calls, retry=retry, attempts=attempts)
+
+    def record_cases(self, run_id: str, cases: Sequence[CaseEntry], *, retry: bool = False) -> list[CaseWrite]:
+        """Several cases as :meth:`record_case` writes each, in one transaction (one commit instead of one per
+        case: a study writes the cases that finished while its previous write was under way together). All or
+        none is written; the writes in the order given."""
+        for entry in cases:
+            _check_case(run_id, entry.case_id, entry.repeat, entry.attempts)
         with self._transaction(write=True) as connection:
             run = self._run(connection, run_id)
-            values = case_values(result, run)
-            case_pk = connection.execute(
-                self._insert(_CASES).values(run_id=run_id, case_id=case_id, repeat=repeat, attempts=attempts,
-                                              **values)
-                .on_conflict_do_nothing(index_elements=["run_id", "case_id", "repeat"])
-                .returning(_CASES.c.id)).scalar_one_or_none()
-            if case_pk is None:
-                # FOR UPDATE (PostgreSQL): a concurrent retry waits and then sees this one's outcome
-                query = select(_CASES).where(key).with_for_update() if retry else select(_CASES).where(key)
-                existing = connection.execute(query).mappings().one()
-                if not (retry and existing["status"] == "failed"):
-                    return CaseWrite(record=case_record(existing), written=False)
-                case_pk = existing["id"]
-                connection.execute(delete(_MESSAGES).where(_MESSAGES.c.case_pk == case_pk))
-                connection.execute(delete(_TOOL_CALLS).where(_TOOL_CALLS.c.case_pk == case_pk))
-                connection.execute(update(_CASES).where(_CASES.c.id == case_pk)
-                                   .values(attempts=existing["attempts"] + attempts, **values))
-            if messages:
-                connection.execute(_MESSAGES.insert(), [
-                    {"case_pk": case_pk, "run_id": run_id, "position": position, "role": str(message.get("role", "")),
-                     "message": dict(message)} for position, message in enumerate(messages)])
-            if tool_calls:
-                connection.execute(_TOOL_CALLS.insert(), [
-                    {"case_pk": case_pk, "run_id": run_id, "case_id": case_id, "repeat": repeat, "position": position,
-                     "tool": call.tool, "call_id": call.call_id, "arguments": call.arguments, "output": call.output,
-                     "ok": call.ok,
-                     "error": call.error.model_dump(mode="json") if call.error else None,
-                     "error_code": call.error_code, "duration_s": call.duration_s, "started_at": call.started_at}
-                    for position, call in enumerate(tool_calls)])
-            stored = connection.execute(select(_CASES).where(_CASES.c.id == case_pk)).mappings().one()
-            return CaseWrite(record=case_record(stored), written=True)
+            return [self._record(connection, run, entry.case_id, entry.repeat, entry.result, entry.messages,
+                                 entry.tool_calls, retry=retry, attempts=entry.attempts) for entry in cases]
+
+    def _record(self, connection: Connection, run: RunRecord, case_id: str, repeat: int, result: CaseResult,
+                messages: Sequence[Mapping[str, Any]], tool_calls: Sequence[ToolCallRecord], *, retry: bool,
+                attempts: int) -> CaseWrite:
+        run_id = run.run_id
+        values = case_values(result, run)
+        if self._insert_case is None:  # built once: building the statement per case cost more than running it
+            self._insert_case = (self._insert(_CASES).on_conflict_do_nothing(
+                index_elements=["run_id", "case_id", "repeat"]).returning(_CASES.c.id))
+        case_pk = connection.execute(self._insert_case, {
+            "run_id": run_id, "case_id": case_id, "repeat": repeat, "attempts": attempts, **values}
+        ).scalar_one_or_none()
+        if case_pk is None:
+            key = (_CASES.c.run_id == run_id) & (_CASES.c.case_id == case_id) & (_CASES.c.repeat == repeat)
+            # FOR UPDATE (PostgreSQL): a concurrent retry waits and then sees this one's outcome
+            query = select(_CASES).where(key).with_for_update() if retry else select(_CASES).where(key)
+            existing = connection.execute(query).mappings().one()
+            if not (retry and existing["status"] == "failed"):
+                return CaseWrite(record=case_record(existing), written=False)
+            case_pk = existing["id"]
+            connection.execute(delete(_MESSAGES).where(_MESSAGES.c.case_pk == case_pk))
+            connection.execute(delete(_TOOL_CALLS).where(_TOOL_CALLS.c.case_pk == case_pk))
+            connection.execute(update(_CASES).where(_CASES.c.id == case_pk)
+                               .values(attempts=existing["attempts"] + attempts, **values))
+        if messages:
+            connection.execute(_MESSAGES.insert(), [
+                {"case_pk": case_pk, "run_id": run_id, "position": position, "role": str(message.get("role", "")),
+                 "message": dict(message)} for position, message in enumerate(messages)])
+        if tool_calls:
+            connection.execute(_TOOL_CALLS.insert(), [
+                {"case_pk": case_pk, "run_id": run_id, "case_id": case_id, "repeat": repeat, "position": position,
+                 "tool": call.tool, "call_id": call.call_id, "arguments": call.arguments, "output": call.output,
+                 "ok": call.ok,
+                 "error": call.error.model_dump(mode="json") if call.error else None,
+                 "error_code": call.error_code, "duration_s": call.duration_s, "started_at": call.started_at}
+                for position, call in enumerate(tool_calls)])
+        stored = connection.execute(_STORED_CASE, {"case_pk": case_pk}).mappings().one()
+        return CaseWrite(record=case_record(stored), written=True)
 
     def get_case(self, run_id: str, case_id: str, repeat: int) -> CaseRecord | None:
         query = select(_CASES).where((_CASES.c.run_id == run_id) & (_CASES.c.case_id == case_id)
@@ -341,3 +370,10 @@ class StudyStore:
 
         return tool_calls_frame(self.tool_calls(run_id))
 
+
+def _check_case(run_id: str, case_id: str, repeat: int, attempts: int) -> None:
+    require_text(run_id=run_id, case_id=case_id)
+    if repeat < 0:
+        raise StoreError("repeat must be 0 or more", repeat=repeat)
+    if attempts < 1:
+        raise StoreError("attempts must be 1 or more", attempts=attempts)

@@ -26,6 +26,7 @@ from medagent.questions.layouts.base import SkippedRow
 from medagent.runtime.untrained import expert_weights
 from medagent.store import CaseError, CaseResult, MetricValue, StudyStore
 from medagent.store.leases import DEFAULT_LEASE_TTL_S, new_owner
+from medagent.studies.case_writes import CaseWrites
 from medagent.studies.components import TargetPolicy
 from medagent.studies.config import ExpertRef, PlannerSpec, StudyConfig
 from medagent.studies.datasets import Case, load_question_set, question_case
@@ -279,6 +280,7 @@ class StudyRunner:
         startup = StartupGate()
 
         writes: list[asyncio.Future[Any]] = []
+        case_writes = CaseWrites(self.store, run_id, retry=retry_failed)
         # kept memory: a question starts once the case's previous question is stored (or was, in an earlier run)
         self._stored = {(item.arm, item.key, item.repeat): asyncio.Event() for item in items}
         for item in items:
@@ -297,9 +299,7 @@ class StudyRunner:
                     await self._stored[(item.arm, item.memory_keys[-1], item.repeat)].wait()
                 async with limiter:  # on a cluster too: the driver bounds the cases in flight across it
                     outcome = await compute(item)
-                write = asyncio.ensure_future(asyncio.to_thread(
-                    self.store.record_case, run_id, item.key, item.repeat, outcome.result, outcome.messages,
-                    outcome.calls, retry=retry_failed, attempts=outcome.attempts))
+                write = case_writes.submit(item.key, item.repeat, outcome)  # with the cases finishing meanwhile
                 writes.append(write)
                 return item, (await asyncio.shield(write)).record.status, outcome  # a write under way is never cut
             finally:
