@@ -85,6 +85,7 @@ class Agent:
         self.root = Assembly(self.settings, tools=tools, toolbox=toolbox)
         self._stack = contextlib.AsyncExitStack()
         self._graph: Any = None
+        self._durability: Literal["exit", "async"] = "async"
         # one run at a time per session id (see Session): a lock lives while someone holds or awaits it
         self._session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -113,6 +114,9 @@ class Agent:
             checkpoint_url = self.config.checkpoint_url or str(self.settings.home / "sessions.sqlite")
             checkpointer = await self._stack.enter_async_context(open_checkpointer(checkpoint_url))
             self._graph = AgentLoop(self._planner, self.toolbox, self.config.loop).compile(checkpointer)
+            # checkpoints kept in memory die with the process, so nothing resumes from one taken mid-run: write
+            # the state once when a run ends (answered, failed or waiting for approval), not after every step
+            self._durability = "exit" if self.config.checkpoint_url == "memory://" else "async"
         except BaseException:  # `async with` runs no __aexit__ after a failed start: stop what already began
             await self.aclose()
             raise
@@ -294,7 +298,8 @@ class Session:
         graph = self.agent._graph
         before = len((await self.state()).get("tool_records", []))
         try:
-            async for mode, chunk in graph.astream(graph_input, self._config, stream_mode=["custom", "updates"]):
+            async for mode, chunk in graph.astream(graph_input, self._config, stream_mode=["custom", "updates"],
+                                                   durability=self.agent._durability):
                 if mode == "custom":
                     yield Event(kind=chunk.pop("event"), data=chunk)
         except MedagentError as exc:
