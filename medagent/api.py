@@ -35,7 +35,7 @@ from medagent.names import check_name
 from medagent.tools.artifacts import Artifact, ArtifactKind, referenced_ids
 from medagent.tools.builtin import Toolbox
 from medagent.tools.spec import Tool
-from medagent.workflows.agent_loop import AgentLoop, LoopSettings
+from medagent.workflows.agent_loop import TOKEN_EVENTS, AgentLoop, LoopSettings
 from medagent.workflows.checkpoint import open_checkpointer
 
 EventKind = Literal["token", "tool_started", "tool_finished", "approval_requested", "answer", "error"]
@@ -325,6 +325,13 @@ class Session:
         return await self._collect(self.proceed())
 
     async def _collect(self, events: AsyncIterator[Event]) -> Answer:
+        collecting = TOKEN_EVENTS.set(False)  # only the answer is returned: no token events to make
+        try:
+            return await self._answer(events)
+        finally:
+            TOKEN_EVENTS.reset(collecting)
+
+    async def _answer(self, events: AsyncIterator[Event]) -> Answer:
         calls: list[dict[str, Any]] = []
         # closed on the way out: a run left suspended would hold the session's lock until garbage collection
         async with contextlib.aclosing(events):  # type: ignore[type-var]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import operator
 from collections.abc import Callable
@@ -27,6 +28,11 @@ from medagent.tools.invoke import ErrorRecord, invoke
 from medagent.workflows.call_gate import LoopSettings, gate_turn, offered_tools
 
 __all__ = ["AgentLoop", "AgentState", "LoopSettings"]
+
+
+# False while the caller takes only the answer (Session.ask): the planner's tokens are then not turned into events
+# (each one a wake-up of the event loop and an event nobody reads; hundreds per answer of a real model)
+TOKEN_EVENTS: contextvars.ContextVar[bool] = contextvars.ContextVar("medagent_token_events", default=True)
 
 
 def _union(left: list[str], right: list[str]) -> list[str]:
@@ -120,9 +126,10 @@ class AgentLoop:
             messages = self.toolbox.with_image_parts(messages, image_ids)
         has_results = any(m["role"] == "tool" for m in _since_last_user(state.get("messages", [])))
 
-        async def on_token(token: str) -> None:
+        async def emit_token(token: str) -> None:
             _emit({"event": "token", "text": token})
 
+        on_token = emit_token if TOKEN_EVENTS.get() else None
         if self.planner.config.tool_calling == "structured" and tools and (not has_results or _correcting(state)):
             turn = await self._structured_turn(messages, tools, steps)
         elif self.planner.config.tool_calling == "structured":
