@@ -43,13 +43,15 @@ def calling_on_wait(callback: Callable[[], None]) -> Iterator[None]:
 
 
 class LimitedPlanner:
-    """A planner whose requests wait for a slot of a semaphore shared by every planner on its endpoint."""
+    """A planner whose requests wait for a slot of a semaphore shared by every planner on its endpoint, or of
+    whatever limit ``slot()`` holds (one context per request: a cluster-wide limit, say)."""
 
-    def __init__(self, planner: Planner, slots: asyncio.Semaphore | None) -> None:
-        """``slots=None``: the planner bounds its own requests (replicas, each with its limit)."""
+    def __init__(self, planner: Planner, slots: asyncio.Semaphore | None, *,
+                 slot: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None) -> None:
+        """``slots=None`` and no ``slot``: the planner bounds its own requests (replicas, each with its limit)."""
         self.inner = planner
         self.config = planner.config
-        self._slots = slots
+        self._slot = slot or (lambda: slots or contextlib.nullcontext())
 
     async def served_model(self) -> str:
         return await self.inner.served_model()
@@ -58,7 +60,7 @@ class LimitedPlanner:
                        tool_choice: ToolChoice = "auto", response_schema: dict[str, Any] | None = None,
                        on_token: TokenCallback | None = None) -> PlannerTurn:
         entering_wait()
-        async with self._slots or contextlib.nullcontext():
+        async with self._slot():
             return await self.inner.complete(messages, tools=tools, tool_choice=tool_choice,
                                              response_schema=response_schema, on_token=on_token)
 

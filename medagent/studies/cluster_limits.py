@@ -20,8 +20,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from medagent.agents.factory import endpoint_key, resolve_backend
-from medagent.agents.planner import Message, Planner, PlannerTurn, TokenCallback, ToolChoice
-from medagent.agents.pool import PlannerPool, entering_wait
+from medagent.agents.planner import Planner
+from medagent.agents.pool import LimitedPlanner, PlannerPool
 from medagent.agents.replicas import ReplicatedPlanner
 
 if TYPE_CHECKING:
@@ -124,28 +124,6 @@ class ClusterSlot:
         self._board.release.remote(self._key, self._token)  # not awaited: the case goes on at once
 
 
-class ClusterLimitedPlanner:
-    """A planner whose requests take a slot of its endpoint's cluster-wide limit first."""
-
-    def __init__(self, planner: Planner, board: Any, key: str, limit: int, holder: str) -> None:
-        self.inner, self.config = planner, planner.config
-        self._slot = (board, key, limit, holder)
-
-    async def served_model(self) -> str:
-        return await self.inner.served_model()
-
-    async def complete(self, messages: list[Message], *, tools: list[dict[str, Any]] | None = None,
-                       tool_choice: ToolChoice = "auto", response_schema: dict[str, Any] | None = None,
-                       on_token: TokenCallback | None = None) -> PlannerTurn:
-        entering_wait()
-        async with ClusterSlot(*self._slot):
-            return await self.inner.complete(messages, tools=tools, tool_choice=tool_choice,
-                                             response_schema=response_schema, on_token=on_token)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 class ClusterPlannerPool(PlannerPool):
     """The worker's planner pool: a planner on one HTTP endpoint is limited across the cluster. Embedded and
     scripted planners are each worker's own (a server per process): they keep the local limit; so does a role on
@@ -159,7 +137,8 @@ class ClusterPlannerPool(PlannerPool):
         if isinstance(planner, ReplicatedPlanner) or resolve_backend(planner.config) != "openai":
             return super().limited(planner)
         key = board_key("endpoint", endpoint_key(planner.config))
-        return ClusterLimitedPlanner(planner, self._board, key, self.per_endpoint or 1, self._holder)
+        return LimitedPlanner(planner, None, slot=functools.partial(ClusterSlot, self._board, key,
+                                                                    self.per_endpoint or 1, self._holder))
 
 
 def install_cluster_limits(runner: StudyRunner, board: Any, holder: str) -> None:
