@@ -70,6 +70,26 @@ def _alive_nodes(ray: str, address: str) -> int:
     return sum(1 for line in active.splitlines() if "node_" in line) if done.returncode == 0 else 0
 
 
+WARM_UP = """
+import sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+@ray.remote(num_cpus=1)
+class Probe:
+    def node(self):
+        return ray.get_runtime_context().get_node_id()
+probes = [Probe.options(scheduling_strategy="SPREAD").remote() for _ in range(2)]
+print(len(set(ray.get([probe.node.remote() for probe in probes], timeout=120))))
+"""
+
+
+def _workers_start_on_both_nodes(address: str, environment: dict[str, str]) -> None:
+    """A node is listed alive before it can start worker processes: the fixture waits until both can (a driver
+    of its own, gone before the tests' drivers connect)."""
+    done = subprocess.run([sys.executable, "-c", WARM_UP, address], capture_output=True, text=True, timeout=180,
+                          check=False, env=environment)
+    assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr[-2000:]
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """The node's whole process group: a moment to stop cleanly, then killed."""
     for sent, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
@@ -117,6 +137,7 @@ def ray_cluster() -> Iterator[LocalCluster]:
         while _alive_nodes(ray, address) < 2:
             assert time.monotonic() < deadline and started[1].poll() is None, "the second node did not start"
             time.sleep(1)
+        _workers_start_on_both_nodes(address, environment(homes[0]))
         yield LocalCluster(address, started[0], started[1], homes)
     finally:
         for process in reversed(started):

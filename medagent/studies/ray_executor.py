@@ -155,12 +155,14 @@ class RayCases:
             future.cancel()
             self._drop(calls[future])
         expected = {"version": medagent_version(), "key": key_fingerprint(self._runner.settings)}
+        failures: list[str] = []
         for future in done:
             worker = calls[future]
-            if future.exception() is not None:
+            if future.exception() is not None:  # a worker that died starting: the run goes on without it
+                failures.append(type(future.exception()).__name__)
+                logger.warning("a case worker could not start (%s); the run goes on without it", failures[-1])
                 self._drop(worker)
-                raise RayUnavailable(f"a case worker could not start ({type(future.exception()).__name__}); see "
-                                     "its log on the cluster") from None
+                continue
             ready = future.result()
             if ready["version"] != expected["version"]:
                 raise ClusterMismatch(f"a worker runs medagent {ready['version']}, the driver {expected['version']}",
@@ -169,6 +171,9 @@ class RayCases:
                 raise ClusterMismatch("a worker de-identifies with another key than the driver: set the same "
                                       "MEDAGENT_DEID_SECRET on every node")
             worker.node_id = ready["node_id"]
+        if not self._workers and failures:
+            raise RayUnavailable(f"no case worker could start ({', '.join(sorted(set(failures)))}); see their logs "
+                                 "on the cluster")
         if not self._workers:
             raise RayUnavailable("no case worker started on the Ray cluster within "
                                  f"{WORKER_START_TIMEOUT_S:g} s")
