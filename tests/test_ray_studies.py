@@ -198,25 +198,50 @@ def driver_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings
     return Settings(home=tmp_path / "driver-home")
 
 
-@pytest.mark.asyncio
-async def test_a_study_runs_on_both_nodes_within_the_cluster_wide_endpoint_limit(
+DRIVER = """
+import asyncio, json, sys
+from pathlib import Path
+from medagent.config import Settings
+from medagent.store import StudyStore
+from medagent.studies import load_study
+from medagent.studies.runner import run_study
+
+async def main(study, store_url, home):
+    with StudyStore.open(store_url, Path(home)) as store:
+        async for event in run_study(load_study(Path(study)), store=store, settings=Settings(home=Path(home)),
+                                     run_id="on-ray"):
+            print(json.dumps({"kind": event.kind, "done": event.done, "node_id": event.node_id,
+                              "attempts": event.attempts}), flush=True)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def test_a_study_runs_on_both_nodes_within_the_cluster_wide_endpoint_limit(
         tmp_path: Path, ray_cluster: LocalCluster, pg_store: str, driver_settings: Settings,
         nih_images: list[Path]) -> None:
+    """The driver is a process of its own, as `medagent run` or a backend's worker would be; its events are read
+    from its output."""
+    import json
+
     with FakeOpenAIServer([Behaviour("slow", text="No tool was needed.", delay_s=0.2)], capacity=4) as server:
-        config = load_study(_study(tmp_path, nih_images[0], server.url, ray_cluster.address))
-        with StudyStore.open(pg_store, driver_settings.home) as store:
-            events = [event async for event in run_study(config, store=store, settings=driver_settings,
-                                                         run_id="on-ray")]
-    assert events[0].kind == "started" and events[-1].kind == "finished" and events[-1].done == CASES
-    done = [event for event in events if event.kind == "case"]
-    by_node = Counter(event.node_id for event in done)
+        study = _study(tmp_path, nih_images[0], server.url, ray_cluster.address)
+        driven = subprocess.run([sys.executable, "-c", DRIVER, str(study), pg_store, str(driver_settings.home)],
+                                capture_output=True, text=True, timeout=240, check=False, cwd=tmp_path,
+                                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        assert driven.returncode == 0, driven.stderr[-3000:]
+        events = [json.loads(line) for line in driven.stdout.splitlines() if line.startswith("{")]
+        peak, requests = server.peak_in_flight, len(server.chat_requests())
+    assert events[0]["kind"] == "started" and events[-1]["kind"] == "finished" and events[-1]["done"] == CASES
+    done = [event for event in events if event["kind"] == "case"]
+    by_node = Counter(event["node_id"] for event in done)
     assert len(by_node) == 2 and min(by_node.values()) > 0, by_node  # both nodes ran cases
-    assert {event.attempts for event in done} == {1}
+    assert {event["attempts"] for event in done} == {1}
     rows, keys, attempts, statuses = _sql_counts(pg_store, "on-ray")
     assert (rows, keys, attempts, statuses) == (CASES, CASES, Counter({1: CASES}), {"succeeded"})
     # 8 cases in flight on 2 workers, each worker allowed 3 requests: across the cluster never more than 3
-    assert server.peak_in_flight == PER_ENDPOINT
-    assert len(server.chat_requests()) == CASES
+    assert peak == PER_ENDPOINT
+    assert requests == CASES
 
 
 @pytest.mark.asyncio
