@@ -1,11 +1,9 @@
 """The parts of studies on a Ray cluster that need no cluster: the slot board behind the cluster-wide limits, the
-executor key, the registry's gate, images shipped to a worker and artifacts shipped back, retries in the store."""
+executor key, the registry's gate, artifacts shipped between driver and worker, retries in the store."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,8 +14,7 @@ from medagent.store import CaseResult, StudyStore
 from medagent.studies import load_study
 from medagent.studies.cluster_limits import SlotBoard
 from medagent.studies.loading import config_hash
-from medagent.studies.ray_executor import import_artifacts
-from medagent.studies.ray_worker import materialize, read_image, relocated
+from medagent.studies.ray_worker import artifact_payload, import_artifacts
 from medagent.tools.artifacts import ArtifactStore
 from medagent.tools.builtin import Toolbox
 from medagent.yaml_located import StudyConfigError
@@ -106,39 +103,16 @@ async def test_the_registry_enters_a_tools_gate_around_each_call(tmp_path: Path,
     assert entered == ["in", "out"]  # once, around the gated tool only
 
 
-def test_images_travel_as_bytes_and_land_under_their_own_names(tmp_path: Path, pydicom_ct: Path,
-                                                               nih_images: list[Path]) -> None:
-    from medagent.studies.datasets import Case
-    from medagent.studies.runner import _WorkItem
-
-    series = tmp_path / "series"
-    (series / "sub").mkdir(parents=True)
-    shutil.copy(pydicom_ct, series / "sub" / "1.dcm")
-    item = _WorkItem(arm="default", repeat=0, key="c", case=Case(case_id="c", images=[nih_images[0], series]))
-    shipped = {path: read_image(path, 10**9) for path in item.case.images}
-    assert isinstance(shipped[series], dict) and set(shipped[series]) == {"sub/1.dcm"}  # type: ignore[arg-type]
-    assert read_image(nih_images[0], 10) is None and read_image(tmp_path / "missing.png", 10**9) is None
-    worker = tmp_path / "worker"
-    moved = {path: materialize(path, content, worker) for path, content in shipped.items() if content is not None}
-    local = relocated(item, moved)
-    assert local.case.images[0].name == nih_images[0].name and local.case.images[0].read_bytes() == \
-        nih_images[0].read_bytes()
-    assert (local.case.images[1] / "sub" / "1.dcm").read_bytes() == pydicom_ct.read_bytes()
-    assert oct(os.stat(local.case.images[0]).st_mode & 0o777) == "0o600"
-    with pytest.raises(ValueError, match="leaves its folder"):
-        materialize(series, {"../escape.dcm": b"x"}, worker)
-
-
 def test_artifacts_sent_back_keep_their_ids_and_damaged_ones_are_refused(tmp_path: Path, nih_images: list[Path],
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDAGENT_DEID_SECRET", TEST_SECRET.decode())
     toolbox = Toolbox(Settings(home=tmp_path / "worker"))
     toolbox.close()
     artifact = toolbox.attach(nih_images[0], "DX")  # attaching needs no expert: the closed toolbox still stores
-    data = artifact.path.read_bytes()
+    record, data = artifact_payload(artifact)
     driver = ArtifactStore(tmp_path / "driver")
-    assert import_artifacts(driver, [(artifact.model_dump_json(), data[:-1] + bytes([data[-1] ^ 0xFF]))]) == 0
-    assert import_artifacts(driver, [(artifact.model_dump_json(), data)]) == 1
+    assert import_artifacts(driver, [(record, data[:-1] + bytes([data[-1] ^ 0xFF]))]) == []
+    assert import_artifacts(driver, [(record, data)]) == [artifact.id]
     assert driver.get(artifact.id).sha256 == artifact.sha256
     assert driver.load_image(artifact.id).pixels.shape == toolbox.store.load_image(artifact.id).pixels.shape
 

@@ -8,7 +8,9 @@ machine may have left in ~/.ray, and the tests must not depend on that."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -21,16 +23,19 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from medagent.config import Settings
+from medagent.errors import MedagentError
 from medagent.store import StudyStore
 from medagent.studies import load_study
 from medagent.studies.runner import run_study
 from tests.conftest import TEST_SECRET
 from tests.fake_openai_server import Behaviour, FakeOpenAIServer
-from tests.study_files import SCRIPTED, recorded_cases, variants, write_manifest, write_study
+from tests.phi_images import PHI, carries_phi, corrupt_png, phi_dicom, phi_png
+from tests.study_files import SCRIPTED, agent_loop, recorded_cases, variants, write_manifest, write_study
 
 pytest.importorskip("ray", reason="ray is not installed (the 'ray' extra)")
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -222,8 +227,6 @@ def test_a_study_runs_on_both_nodes_within_the_cluster_wide_endpoint_limit(
         nih_images: list[Path]) -> None:
     """The driver is a process of its own, as `medagent run` or a backend's worker would be; its events are read
     from its output."""
-    import json
-
     with FakeOpenAIServer([Behaviour("slow", text="No tool was needed.", delay_s=0.2)], capacity=4) as server:
         study = _study(tmp_path, nih_images[0], server.url, ray_cluster.address)
         driven = subprocess.run([sys.executable, "-c", DRIVER, str(study), pg_store, str(driver_settings.home)],
@@ -255,6 +258,73 @@ async def test_an_sqlite_store_is_refused_on_a_cluster_of_several_nodes(
             async for _ in run_study(config, store=store, settings=driver_settings, run_id="refused"):
                 pass
         assert store.get_run("refused") is None  # refused before the run existed
+
+
+class _RecordingRay:
+    """Ray as the driver's RayCases uses it, keeping a pickle of every value it puts in the object store."""
+
+    def __init__(self, ray: Any, puts: list[bytes]) -> None:
+        self._ray, self.puts = ray, puts
+
+    def put(self, value: Any, **options: Any) -> Any:
+        self.puts.append(pickle.dumps(value))
+        return self._ray.put(value, **options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ray, name)
+
+
+@pytest.mark.asyncio
+async def test_raw_images_never_leave_the_driver(
+        tmp_path: Path, ray_cluster: LocalCluster, pg_store: str, driver_settings: Settings, nih_images: list[Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real DICOM and PNG files carrying PHI in their headers and text chunks: the driver de-identifies them, only
+    artifacts without PHI enter the object store, the cases run on the workers with a local run's image ids; a
+    corrupt image fails on the driver, as locally, without a worker."""
+    from medagent.studies.ray_executor import RayCases
+    from medagent.tools.builtin import Toolbox
+
+    images = [phi_dicom(tmp_path), phi_dicom(tmp_path, "ct-phi-2.dcm", shift=7), phi_png(nih_images[0], tmp_path)]
+    broken = corrupt_png(tmp_path)
+    assert all(carries_phi(image.read_bytes()) for image in images)  # the check below can fail
+    assert set(carries_phi(images[0].read_bytes())) == set(PHI)
+    write_manifest(tmp_path, [("ct-1", images[0], 1, "F"), ("ct-2", images[1], 0, "M"), ("png", images[2], 1, "F"),
+                              ("broken", broken, 0, "M")])
+    study = write_study(tmp_path, agent_loop("Describe the image."),
+                        planner=SCRIPTED % ("assess_image_quality, read_dicom_header", ""))
+    study.write_text(study.read_text() + f"executor: {{type: ray, address: '{ray_cluster.address}'}}\n")
+    toolbox = Toolbox(driver_settings.model_copy(update={"home": tmp_path / "local-home"}))
+    try:
+        local = {image.name: toolbox.attach(image, "DX").id for image in images}
+        with pytest.raises(MedagentError) as refused:
+            toolbox.attach(broken, "DX")
+    finally:
+        toolbox.close()
+    puts: list[bytes] = []
+    opened = RayCases.__init__
+
+    def recording(cases: RayCases, runner: Any, ray: Any, owns_connection: bool) -> None:
+        opened(cases, runner, _RecordingRay(ray, puts), owns_connection)
+
+    monkeypatch.setattr(RayCases, "__init__", recording)
+    with StudyStore.open(pg_store, driver_settings.home) as store:
+        events = [event async for event in run_study(load_study(study), store=store, settings=driver_settings,
+                                                     run_id="deid")]
+        stored = {case.case_id: case for case in store.cases("deid")}
+        calls = {key: store.tool_calls("deid", key, 0) for key in stored}
+    assert events[-1].kind == "finished" and events[-1].done == 4 and events[-1].failed == 1
+    ran_on = {event.case_id: event.node_id for event in events if event.kind == "case"}
+    assert ran_on["broken"] is None and all(ran_on[key] for key in ("ct-1", "ct-2", "png"))  # no worker for it
+    error = stored["broken"].error
+    assert stored["broken"].status == "failed" and error is not None and error.code == refused.value.code
+    assert {stored[key].status for key in ("ct-1", "ct-2", "png")} == {"succeeded"}
+    for key, image in (("ct-1", images[0]), ("ct-2", images[1]), ("png", images[2])):
+        assert {call.arguments["image_id"] for call in calls[key]} == {local[image.name]}
+    assert [call.tool for call in calls["ct-1"]] == ["assess_image_quality", "read_dicom_header"]
+    # what entered the object store: the three de-identified artifacts (their ids the local ones), no PHI in them
+    assert sorted(json.loads(pickle.loads(put)[0])["id"] for put in puts) == sorted(local.values())
+    assert all(carries_phi(put) == [] for put in puts)
+    assert carries_phi(pickle.dumps([[call.output for call in found] for found in calls.values()])) == []
 
 
 def test_killing_a_node_mid_run_loses_no_case_and_runs_none_twice(

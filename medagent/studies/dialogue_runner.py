@@ -14,6 +14,7 @@ from medagent.dialogue.labels import LabelSet
 from medagent.errors import ComponentContract, MedagentError
 from medagent.runtime.untrained import expert_weights
 from medagent.store import CaseError, CaseResult
+from medagent.studies.case_images import Attached, case_image_id
 from medagent.studies.components import TargetPolicy
 from medagent.studies.config import PlannerSpec
 from medagent.studies.dialogue_graph import NO_BIAS, DialogueGraph
@@ -72,12 +73,14 @@ class DialogueCaseRunner:
         return hints, calls
 
     async def run(self, case: DialogueCase, planners: dict[str, Planner], *, temperament: str, bias: str,
-                  seed: int, subgroups: dict[str, str]) -> tuple[CaseResult, list[dict[str, Any]],
-                                                                 list[ToolCallRecord]]:
+                  seed: int, subgroups: dict[str, str], attached: Attached | None = None
+                  ) -> tuple[CaseResult, list[dict[str, Any]], list[ToolCallRecord]]:
+        """``attached``: the case's images the driver attached (``executor: ray``), by path; the others are
+        attached here."""
         from medagent.dialogue.protocol import DialogueSettings, run_dialogue
 
         started = time.perf_counter()
-        image_ids = [self.toolbox.attach(path, self.modality).id for path in case.images]
+        image_ids = [case_image_id(self.toolbox, attached or {}, path, self.modality) for path in case.images]
         summaries = self.toolbox.image_summaries(image_ids)
         hints, calls = await self._hints(image_ids) if self.graph.strategy == "dialogue_with_experts" else ([], [])
         settings = DialogueSettings(strategy=self.graph.strategy, max_turns=self.graph.max_turns,

@@ -6,6 +6,12 @@ and every write to the store. Only the computing of a case moves: to one of N ca
 spread over the nodes, each with its own runner; :mod:`medagent.studies.ray_worker`). Writing from the driver
 keeps resume semantics exactly those of a local run: a case is in the store whole or not at all, by one writer.
 
+Raw images never leave the driver. It attaches every image of a case with its own runner's toolbox (the loader,
+de-identification key and store of a local run, so the same artifact ids) before sending the case; only the
+de-identified artifacts (record and stored pixels) go into Ray's object store, once per artifact while cases in
+flight use it, and the worker uses them by id. An image that cannot be attached (missing, too large, corrupt)
+fails its case on the driver, recorded as a local run records it, without a call to a worker.
+
 A worker that dies (its process, or its node) fails the calls it had in flight with a Ray error; each such case is
 sent once more, to a worker still alive, and recorded with ``attempts = 2``; a second loss records the case as
 failed (``worker_lost``; ``--retry-failed`` reruns it). Limits per planner endpoint and per expert hold across the
@@ -16,19 +22,26 @@ nodes (or through Ray Client): the file cannot be shared between machines.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
-import re
+import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from medagent.errors import ConfigurationError, InfrastructureError
+from medagent.errors import ConfigurationError, InfrastructureError, MedagentError
 from medagent.store.engine import medagent_version
 from medagent.studies.cluster_limits import SlotBoard
-from medagent.studies.ray_worker import CaseReply, CaseWorker, image_paths, key_fingerprint, read_image
-from medagent.tools.artifacts import Artifact, ArtifactStore
+from medagent.studies.ray_worker import (
+    CaseReply,
+    CaseWorker,
+    artifact_payload,
+    image_paths,
+    import_artifacts,
+    key_fingerprint,
+)
+from medagent.tools.artifacts import Artifact
 
 if TYPE_CHECKING:
     from medagent.studies.runner import CaseOutcome, StudyRunner, _WorkItem
@@ -36,7 +49,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 NAMESPACE = "medagent"
 WORKER_START_TIMEOUT_S = 180.0  # importing medagent and building a runner on a busy node
-_SUFFIX = re.compile(r"(\.[a-z0-9]{1,8}){0,2}")
 
 
 class RayUnavailable(ConfigurationError):
@@ -71,21 +83,20 @@ class _Worker:
     in_flight: int = 0
 
 
-def import_artifacts(store: ArtifactStore, artifacts: list[tuple[str, bytes]]) -> int:
-    """Store artifacts a worker sent back under the ids they have there (content and metadata make the id)."""
-    stored = 0
-    for record, data in artifacts:
-        artifact = Artifact.model_validate_json(record)
-        suffix = artifact.path.name.removeprefix(artifact.sha256)
-        if hashlib.sha256(data).hexdigest() != artifact.sha256 or not _SUFFIX.fullmatch(suffix):
-            logger.warning("an artifact %s came back damaged and was not stored", artifact.id)
-            continue
-        copy = store.put_bytes(data, artifact.kind, artifact.media_type, suffix, metadata=artifact.metadata or None,
-                               provenance=artifact.provenance)
-        if copy.id != artifact.id:
-            logger.warning("artifact %s was stored as %s", artifact.id, copy.id)
-        stored += 1
-    return stored
+@dataclass(eq=False)
+class _Shared:
+    """Something cases in flight share, made once: a path's attached artifact, or an artifact's object ref."""
+
+    made: asyncio.Future[Any]
+    users: int = 0
+
+
+@dataclass
+class _Shipped:
+    """A case's images as they travel: path -> image id, and image id -> object ref of its artifact."""
+
+    ids: dict[str, str] = field(default_factory=dict)
+    refs: dict[str, Any] = field(default_factory=dict)
 
 
 class RayCases:
@@ -96,7 +107,8 @@ class RayCases:
         self._workers: list[_Worker] = []
         self._board: Any = None
         self._turn = itertools.count()
-        self._images: dict[str, tuple[asyncio.Future[Any], list[int]]] = {}  # path -> (ref, cases using it)
+        self._attached: dict[str, _Shared] = {}  # path -> its artifact, attached here (cases in flight using it)
+        self._shipped: dict[str, _Shared] = {}  # image id -> object ref of its artifact (cases in flight using it)
         self._lost = self._lost_errors()
 
     @classmethod
@@ -195,32 +207,50 @@ class RayCases:
             self._board.forget.remote(worker.holder)
             self._ray.kill(worker.handle, no_restart=True)  # an unreachable worker must not compute on
 
-    async def _image_refs(self, item: _WorkItem) -> dict[str, Any]:
-        limit = self._runner.settings.limits.max_file_bytes
-        refs = {}
+    @staticmethod
+    def _use(shared: dict[str, _Shared], key: str, function: Callable[..., Any], *arguments: Any) -> asyncio.Future[Any]:
+        """The one future for ``key`` while cases in flight use it: ``function(*arguments)`` in a thread, started
+        for its first user."""
+        entry = shared.get(key)
+        if entry is None:
+            entry = shared[key] = _Shared(asyncio.ensure_future(asyncio.to_thread(function, *arguments)))
+        entry.users += 1
+        return entry.made
+
+    @staticmethod
+    def _let_go(shared: dict[str, _Shared], key: str) -> None:
+        entry = shared.get(key)
+        if entry is not None:
+            entry.users -= 1
+            if entry.users <= 0:  # no case in flight needs it: the object store may free it
+                del shared[key]
+                if not entry.made.done():
+                    entry.made.cancel()
+
+    async def _ship(self, item: _WorkItem, shipped: _Shipped, used: list[tuple[dict[str, _Shared], str]]) -> None:
+        """Attach the case's images here, as a local run does (same toolbox, key and modality: same ids), and put
+        each artifact (record + de-identified bytes) in the object store; never a raw file. ``used``: the shared
+        entries taken, for :meth:`_release`."""
+        toolbox, modality = self._runner.toolbox, self._runner._modality
         for path in image_paths(item):
             key = str(path)
-            if key not in self._images:
-                ref = asyncio.ensure_future(asyncio.to_thread(self._put, read_image, path, limit))
-                self._images[key] = (ref, [0])
-            future, users = self._images[key]
-            users[0] += 1
-            ref = await future
-            if ref is not None:
-                refs[key] = ref
-        return refs
+            used.append((self._attached, key))
+            attaching = self._use(self._attached, key, toolbox.attach, path, modality)
+            artifact: Artifact = await asyncio.shield(attaching)  # another case may wait on the same attach
+            shipped.ids[key] = artifact.id
+            if artifact.id in shipped.refs:
+                continue
+            used.append((self._shipped, artifact.id))
+            putting = self._use(self._shipped, artifact.id, self._put, artifact)
+            shipped.refs[artifact.id] = await asyncio.shield(putting)
 
-    def _put(self, read: Any, *arguments: Any) -> Any:
-        content = read(*arguments)
-        return None if content is None else self._ray.put(content)
+    def _put(self, artifact: Artifact) -> Any:
+        """The object ref of the artifact's record and de-identified bytes: all of an image that leaves the driver."""
+        return self._ray.put(artifact_payload(artifact))
 
-    def _release_images(self, item: _WorkItem) -> None:
-        for path in image_paths(item):
-            entry = self._images.get(str(path))
-            if entry is not None:
-                entry[1][0] -= 1
-                if entry[1][0] <= 0:  # no case in flight needs it: the object store may free it
-                    del self._images[str(path)]
+    def _release(self, used: list[tuple[dict[str, _Shared], str]]) -> None:
+        for shared, key in used:
+            self._let_go(shared, key)
 
     def _least_loaded(self) -> _Worker:
         """The worker with the fewest cases in flight; ties take turns."""
@@ -230,14 +260,22 @@ class RayCases:
     async def run_case(self, run_id: str, item: _WorkItem) -> CaseOutcome:
         from medagent.studies.runner import CaseOutcome
 
+        used: list[tuple[dict[str, _Shared], str]] = []
         try:
-            images = await self._image_refs(item)
+            shipped, started = _Shipped(), time.perf_counter()
+            try:
+                await self._ship(item, shipped, used)
+            except Exception as exc:  # an image that cannot be attached fails its case here, as in a local run
+                if not isinstance(exc, MedagentError):
+                    logger.exception("case %s failed unexpectedly", item.key)
+                return CaseOutcome(self._runner.failed_result(item, exc, time.perf_counter() - started), [], [])
+            item = item.model_copy(update={"attached": shipped.ids})
             for attempt in (1, 2):
                 if not self._workers:
                     raise WorkerLost("every case worker of this run is gone; resume the run when the cluster is back")
                 worker = self._least_loaded()
                 worker.in_flight += 1
-                ref = worker.handle.run.remote(run_id, item, images)
+                ref = worker.handle.run.remote(run_id, item, shipped.refs)
                 try:
                     reply: CaseReply = await ref
                 except asyncio.CancelledError:
@@ -255,7 +293,7 @@ class RayCases:
             lost = WorkerLost("the case's worker died twice (a process or node was lost)", case=item.key)
             return CaseOutcome(self._runner.failed_result(item, lost), [], [], 2, None)
         finally:
-            self._release_images(item)
+            self._release(used)
 
     async def aclose(self) -> None:
         """Stop the workers and the board; disconnect when this run connected."""
@@ -268,7 +306,8 @@ class RayCases:
         self._workers.clear()
         if self._board is not None:
             self._ray.kill(self._board, no_restart=True)
-        self._images.clear()
+        self._attached.clear()
+        self._shipped.clear()
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from medagent.agents.planner import Planner, Role
 from medagent.agents.pool import PlannerPool
@@ -26,6 +26,7 @@ from medagent.questions.layouts.base import SkippedRow
 from medagent.runtime.untrained import expert_weights
 from medagent.store import CaseError, CaseResult, MetricValue, StudyStore
 from medagent.store.leases import DEFAULT_LEASE_TTL_S, new_owner
+from medagent.studies.case_images import case_image_id, stored_image
 from medagent.studies.case_writes import CaseWrites
 from medagent.studies.components import TargetPolicy
 from medagent.studies.config import ExpertRef, PlannerSpec, StudyConfig
@@ -81,6 +82,9 @@ class _WorkItem(BaseModel):
     key: str  # the stored case id: the dataset's, prefixed by the arm when a study compares arms
     variant: tuple[str, str] | None = None  # dialogue graphs: (temperament, bias)
     memory_keys: tuple[str, ...] = ()  # vqa graphs keeping memory: the stored keys of the case's earlier questions
+    # executor ray: str(path) -> id of the image the driver attached (de-identified) and shipped; the case uses the
+    # stored image and reads no file. Empty on a local run: every image is attached from its path here
+    attached: dict[str, str] = Field(default_factory=dict)
 
 
 def _columns(case: Case, calls: Sequence[ToolCallRecord] = (), registry: ToolRegistry | None = None) -> dict[str, Any]:
@@ -361,7 +365,7 @@ class StudyRunner:
                 raise PreconditionFailed("this case has no image to run the graph on", case=item.key)
             if isinstance(self.config.graph, AgentLoopGraph):
                 return await self._agent_case(run_id, item, seed, started)
-            image_ids = [self.toolbox.attach(path, self._modality).id for path in item.case.images]
+            image_ids = [case_image_id(self.toolbox, item.attached, path, self._modality) for path in item.case.images]
             outcome = await self._pipeline().run(image_ids[0], item.case.case_id)
         except Exception as exc:  # a case's failure is recorded, typed; the run goes on
             if not isinstance(exc, MedagentError):
@@ -395,7 +399,11 @@ class StudyRunner:
         # case keys are data and run ids take up to the whole name length: both hashed into a safe session id
         session = agent.session(hashlib.sha256(f"{run_id}\0{item.key}\0{item.repeat}".encode()).hexdigest()[:32])
         for path in item.case.images:  # content-addressed: the artifacts already stored are reused
-            await session.attach(path, self._modality)
+            stored = stored_image(self.toolbox, item.attached, path)
+            if stored is not None:
+                session.attach_stored(stored.id)
+            else:
+                await session.attach(path, self._modality)
         answer = await session.ask(self.config.graph.question)
         calls = [ToolCallRecord.model_validate(call) for call in answer.tool_calls]  # the records as the loop made them
         outputs = [call.output for call in calls if call.ok]
@@ -426,7 +434,7 @@ class StudyRunner:
                 self._role_planners[(item.arm, seed)] = planners
         temperament, bias = item.variant
         return await self._dialogues().run(item.case.dialogue, planners, temperament=temperament, bias=bias,
-                                           seed=seed, subgroups=item.case.subgroups)
+                                           seed=seed, subgroups=item.case.subgroups, attached=item.attached)
 
     async def _arm_planner(self, arm: str, seed: int, role: Role = "planner") -> Planner:
         async with self._agent_lock:  # one client per (arm, seed, role), shared by that arm's questions
@@ -463,7 +471,8 @@ class StudyRunner:
         judging = isinstance(self.config.graph, VqaGraph) and self.config.graph.judge
         judge = await self._arm_planner(item.arm, seed, "assessor") if judging else None
         return await self._vqa.run(run_id, item.arm, item.case.question, item.repeat, seed, planner,
-                                   memory_keys=item.memory_keys, agent_for=self._vqa_agent, judge_planner=judge)
+                                   memory_keys=item.memory_keys, agent_for=self._vqa_agent, judge_planner=judge,
+                                   attached=item.attached)
 
     async def aclose(self) -> None:
         for agent in self._agents.values():

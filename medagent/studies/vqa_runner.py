@@ -22,6 +22,7 @@ from medagent.questions.corruptions import Corruption, corrupt
 from medagent.questions.model import Question
 from medagent.runtime.untrained import expert_weights
 from medagent.store import CaseError, CaseResult, StudyStore
+from medagent.studies.case_images import Attached, case_image_id, stored_image
 from medagent.studies.config import Arm, StudyConfig
 from medagent.studies.datasets import question_groups
 from medagent.studies.pipeline import render_arguments
@@ -51,11 +52,13 @@ class VqaCaseRunner:
 
     async def run(self, run_id: str, arm: str, question: Question, repeat: int, seed: int, planner: Planner, *,
                   memory_keys: tuple[str, ...] = (), agent_for: AgentFactory | None = None,
-                  judge_planner: Planner | None = None
+                  judge_planner: Planner | None = None, attached: Attached | None = None
                   ) -> tuple[CaseResult, list[dict[str, Any]], list[ToolCallRecord]]:
+        """``attached``: the question's images the driver attached (``executor: ray``), by path; the others are
+        attached here."""
         started = time.perf_counter()
         settings = self.arms[arm]
-        image_ids = await asyncio.to_thread(self._images, question, settings.corruption, seed)
+        image_ids = await asyncio.to_thread(self._images, question, settings.corruption, seed, attached or {})
         memory = await asyncio.to_thread(self._memory, run_id, memory_keys, repeat)
         calls: list[ToolCallRecord] = []
         evidence: list[str] = []
@@ -111,16 +114,19 @@ class VqaCaseRunner:
         columns["vqa.judge_correct"] = int(judgement.verdict == "correct")
         columns["vqa.judge_failed"] = 0
 
-    def _images(self, question: Question, corruption: Corruption | None, seed: int) -> list[str]:
+    def _images(self, question: Question, corruption: Corruption | None, seed: int, attached: Attached) -> list[str]:
         """The question's images, stored de-identified; perturbed first when the arm says so (seeded per
-        question and image, so every arm with the same corruption sees the same noise)."""
+        question and image, so every arm with the same corruption sees the same noise). An image the driver
+        attached is perturbed from its stored record: the record a load of its file gives, so the same ids."""
         if corruption is None:
-            return [self.toolbox.attach(path, self.modality).id for path in question.images]
+            return [case_image_id(self.toolbox, attached, path, self.modality) for path in question.images]
         from medagent.experts.cxr_detect import with_detected_modality
 
         ids = []
         for index, path in enumerate(question.images):
-            record = with_detected_modality(self.toolbox.loader.load(path, modality=self.modality))
+            stored = stored_image(self.toolbox, attached, path)
+            record = (self.toolbox.store.load_image(stored.id) if stored is not None
+                      else with_detected_modality(self.toolbox.loader.load(path, modality=self.modality)))
             digest = hashlib.sha256(f"{question.question_id}\0{index}\0{seed}".encode()).digest()
             varied = corruption.model_copy(update={"seed": corruption.seed + int.from_bytes(digest[:4], "big")})
             ids.append(self.toolbox.store.put_image(corrupt(record, varied)).id)
