@@ -32,6 +32,7 @@ from medagent.errors import MedagentError
 from medagent.store import StudyStore
 from medagent.studies import load_study
 from medagent.studies.runner import run_study
+from tests.cluster_tool_parts import peak_overlap
 from tests.conftest import TEST_SECRET
 from tests.fake_openai_server import Behaviour, FakeOpenAIServer
 from tests.phi_images import PHI, carries_phi, corrupt_png, phi_dicom, phi_png
@@ -42,6 +43,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 
 CASES = 64
 PER_ENDPOINT = 3
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -120,8 +122,10 @@ def ray_cluster() -> Iterator[LocalCluster]:
     os.environ["RAY_AUTH_MODE"] = "disabled"  # the driver in this process, the CLI's and `ray status` too
 
     def environment(home: Path) -> dict[str, str]:
+        # the repository on the workers' path: a study's tool factory may live under tests/ (a user's own package)
+        path = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
         return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MEDAGENT_HOME": str(home),
-                "MEDAGENT_DEID_SECRET": TEST_SECRET.decode()}
+                "MEDAGENT_DEID_SECRET": TEST_SECRET.decode(), "PYTHONPATH": path}
 
     def ports() -> list[str]:  # free ones: another Ray of the machine may hold the fixed defaults
         return ["--dashboard-agent-listen-port", str(_free_port()), "--metrics-export-port", str(_free_port())]
@@ -325,6 +329,48 @@ async def test_raw_images_never_leave_the_driver(
     assert sorted(json.loads(pickle.loads(put)[0])["id"] for put in puts) == sorted(local.values())
     assert all(carries_phi(put) == [] for put in puts)
     assert carries_phi(pickle.dumps([[call.output for call in found] for found in calls.values()])) == []
+
+
+TIMED_CASES = 8  # the tests below need both nodes: they come before the one that kills the second
+TIMED_STEP = """  type: pipeline
+  steps:
+    - id: probe
+      tool: timed_probe"""
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("per_expert", [1, 2])
+async def test_a_tools_limit_holds_across_the_cluster_not_per_worker(
+        per_expert: int, tmp_path: Path, ray_cluster: LocalCluster, pg_store: str, driver_settings: Settings,
+        nih_images: list[Path]) -> None:
+    """A pipeline whose one step calls a study's own tool (tests.cluster_tool_parts, imported on each worker)
+    that sleeps and reports when it ran: 8 cases in flight on both nodes' workers, each worker allowed
+    ``per_expert`` calls at once, never more than ``per_expert`` calls at once across the cluster. Counted from
+    the stored calls' wall-clock intervals; the limit of 2 shows the count sees calls on two nodes overlap."""
+    images = variants(nih_images[0], tmp_path, TIMED_CASES)
+    write_manifest(tmp_path, [(f"case-{i}", path, i % 2, "MF"[i % 2]) for i, path in enumerate(images)])
+    study = write_study(tmp_path, TIMED_STEP, concurrency=8, extra=(
+        "experts: [{_target_: tests.cluster_tool_parts.timed_tools, kwargs: {sleep_s: [0.3, 0.6]}, tools: [timed_probe]}]\n"
+        f"executor: {{type: ray, address: '{ray_cluster.address}'}}\n"))
+    study.write_text(study.read_text().replace(
+        "concurrency: {cases: 8}", f"concurrency: {{cases: 8, per_expert: {{timed_probe: {per_expert}}}}}"))
+    config = load_study(study, allowed_prefixes=("medagent.", "tests."))
+    with StudyStore.open(pg_store, driver_settings.home) as store:
+        events = [event async for event in run_study(config, store=store, settings=driver_settings,
+                                                     run_id="timed")]
+        calls = store.tool_calls("timed")
+    assert events[-1].kind == "finished" and events[-1].done == TIMED_CASES and events[-1].failed == 0
+    by_node = Counter(event.node_id for event in events if event.kind == "case")
+    assert len(by_node) == 2 and None not in by_node, by_node  # both nodes ran cases
+    assert [call.tool for call in calls] == ["timed_probe"] * TIMED_CASES and all(call.ok for call in calls)
+    ran = [(call.output["started"], call.output["ended"], call.output["pid"]) for call in calls]
+    assert len({pid for _, _, pid in ran}) == 2  # the calls ran in both workers' processes
+    assert peak_overlap((start, end) for start, end, _ in ran) == per_expert
+    across = [(a, b) for a in ran for b in ran if a[2] < b[2] and a[0] < b[1] and b[0] < a[1]]
+    if per_expert == 1:  # within a worker its own limit holds; across workers only the cluster's board does
+        assert across == []
+    else:  # two workers' calls did run at once: the count above would see a cross-node overlap
+        assert across
 
 
 def test_killing_a_node_mid_run_loses_no_case_and_runs_none_twice(
