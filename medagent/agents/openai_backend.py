@@ -1,29 +1,28 @@
 """OpenAI-compatible planner backend (vLLM, the embedded llama.cpp server, any compatible server).
 
-Built on the official OpenAI client (httpx underneath): it streams, retries with backoff on
-connection errors, 408, 429 (honouring Retry-After) and 5xx, and never retries a 400.
+It streams every answer, retries with backoff on connection errors, 408, 429 (honouring Retry-After) and 5xx,
+never retries a 400, and bounds each answer (:mod:`medagent.agents.openai_http` speaks the HTTP).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import json
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from medagent.agents.openai_http import ChatClient, short
 from medagent.agents.planner import Message, PlannerConfig, PlannerTurn, TokenCallback, ToolCall, ToolChoice, Usage
 from medagent.errors import (
     ModelNotServed,
     PlannerAnswerTooLarge,
     PlannerProtocolError,
-    PlannerRateLimited,
     PlannerRejected,
-    PlannerServerError,
     PlannerTimeout,
     PlannerUnavailable,
 )
-from medagent.redaction import redact_url
+
+MIN_EVENT_LINE_BYTES = 64 * 1024  # one event line: a chunk's JSON framing around at most the whole answer
 
 
 class OpenAICompatiblePlanner:
@@ -32,27 +31,18 @@ class OpenAICompatiblePlanner:
         """``diagnose``: the server's own words for a failed request when the wire carries none (the
         embedded llama.cpp server logs why it dropped a request, e.g. a grammar it cannot parse)."""
         self._diagnose = diagnose
-        import openai
-
         self.config = config
         base_url = endpoint or config.endpoint
         if not base_url:
             raise ValueError("an endpoint is required (the embedded default provides one)")
         self.base_url = base_url.rstrip("/")
-        timeout = openai.Timeout(config.read_timeout_s, connect=config.connect_timeout_s)
-        # plain http (a local vLLM or llama.cpp server) has no certificates to check: skip loading the CA
-        # bundle, which costs 50-100 ms per client
-        http_client = openai.DefaultAsyncHttpxClient(verify=False) if self.base_url.startswith("http://") else None
-        self._client = openai.AsyncOpenAI(
-            base_url=self.base_url, api_key=config.api_key or "not-needed", timeout=timeout,
-            max_retries=config.max_retries, http_client=http_client,
-        )
+        self._client = ChatClient(self.base_url, api_key=config.api_key, connect_timeout_s=config.connect_timeout_s,
+                                  read_timeout_s=config.read_timeout_s, max_retries=config.max_retries)
         self._served: str | None = None
 
     async def served_model(self) -> str:
         if self._served is None:
-            models = await self._call(self._client.models.list())
-            ids = [model.id for model in models.data]
+            ids = await self._client.models()
             if self.config.model is not None:
                 if self.config.model not in ids:
                     raise ModelNotServed(f"model {self.config.model!r} is not served at this endpoint; it serves: "
@@ -64,29 +54,6 @@ class OpenAICompatiblePlanner:
                 raise ModelNotServed(f"the endpoint serves {len(ids)} models; name one with model=: {', '.join(ids)}",
                                      served=ids)
         return self._served
-
-    async def _call(self, awaitable: Any) -> Any:
-        import openai
-
-        try:
-            return await awaitable
-        except openai.APITimeoutError as exc:
-            raise PlannerTimeout(f"planner server did not answer within {self.config.read_timeout_s:g} s") from exc
-        except openai.APIConnectionError as exc:
-            raise PlannerUnavailable(f"planner server at {redact_url(self.base_url)} cannot be reached") from exc
-        except openai.RateLimitError as exc:
-            raise PlannerRateLimited("planner server kept answering 429 Too Many Requests") from exc
-        except openai.InternalServerError as exc:
-            raise PlannerServerError(f"planner server error {exc.status_code}") from exc
-        except openai.APIStatusError as exc:
-            if exc.status_code == 408:
-                raise PlannerTimeout("planner server answered 408 Request Timeout") from exc
-            raise PlannerRejected(f"planner server rejected the request ({exc.status_code}): {_short(exc.message)}",
-                                  status=exc.status_code) from exc
-        except openai.APIResponseValidationError as exc:
-            raise PlannerProtocolError("planner server sent a malformed response") from exc
-        except (json.JSONDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested past the parser
-            raise PlannerProtocolError("planner server sent a response that is not valid JSON") from exc
 
     async def complete(
         self,
@@ -108,7 +75,7 @@ class OpenAICompatiblePlanner:
             reason = self._diagnose() if self._diagnose is not None else None
             if reason is None:
                 raise
-            raise PlannerRejected(f"planner server failed on this request: {_short(reason, 300)}") from exc
+            raise PlannerRejected(f"planner server failed on this request: {short(reason, 300)}") from exc
         except TimeoutError:
             if not deadline.expired():
                 raise
@@ -117,8 +84,6 @@ class OpenAICompatiblePlanner:
 
     async def _complete(self, messages: list[Message], tools: list[dict[str, Any]] | None, tool_choice: ToolChoice,
                         response_schema: dict[str, Any] | None, on_token: TokenCallback | None) -> PlannerTurn:
-        import openai
-
         model = await self.served_model()
         request: dict[str, Any] = {
             "model": model, "messages": messages, "temperature": self.config.temperature,
@@ -137,16 +102,11 @@ class OpenAICompatiblePlanner:
                     "type": "json_schema",
                     "json_schema": {"name": "medagent_step", "schema": response_schema, "strict": True},
                 }
-        # the client's generic post: its retries, timeouts and error types, without validating the request
-        # against the SDK's TypedDicts and building a pydantic object per streamed chunk (4 of 7 ms of
-        # client CPU per call, which bounds how many cases a study keeps in flight); chunks arrive as dicts
-        stream = await self._call(self._client.post("/chat/completions", body=request, cast_to=object, stream=True,
-                                                    stream_cls=openai.AsyncStream[object]))
-        return await self._collect(stream, on_token)
+        line_limit = max(MIN_EVENT_LINE_BYTES, 8 * self.config.answer_limit)
+        return await self._collect(self._client.stream_chat(request, line_limit), on_token)
 
-    async def _collect(self, stream: Any, on_token: TokenCallback | None) -> PlannerTurn:
-        import openai
-
+    async def _collect(self, stream: AsyncGenerator[dict[str, Any], None], on_token: TokenCallback | None
+                       ) -> PlannerTurn:
         content: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         reported_model, finish_reason, usage = None, None, None
@@ -180,24 +140,10 @@ class OpenAICompatiblePlanner:
                         slot["name"] += function.get("name") or ""
                         slot["arguments"] += function.get("arguments") or ""
                     finish_reason = choice.get("finish_reason") or finish_reason
-        except (AttributeError, TypeError, KeyError) as exc:  # a chunk of the wrong shape
+        except (AttributeError, TypeError, KeyError, ValueError) as exc:  # a chunk of the wrong shape
             raise PlannerProtocolError(f"planner stream chunk is malformed ({type(exc).__name__})") from exc
-        except openai.APIConnectionError as exc:
-            raise PlannerProtocolError(f"planner stream broke off ({type(exc).__name__})") from exc
-        except openai.APIError as exc:  # an error event in the stream: the server's own message
-            body = exc.body if isinstance(exc.body, dict) else {}
-            # vLLM refuses a schema it cannot compile this way, after the stream began: a 4xx is a refusal
-            refused = str(body.get("code", "")).startswith("4") or "BadRequest" in str(body.get("type", ""))
-            raise (PlannerRejected if refused else PlannerProtocolError)(
-                f"planner server ended the stream with an error: {_short(exc.message)}") from exc
-        except (json.JSONDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested past the parser
-            raise PlannerProtocolError("planner stream carried invalid JSON") from exc
-        except Exception as exc:  # httpx read errors while streaming
-            if type(exc).__module__.startswith(("httpx", "httpcore", "httpx2")):
-                raise PlannerProtocolError(f"planner stream broke off ({type(exc).__name__})") from exc
-            raise
         finally:  # cut off, timed out or done: the connection is released either way
-            await stream.close()
+            await stream.aclose()
         if finish_reason is None:
             raise PlannerProtocolError("planner stream ended without a finish reason (truncated)")
         if reported_model is None:
@@ -208,7 +154,7 @@ class OpenAICompatiblePlanner:
                            finish_reason=finish_reason, usage=usage)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._client.aclose()
 
 
 def _call_chars(delta: dict[str, Any]) -> int:
@@ -216,6 +162,3 @@ def _call_chars(delta: dict[str, Any]) -> int:
     function = delta.get("function") or {}
     return sum(len(str(part or "")) for part in (delta.get("id"), function.get("name"), function.get("arguments")))
 
-
-def _short(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
