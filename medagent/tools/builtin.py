@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from pydantic import BaseModel
@@ -53,6 +55,7 @@ def _lung_tool(expert: Expert[Any, Any]) -> Tool[ImageInput, LungLocalization]:
                 run=run, policy=ToolPolicy(timeout_s=30, max_concurrency=2), ready=expert.ready, close=expert.close)
 
 
+MAX_ATTACHED_REMEMBERED = 4096  # files whose artifact is kept to answer a repeated attach at once
 _EXPERTS_EXTRA = "pip install 'medagent[experts]'"
 # The packages each built-in tool needs beyond medagent's core; checked without importing them.
 BUILTIN_REQUIREMENTS: dict[str, tuple[str, ...]] = {
@@ -121,8 +124,9 @@ class Toolbox:
         # artifacts are content-addressed, so an id's summary and the tools that suit it never change
         self._summaries: dict[str, dict[str, Any]] = {}
         self._suits: dict[tuple[str, str], bool] = {}
-        # the same unchanged file attached again (a study's repeats and arms) is not decoded twice
-        self._attached: dict[tuple[str, int, int, str | None], Artifact] = {}
+        # the same unchanged file attached again (a study's repeats and arms) is not decoded twice; bounded, as a
+        # study of 100k images attaches each once
+        self._attached: OrderedDict[tuple[str, int, int, int, int, str | None], Artifact] = OrderedDict()
         self._attach_lock = threading.Lock()
 
     def _register_plugins(self) -> None:
@@ -141,24 +145,50 @@ class Toolbox:
             self.registry.register(item)
             self.plugin_tools[item.name] = source
 
+    def _remembered_key(self, path: str | os.PathLike[str] | Path, modality: Modality | str | None
+                        ) -> tuple[str, int, int, int, int, str | None] | None:
+        """The file itself (device, inode) unchanged (size, time) under this modality; None for folders (DICOM
+        series), missing files and workspace-relative paths, which take the loader's full path."""
+        candidate = Path(path)
+        if self.settings.workspace is not None and not candidate.is_absolute():
+            return None
+        try:
+            stat = candidate.stat()
+        except OSError:
+            return None
+        if not S_ISREG(stat.st_mode):
+            return None
+        return (os.path.abspath(candidate), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns,
+                str(modality) if modality else None)
+
+    def remembered(self, path: str | os.PathLike[str] | Path, modality: Modality | str | None = None
+                   ) -> Artifact | None:
+        """The artifact of this very file attached before, unchanged (a study's repeats and arms): no decoding,
+        two ``stat`` calls, so an event loop may ask before handing :meth:`attach` to a thread."""
+        key = self._remembered_key(path, modality)
+        return None if key is None else self._lookup(key)
+
+    def _lookup(self, key: tuple[str, int, int, int, int, str | None]) -> Artifact | None:
+        with self._attach_lock:
+            cached = self._attached.get(key)
+            if cached is not None:
+                self._attached.move_to_end(key)
+        return cached if cached is not None and cached.path.is_file() else None
+
     def attach(self, path: str | os.PathLike[str] | Path, modality: Modality | str | None = None) -> Artifact:
         """Load, de-identify and store an image; the returned artifact id is what tools accept."""
-        key: tuple[str, int, int, str | None] | None = None
-        candidate = Path(path)
-        # folders (DICOM series), missing files and workspace-relative paths take the full path below
-        if candidate.is_file() and (self.settings.workspace is None or candidate.is_absolute()):
-            stat = candidate.stat()
-            key = (str(candidate.resolve()), stat.st_size, stat.st_mtime_ns, str(modality) if modality else None)
-            with self._attach_lock:
-                cached = self._attached.get(key)
-            if cached is not None and cached.path.is_file():
-                return cached
+        key = self._remembered_key(path, modality)
+        cached = None if key is None else self._lookup(key)
+        if cached is not None:
+            return cached
         # an undeclared PNG/JPEG frontal chest radiograph is marked DX (detected); a declaration wins
         record = with_detected_modality(self.loader.load(path, modality=modality))
         artifact = self.store.put_image(record)
         if key is not None:
             with self._attach_lock:
                 self._attached[key] = artifact
+                if len(self._attached) > MAX_ATTACHED_REMEMBERED:
+                    self._attached.popitem(last=False)
         return artifact
 
     def attach_bytes(self, data: bytes, modality: Modality | str | None = None) -> Artifact:
