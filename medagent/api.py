@@ -196,7 +196,9 @@ class Session:
 
     async def attach(self, path: str | Path, modality: str | None = None) -> Artifact:
         await self._values()
-        artifact = await asyncio.to_thread(self.agent.toolbox.attach, path, modality)
+        artifact = self.agent.toolbox.remembered(path, modality)  # attached before: no thread hop, no decoding
+        if artifact is None:
+            artifact = await asyncio.to_thread(self.agent.toolbox.attach, path, modality)
         self._new_images.append(artifact.id)
         return artifact
 
@@ -256,7 +258,7 @@ class Session:
         return list((await self.state()).get("image_ids", [])) + list(self._new_images)
 
     async def events(self, question: str) -> AsyncIterator[Event]:
-        await self._values()
+        # the owner is checked where the run starts, under the session's lock (_run_locked)
         graph_input = {"messages": [{"role": "user", "content": question}], "image_ids": list(self._new_images),
                        "owner": self.owner}
         self._new_images.clear()

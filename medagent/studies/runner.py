@@ -37,7 +37,7 @@ from medagent.studies.loading import config_hash
 from medagent.studies.pipeline import AgentLoopGraph, PipelineGraph
 from medagent.studies.pipeline_graph import PipelineRunner
 from medagent.studies.preflight import check_planner_endpoints
-from medagent.studies.scheduling import StartupGate
+from medagent.studies.scheduling import StartupGate, heap_frozen
 from medagent.studies.vqa_graph import VqaGraph
 from medagent.studies.vqa_runner import VqaCaseRunner, question_columns
 from medagent.tools.builtin import Toolbox
@@ -220,10 +220,11 @@ class StudyRunner:
         await check_planner_endpoints(self.config)
         cluster = await self._cluster() if self.config.executor.type == "ray" else None
         try:
-            async with contextlib.aclosing(self._lease_and_run(run_id, items, resume=resume, retry_failed=retry_failed,
-                                                               force=force, cluster=cluster)) as events:
-                async for progress in events:
-                    yield progress
+            with heap_frozen():
+                async with contextlib.aclosing(self._lease_and_run(run_id, items, resume=resume, force=force,
+                                                                   retry_failed=retry_failed, cluster=cluster)) as events:
+                    async for progress in events:
+                        yield progress
         finally:
             if cluster is not None:
                 await cluster.aclose()
@@ -398,19 +399,22 @@ class StudyRunner:
                 self._agents[(item.arm, seed)] = await agent.start()
         # case keys are data and run ids take up to the whole name length: both hashed into a safe session id
         session = agent.session(hashlib.sha256(f"{run_id}\0{item.key}\0{item.repeat}".encode()).hexdigest()[:32])
-        for path in item.case.images:  # content-addressed: the artifacts already stored are reused
-            stored = stored_image(self.toolbox, item.attached, path)
-            if stored is not None:
-                session.attach_stored(stored.id)
-            else:
-                await session.attach(path, self._modality)
-        answer = await session.ask(self.config.graph.question)
-        calls = [ToolCallRecord.model_validate(call) for call in answer.tool_calls]  # the records as the loop made them
-        outputs = [call.output for call in calls if call.ok]
-        return CaseResult(status="succeeded", answer=answer.text, seed=seed,
-                          columns=_columns(item.case, calls, self.toolbox.registry),
-                          model_id=answer.model, latency_s=time.perf_counter() - started,
-                          expert_weights=expert_weights(outputs)), await session.history(), calls
+        try:
+            for path in item.case.images:  # content-addressed: the artifacts already stored are reused
+                stored = stored_image(self.toolbox, item.attached, path)
+                if stored is not None:
+                    session.attach_stored(stored.id)
+                else:
+                    await session.attach(path, self._modality)
+            answer = await session.ask(self.config.graph.question)
+            calls = [ToolCallRecord.model_validate(call) for call in answer.tool_calls]  # as the loop made them
+            outputs = [call.output for call in calls if call.ok]
+            return CaseResult(status="succeeded", answer=answer.text, seed=seed,
+                              columns=_columns(item.case, calls, self.toolbox.registry),
+                              model_id=answer.model, latency_s=time.perf_counter() - started,
+                              expert_weights=expert_weights(outputs)), await session.history(), calls
+        finally:  # the case is stored whole or rerun afresh: its checkpoints are of no more use, and held in memory
+            await session.delete()
 
     def _loop_settings(self) -> Any:
         """The study's loop limits; its ``experts:`` list, when given, is the only tools offered and run."""

@@ -170,12 +170,15 @@ class VqaCaseRunner:
         agent = await agent_for(arm, seed, self.experts(arm))
         session = agent.session(hashlib.sha256(f"{run_id}\0{arm}\0{question.question_id}\0{repeat}".encode())
                                 .hexdigest()[:32])  # a fresh conversation per question, always
-        for image_id in image_ids:
-            session.attach_stored(image_id)
-        answer = await session.ask(self._question_text(question, memory))
-        calls = [ToolCallRecord.model_validate(call) for call in answer.tool_calls]
-        return calls, [fence_data("Your findings from the experts", {"findings": answer.text or ""}, max_text=4000)], \
-            await session.history()
+        try:
+            for image_id in image_ids:
+                session.attach_stored(image_id)
+            answer = await session.ask(self._question_text(question, memory))
+            calls = [ToolCallRecord.model_validate(call) for call in answer.tool_calls]
+            return calls, [fence_data("Your findings from the experts", {"findings": answer.text or ""},
+                                      max_text=4000)], await session.history()
+        finally:  # a question's checkpoints (in memory) are of no use once it is answered or failed
+            await session.delete()
 
     def _messages(self, instructions: str, question: Question, image_ids: list[str], memory: list[dict[str, Any]],
                   evidence: list[str], planner: Planner) -> list[Message]:
