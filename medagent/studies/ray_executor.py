@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "medagent"
+# every waiting acquire holds one of the board actor's concurrent calls (Ray's default for an async actor is 1000):
+# a release must never queue behind waiters, or no slot is ever freed
+BOARD_MAX_CONCURRENCY = 100_000
 WORKER_START_TIMEOUT_S = 180.0  # importing medagent and building a runner on a busy node
 
 
@@ -150,7 +153,7 @@ class RayCases:
             raise RayUnavailable("the Ray cluster has no CPU to run case workers on", address=address)
         # the board lives on the head node, which outlives every worker node; it takes no CPU
         self._board = ray.remote(SlotBoard).options(
-            num_cpus=0, resources={"node:__internal_head__": 0.001}).remote()
+            num_cpus=0, resources={"node:__internal_head__": 0.001}, max_concurrency=BOARD_MAX_CONCURRENCY).remote()
         worker_class = ray.remote(CaseWorker)
         url = store.connect_url()
         for _ in range(count):
