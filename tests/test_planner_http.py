@@ -16,7 +16,7 @@ import pytest_asyncio
 from medagent.agents.openai_backend import OpenAICompatiblePlanner
 from medagent.agents.openai_http import MAX_RETRY_AFTER_S, _delay, _retry_after
 from medagent.agents.planner import PlannerConfig
-from medagent.errors import PlannerAnswerTooLarge, PlannerRateLimited, PlannerRejected
+from medagent.errors import PlannerAnswerTooLarge, PlannerRateLimited, PlannerRejected, PlannerUnavailable
 
 USER = [{"role": "user", "content": "hello"}]
 MODELS = json.dumps({"object": "list", "data": [{"id": "raw-model", "object": "model"}]}).encode()
@@ -175,3 +175,23 @@ async def test_credentials_in_the_url_are_basic_auth_unless_a_key_is_given(raw_s
     sent = [line.split(b":", 1)[1].strip() for head in server.heads for line in head.split(b"\r\n")
             if line.lower().startswith(b"authorization:")]
     assert sent == [expected, expected]
+
+
+@pytest.mark.asyncio
+async def test_the_environments_proxy_is_used_unless_no_proxy_covers_the_host(
+        raw_server: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = await raw_server(_replies(lambda number: ok(_answer("through the proxy"))))
+    monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/v1"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    unreachable = "http://planner.invalid:8000/v1"  # reached only through the proxy: no such host
+    planner = _planner(unreachable, max_retries=0, connect_timeout_s=0.5)
+    assert (await planner.complete(USER)).content == "through the proxy"
+    await planner.aclose()
+    assert all(head.split(b" ")[1].startswith(b"http://planner.invalid:8000/v1/") for head in proxy.heads)
+    monkeypatch.setenv("NO_PROXY", "planner.invalid")
+    direct = _planner(unreachable, max_retries=0, connect_timeout_s=0.5)
+    with pytest.raises(PlannerUnavailable):
+        await direct.complete(USER)
+    await direct.aclose()
+    assert proxy.requests == 2
