@@ -207,23 +207,13 @@ def driver_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings
     return Settings(home=tmp_path / "driver-home")
 
 
-DRIVER = """
-import asyncio, json, sys
-from pathlib import Path
-from medagent.config import Settings
-from medagent.store import StudyStore
-from medagent.studies import load_study
-from medagent.studies.runner import run_study
-
-async def main(study, store_url, home):
-    with StudyStore.open(store_url, Path(home)) as store:
-        async for event in run_study(load_study(Path(study)), store=store, settings=Settings(home=Path(home)),
-                                     run_id="on-ray"):
-            print(json.dumps({"kind": event.kind, "done": event.done, "node_id": event.node_id,
-                              "attempts": event.attempts}), flush=True)
-
-asyncio.run(main(*sys.argv[1:]))
-"""
+def _drive(study: Path, store_url: str, home: Path, run_id: str, *extra: str) -> list[dict[str, Any]]:
+    """Run ``study`` with tests/ray_driver.py in a process of its own; its progress events."""
+    driven = subprocess.run([sys.executable, "-m", "tests.ray_driver", str(study), store_url, str(home), run_id,
+                             *extra], capture_output=True, text=True, timeout=240, check=False, cwd=REPO,
+                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert driven.returncode == 0, driven.stderr[-3000:]
+    return [json.loads(line) for line in driven.stdout.splitlines() if line.startswith("{")]
 
 
 def test_a_study_runs_on_both_nodes_within_the_cluster_wide_endpoint_limit(
@@ -233,11 +223,7 @@ def test_a_study_runs_on_both_nodes_within_the_cluster_wide_endpoint_limit(
     from its output."""
     with FakeOpenAIServer([Behaviour("slow", text="No tool was needed.", delay_s=0.2)], capacity=4) as server:
         study = _study(tmp_path, nih_images[0], server.url, ray_cluster.address)
-        driven = subprocess.run([sys.executable, "-c", DRIVER, str(study), pg_store, str(driver_settings.home)],
-                                capture_output=True, text=True, timeout=240, check=False, cwd=tmp_path,
-                                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-        assert driven.returncode == 0, driven.stderr[-3000:]
-        events = [json.loads(line) for line in driven.stdout.splitlines() if line.startswith("{")]
+        events = _drive(study, pg_store, driver_settings.home, "on-ray")
         peak, requests = server.peak_in_flight, len(server.chat_requests())
     assert events[0]["kind"] == "started" and events[-1]["kind"] == "finished" and events[-1]["done"] == CASES
     done = [event for event in events if event["kind"] == "case"]
@@ -264,28 +250,12 @@ async def test_an_sqlite_store_is_refused_on_a_cluster_of_several_nodes(
         assert store.get_run("refused") is None  # refused before the run existed
 
 
-class _RecordingRay:
-    """Ray as the driver's RayCases uses it, keeping a pickle of every value it puts in the object store."""
-
-    def __init__(self, ray: Any, puts: list[bytes]) -> None:
-        self._ray, self.puts = ray, puts
-
-    def put(self, value: Any, **options: Any) -> Any:
-        self.puts.append(pickle.dumps(value))
-        return self._ray.put(value, **options)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ray, name)
-
-
-@pytest.mark.asyncio
-async def test_raw_images_never_leave_the_driver(
-        tmp_path: Path, ray_cluster: LocalCluster, pg_store: str, driver_settings: Settings, nih_images: list[Path],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_raw_images_never_leave_the_driver(
+        tmp_path: Path, ray_cluster: LocalCluster, pg_store: str, driver_settings: Settings,
+        nih_images: list[Path]) -> None:
     """Real DICOM and PNG files carrying PHI in their headers and text chunks: the driver de-identifies them, only
     artifacts without PHI enter the object store, the cases run on the workers with a local run's image ids; a
     corrupt image fails on the driver, as locally, without a worker."""
-    from medagent.studies.ray_executor import RayCases
     from medagent.tools.builtin import Toolbox
 
     images = [phi_dicom(tmp_path), phi_dicom(tmp_path, "ct-phi-2.dcm", shift=7), phi_png(nih_images[0], tmp_path)]
@@ -304,20 +274,15 @@ async def test_raw_images_never_leave_the_driver(
             toolbox.attach(broken, "DX")
     finally:
         toolbox.close()
-    puts: list[bytes] = []
-    opened = RayCases.__init__
-
-    def recording(cases: RayCases, runner: Any, ray: Any, owns_connection: bool) -> None:
-        opened(cases, runner, _RecordingRay(ray, puts), owns_connection)
-
-    monkeypatch.setattr(RayCases, "__init__", recording)
+    recorded = tmp_path / "puts"
+    recorded.mkdir()
+    events = _drive(study, pg_store, driver_settings.home, "deid", "--record-puts", str(recorded))
+    puts = [path.read_bytes() for path in sorted(recorded.iterdir())]
     with StudyStore.open(pg_store, driver_settings.home) as store:
-        events = [event async for event in run_study(load_study(study), store=store, settings=driver_settings,
-                                                     run_id="deid")]
         stored = {case.case_id: case for case in store.cases("deid")}
         calls = {key: store.tool_calls("deid", key, 0) for key in stored}
-    assert events[-1].kind == "finished" and events[-1].done == 4 and events[-1].failed == 1
-    ran_on = {event.case_id: event.node_id for event in events if event.kind == "case"}
+    assert events[-1]["kind"] == "finished" and events[-1]["done"] == 4 and events[-1]["failed"] == 1
+    ran_on = {event["case_id"]: event["node_id"] for event in events if event["kind"] == "case"}
     assert ran_on["broken"] is None and all(ran_on[key] for key in ("ct-1", "ct-2", "png"))  # no worker for it
     error = stored["broken"].error
     assert stored["broken"].status == "failed" and error is not None and error.code == refused.value.code
@@ -338,9 +303,8 @@ TIMED_STEP = """  type: pipeline
       tool: timed_probe"""
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("per_expert", [1, 2])
-async def test_a_tools_limit_holds_across_the_cluster_not_per_worker(
+def test_a_tools_limit_holds_across_the_cluster_not_per_worker(
         per_expert: int, tmp_path: Path, ray_cluster: LocalCluster, pg_store: str, driver_settings: Settings,
         nih_images: list[Path]) -> None:
     """A pipeline whose one step calls a study's own tool (tests.cluster_tool_parts, imported on each worker)
@@ -354,13 +318,11 @@ async def test_a_tools_limit_holds_across_the_cluster_not_per_worker(
         f"executor: {{type: ray, address: '{ray_cluster.address}'}}\n"))
     study.write_text(study.read_text().replace(
         "concurrency: {cases: 8}", f"concurrency: {{cases: 8, per_expert: {{timed_probe: {per_expert}}}}}"))
-    config = load_study(study, allowed_prefixes=("medagent.", "tests."))
+    events = _drive(study, pg_store, driver_settings.home, "timed")
     with StudyStore.open(pg_store, driver_settings.home) as store:
-        events = [event async for event in run_study(config, store=store, settings=driver_settings,
-                                                     run_id="timed")]
         calls = store.tool_calls("timed")
-    assert events[-1].kind == "finished" and events[-1].done == TIMED_CASES and events[-1].failed == 0
-    by_node = Counter(event.node_id for event in events if event.kind == "case")
+    assert events[-1]["kind"] == "finished" and events[-1]["done"] == TIMED_CASES and events[-1]["failed"] == 0
+    by_node = Counter(event["node_id"] for event in events if event["kind"] == "case")
     assert len(by_node) == 2 and None not in by_node, by_node  # both nodes ran cases
     assert [call.tool for call in calls] == ["timed_probe"] * TIMED_CASES and all(call.ok for call in calls)
     ran = [(call.output["started"], call.output["ended"], call.output["pid"]) for call in calls]
