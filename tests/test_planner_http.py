@@ -16,7 +16,13 @@ import pytest_asyncio
 from medagent.agents.openai_backend import OpenAICompatiblePlanner
 from medagent.agents.openai_http import MAX_RETRY_AFTER_S, _delay, _retry_after
 from medagent.agents.planner import PlannerConfig
-from medagent.errors import PlannerAnswerTooLarge, PlannerRateLimited, PlannerRejected, PlannerUnavailable
+from medagent.errors import (
+    PlannerAnswerTooLarge,
+    PlannerProtocolError,
+    PlannerRateLimited,
+    PlannerRejected,
+    PlannerUnavailable,
+)
 
 USER = [{"role": "user", "content": "hello"}]
 MODELS = json.dumps({"object": "list", "data": [{"id": "raw-model", "object": "model"}]}).encode()
@@ -195,3 +201,13 @@ async def test_the_environments_proxy_is_used_unless_no_proxy_covers_the_host(
         await direct.complete(USER)
     await direct.aclose()
     assert proxy.requests == 2
+
+
+@pytest.mark.asyncio
+async def test_a_model_list_past_its_bound_is_refused_typed(raw_server: Start) -> None:
+    huge = json.dumps({"data": [{"id": f"model-{index}"} for index in range(100_000)]}).encode()  # ~2 MB
+    server = await raw_server(lambda path, number: ok(huge, "application/json"))
+    planner = _planner(server.url)
+    with pytest.raises(PlannerProtocolError, match="model list over"):
+        await planner.complete(USER)
+    await planner.aclose()

@@ -37,7 +37,8 @@ from medagent.redaction import redact_url
 INITIAL_RETRY_DELAY_S = 0.5
 MAX_RETRY_DELAY_S = 8.0
 MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is not waited for: the backoff applies instead
-MAX_ERROR_BODY_BYTES = 64 * 1024  # what is read of a refusal to quote the server's message
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_MODEL_LIST_BYTES = 1024 * 1024  # GET /models: a list of model cards, not a download  # what is read of a refusal to quote the server's message
 _RETRIED_STATUSES = frozenset({408, 409, 429})
 
 
@@ -85,7 +86,10 @@ class ChatClient:
     async def models(self) -> list[str]:
         response = await self._send("GET", "/models", None)
         try:
-            body = await response.json(content_type=None)
+            raw = await _read_upto(response, MAX_MODEL_LIST_BYTES)
+            if len(raw) > MAX_MODEL_LIST_BYTES:
+                raise PlannerProtocolError(f"planner server sent a model list over {MAX_MODEL_LIST_BYTES} bytes")
+            body = json.loads(raw)
             return [str(model["id"]) for model in body["data"]]
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError, RecursionError) as exc:
             raise PlannerProtocolError("planner server sent a malformed model list") from exc
@@ -100,7 +104,7 @@ class ChatClient:
             async for data in _events(response, line_limit):
                 if data == b"[DONE]":
                     # the end of the body (a chunked terminator may follow) is read so the connection is kept
-                    await response.content.read(MAX_ERROR_BODY_BYTES)
+                    await _read_upto(response, MAX_ERROR_BODY_BYTES)
                     return
                 try:
                     chunk = json.loads(data)
@@ -158,19 +162,39 @@ def _env_proxy(url: str) -> str | None:
     return urllib.request.getproxies().get(parsed.scheme)
 
 
+async def _read_upto(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body to its end, or its first ``limit`` + 1 bytes when it is longer (the caller tells which)."""
+    blocks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        block = await response.content.read(limit + 1 - size)
+        if not block:
+            break
+        blocks.append(block)
+        size += len(block)
+    return b"".join(blocks)
+
+
 async def _events(response: aiohttp.ClientResponse, line_limit: int) -> AsyncIterator[bytes]:
     """The data of each server-sent event line (``data: ...``); comments and other fields are skipped."""
-    pending = b""
+    partial: list[bytes] = []  # the line being received, in pieces: joined once it ends (no quadratic copying)
+    size = 0
     async for block in response.content.iter_any():
-        pending += block
-        lines = pending.split(b"\n")
-        pending = lines.pop()
-        if len(pending) > line_limit:
+        if b"\n" in block:
+            lines = b"".join([*partial, block]).split(b"\n")
+            tail = lines.pop()
+            partial, size = [tail], len(tail)
+        else:
+            lines = []
+            partial.append(block)
+            size += len(block)
+        if size > line_limit:
             raise PlannerAnswerTooLarge(f"the planner server sent an event line longer than {line_limit} bytes; "
                                         "reading stopped", limit=line_limit)
         for line in lines:
             if line.startswith(b"data:"):
                 yield line[5:].strip()
+    pending = b"".join(partial)
     if pending.startswith(b"data:"):
         yield pending[5:].strip()
 
@@ -178,7 +202,7 @@ async def _events(response: aiohttp.ClientResponse, line_limit: int) -> AsyncIte
 async def _status_error(response: aiohttp.ClientResponse) -> tuple[Exception, float | None]:
     """The typed error for a failed status, with the server's message, and the wait it asks for."""
     try:
-        raw = await response.content.read(MAX_ERROR_BODY_BYTES)
+        raw = (await _read_upto(response, MAX_ERROR_BODY_BYTES))[:MAX_ERROR_BODY_BYTES]
     except (TimeoutError, aiohttp.ClientError):
         raw = b""
     finally:
