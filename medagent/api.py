@@ -38,6 +38,8 @@ from medagent.tools.spec import Tool
 from medagent.workflows.agent_loop import TOKEN_EVENTS, AgentLoop, LoopSettings
 from medagent.workflows.checkpoint import open_checkpointer
 
+INTERRUPT = "__interrupt__"  # the key of a run's stopping interrupts in LangGraph's streamed state (private there)
+
 EventKind = Literal["token", "tool_started", "tool_finished", "approval_requested", "answer", "error"]
 
 
@@ -151,6 +153,16 @@ class Agent:
             check_name(owner, "the owner id")
         return Session(self, session_id or uuid.uuid4().hex[:12], owner)
 
+    def scratch_session(self, *, owner: str | None = None) -> Session:
+        """A session for one piece of work, e.g. one study case: its id is new and random (a whole uuid4), so no
+        other session object uses it unless handed the id, and it reads its state from what its own runs ended
+        with instead of from the checkpointer (a read per call saved). ``delete()`` it when done."""
+        if self._graph is None:
+            raise RuntimeError("start the agent first (async with Agent(...) as agent)")
+        if owner is not None:
+            check_name(owner, "the owner id")
+        return Session(self, uuid.uuid4().hex, owner, scratch=True)
+
 
 class Session:
     """One conversation. Isolated from other sessions; its state lives in the checkpointer under its id.
@@ -161,12 +173,16 @@ class Session:
     one checkpoint database are not coordinated: give each process its own sessions.
     """
 
-    def __init__(self, agent: Agent, session_id: str, owner: str | None = None) -> None:
+    def __init__(self, agent: Agent, session_id: str, owner: str | None = None, *, scratch: bool = False) -> None:
         self.agent = agent
         self.id = session_id
         self.owner = owner
         self._new_images: list[str] = []
         self._error: MedagentError | None = None
+        # a scratch session (Agent.scratch_session): the state its last run ended with, which is the stored one as
+        # nobody else runs it; None when unknown (after an interrupt or an error): read from the checkpointer
+        self._scratch = scratch
+        self._known: dict[str, Any] | None = {} if scratch else None
 
     @property
     def _config(self) -> dict[str, Any]:
@@ -174,6 +190,8 @@ class Session:
 
     async def _values(self) -> dict[str, Any]:
         """The session's stored state, if this owner may see it (a session not yet used is empty: anyone's)."""
+        if self._known is not None:
+            return dict(self._known)
         values = dict((await self.agent._graph.aget_state(self._config)).values)
         if values and values.get("owner") != self.owner:
             raise SessionNotFound("no such session")
@@ -191,6 +209,8 @@ class Session:
         async with self.agent.session_lock(self.id):
             await self._values()  # another owner's session: SessionNotFound, nothing deleted
             await self.agent._graph.checkpointer.adelete_thread(self.id)
+        if self._scratch:
+            self._known = {}
         self._new_images.clear()
         self._error = None
 
@@ -299,20 +319,31 @@ class Session:
     async def _run_locked(self, graph_input: Any) -> AsyncIterator[Event]:
         graph = self.agent._graph
         before = len((await self.state()).get("tool_records", []))
+        # the state after each step comes with the stream: the last one is the stored state, unless the run stopped
+        # for an approval (then the stream's carries the interrupt) or on an error
+        values: dict[str, Any] | None = None
+        interrupts: tuple[Any, ...] = ()
+        self._known = None
         try:
-            async for mode, chunk in graph.astream(graph_input, self._config, stream_mode=["custom", "updates"],
+            async for mode, chunk in graph.astream(graph_input, self._config, stream_mode=["custom", "values"],
                                                    durability=self.agent._durability):
                 if mode == "custom":
                     yield Event(kind=chunk.pop("event"), data=chunk)
+                else:
+                    values = chunk
+                    interrupts = interrupts or chunk.get(INTERRUPT, ())
         except MedagentError as exc:
             self._error = exc
             yield Event(kind="error", data=exc.to_dict())
             return
-        snapshot = await graph.aget_state(self._config)
-        if snapshot.interrupts:
-            yield Event(kind="approval_requested", data=dict(snapshot.interrupts[0].value))
+        if values is None:  # nothing ran (e.g. proceed() on a finished run): the stored state as it is
+            snapshot = await graph.aget_state(self._config)
+            values, interrupts = snapshot.values, snapshot.interrupts
+        if interrupts:
+            yield Event(kind="approval_requested", data=dict(interrupts[0].value))
             return
-        values = snapshot.values
+        if self._scratch:
+            self._known = values
         yield Event(kind="answer", data={"text": values.get("answer"), "model": values.get("model"),
                                          "tool_calls": values.get("tool_records", [])[before:]})
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 import time
@@ -365,7 +364,7 @@ class StudyRunner:
             if not item.case.images:
                 raise PreconditionFailed("this case has no image to run the graph on", case=item.key)
             if isinstance(self.config.graph, AgentLoopGraph):
-                return await self._agent_case(run_id, item, seed, started)
+                return await self._agent_case(item, seed, started)
             image_ids = [case_image_id(self.toolbox, item.attached, path, self._modality) for path in item.case.images]
             outcome = await self._pipeline().run(image_ids[0], item.case.case_id)
         except Exception as exc:  # a case's failure is recorded, typed; the run goes on
@@ -384,7 +383,8 @@ class StudyRunner:
             latency_s=time.perf_counter() - started, expert_weights=expert_weights(outputs),
         ), [], calls
 
-    async def _agent_case(self, run_id: str, item: _WorkItem, seed: int, started: float) -> tuple[CaseResult, list[dict[str, Any]], list[ToolCallRecord]]:
+    async def _agent_case(self, item: _WorkItem, seed: int, started: float) -> tuple[CaseResult, list[dict[str, Any]],
+                                                                                 list[ToolCallRecord]]:
         from medagent.api import Agent, AgentConfig
 
         assert isinstance(self.config.graph, AgentLoopGraph)
@@ -397,8 +397,7 @@ class StudyRunner:
                               settings=self.settings, toolbox=self.toolbox,
                               planner=await _build_planner(spec, self.planners, self.config.targets))
                 self._agents[(item.arm, seed)] = await agent.start()
-        # case keys are data and run ids take up to the whole name length: both hashed into a safe session id
-        session = agent.session(hashlib.sha256(f"{run_id}\0{item.key}\0{item.repeat}".encode()).hexdigest()[:32])
+        session = agent.scratch_session()  # one conversation per case, read back from what its run ended with
         try:
             for path in item.case.images:  # content-addressed: the artifacts already stored are reused
                 stored = stored_image(self.toolbox, item.attached, path)

@@ -67,7 +67,7 @@ class VqaCaseRunner:
             calls, evidence = await self._expert_steps(self.experts(arm), image_ids)
         elif self.graph.mode == "agent":
             assert agent_for is not None
-            calls, evidence, transcript = await self._agent(run_id, arm, question, repeat, seed, image_ids, memory,
+            calls, evidence, transcript = await self._agent(arm, question, seed, image_ids, memory,
                                                             agent_for)
         messages = self._messages(settings.prompt or self.graph.instructions, question, image_ids, memory, evidence,
                                   planner)
@@ -164,12 +164,11 @@ class VqaCaseRunner:
                 evidence.append(fence_tool_result(f"{step.tool} on {image_id}", payload))
         return calls, evidence
 
-    async def _agent(self, run_id: str, arm: str, question: Question, repeat: int, seed: int, image_ids: list[str],
+    async def _agent(self, arm: str, question: Question, seed: int, image_ids: list[str],
                      memory: list[dict[str, Any]], agent_for: AgentFactory
                      ) -> tuple[list[ToolCallRecord], list[str], list[Message]]:
         agent = await agent_for(arm, seed, self.experts(arm))
-        session = agent.session(hashlib.sha256(f"{run_id}\0{arm}\0{question.question_id}\0{repeat}".encode())
-                                .hexdigest()[:32])  # a fresh conversation per question, always
+        session = agent.scratch_session()  # a fresh conversation per question, always
         try:
             for image_id in image_ids:
                 session.attach_stored(image_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -57,6 +58,8 @@ def _lung_tool(expert: Expert[Any, Any]) -> Tool[ImageInput, LungLocalization]:
 
 MAX_ATTACHED_REMEMBERED = 4096  # files whose artifact is kept to answer a repeated attach at once
 _EXPERTS_EXTRA = "pip install 'medagent[experts]'"
+READINESS_TTL_S = 1.0  # how long a tool's readiness check (its files on disk) holds when offering tools
+
 # The packages each built-in tool needs beyond medagent's core; checked without importing them.
 BUILTIN_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "classify_chest_xray": ("torch", "torchxrayvision"),
@@ -128,6 +131,9 @@ class Toolbox:
         # study of 100k images attaches each once
         self._attached: OrderedDict[tuple[str, int, int, int, int, str | None], Artifact] = OrderedDict()
         self._attach_lock = threading.Lock()
+        # a file put in place (weights, an index) is seen within this time, without a look at the disk per step
+        self.readiness_ttl_s = READINESS_TTL_S
+        self._readiness: dict[str, tuple[Tool[Any, Any], float, bool]] = {}
 
     def _register_plugins(self) -> None:
         self.register_provided(*discover_plugins(self.settings))
@@ -220,7 +226,16 @@ class Toolbox:
 
     def offered_tools(self, summaries: dict[str, dict[str, Any]]) -> list[str]:
         """Tools worth offering a planner: ready to run and suited to at least one attached image."""
-        return [tool.name for tool in self.registry.tools() if self._suits_images(tool, summaries) and tool.ready()]
+        return [tool.name for tool in self.registry.tools() if self._suits_images(tool, summaries) and self._ready(tool)]
+
+    def _ready(self, tool: Tool[Any, Any]) -> bool:
+        """``tool.ready()`` as checked at most ``readiness_ttl_s`` ago: it looks for weights and index files on disk
+        (several stats), and hundreds of cases in flight ask at every planner step."""
+        now = time.monotonic()
+        checked = self._readiness.get(tool.name)
+        if checked is None or checked[0] is not tool or now - checked[1] >= self.readiness_ttl_s:
+            checked = self._readiness[tool.name] = (tool, now, bool(tool.ready()))
+        return checked[2]
 
     def _suits_images(self, tool: Tool[Any, Any], summaries: dict[str, dict[str, Any]]) -> bool:
         if not reads_images(tool.input_model):  # e.g. a score from bedside findings: no image to suit

@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypedDict
 
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import interrupt
+from langgraph.types import Command, interrupt
 
 from medagent.agents.planner import Message, Planner, PlannerTurn, ToolCall
 from medagent.agents.prompts import (
@@ -97,20 +97,21 @@ class AgentLoop:
 
     def compile(self, checkpointer: Any = None) -> Any:
         graph = StateGraph(AgentState)
-        graph.add_node("planner", self.planner_node)
+        # the planner node routes itself (Command goto): a conditional edge would cost every step a runnable of its own
+        graph.add_node("planner", self.planner_node, destinations=("tools", END))
         graph.add_node("tools", self.tools_node)
         graph.add_edge(START, "planner")
-        graph.add_conditional_edges("planner", self.route, {"tools": "tools", "end": END})
         graph.add_edge("tools", "planner")
         return graph.compile(checkpointer=checkpointer)
 
-    @staticmethod
-    async def route(state: AgentState) -> str:  # async: LangGraph would run a sync router in a thread
-        return "tools" if state["messages"][-1].get("tool_calls") else "end"
-
     # -- planner ---------------------------------------------------------------------------
 
-    async def planner_node(self, state: AgentState) -> dict[str, Any]:
+    async def planner_node(self, state: AgentState) -> Command[str]:
+        """The planner's turn: an answer ends the run, admitted tool calls go to the tools node."""
+        update = await self._planner_turn(state)
+        return Command(update=update, goto="tools" if update["messages"][-1].get("tool_calls") else END)
+
+    async def _planner_turn(self, state: AgentState) -> dict[str, Any]:
         # a new question starts every count afresh, also after a question that ended in an error
         fresh = (state.get("messages") or [{}])[-1].get("role") == "user"
         steps = 1 if fresh else state.get("steps", 0) + 1
