@@ -51,12 +51,13 @@ def _config(settings: Settings) -> AgentConfig:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("approved", [True, False])
+@pytest.mark.parametrize("scratch", [False, True], ids=["session", "scratch-session"])
 async def test_tools_needing_approval_pause_until_a_human_decides(settings: Settings, nih_images: list[Path],
-                                                                  approved: bool) -> None:
+                                                                  approved: bool, scratch: bool) -> None:
     planner = _first_then_answer("send_report")
     async with Agent(_config(settings), settings=settings, planner=planner) as agent:
         agent.toolbox.registry.register(_tool("send_report", approval=True))
-        session = agent.session()
+        session = agent.scratch_session() if scratch else agent.session()
         await session.attach(nih_images[0], "DX")
         paused = await session.ask("Send the report")
         assert paused.text is None and paused.pending_approval is not None
@@ -67,6 +68,8 @@ async def test_tools_needing_approval_pause_until_a_human_decides(settings: Sett
         assert record["ok"] is approved
         if not approved:
             assert record["error"]["code"] == "approval_rejected"
+        # a scratch session read the paused run back from the checkpointer: the resumed run's messages are all there
+        assert [m["role"] for m in await session.history()] == ["user", "assistant", "tool", "assistant"]
 
 
 @pytest.mark.asyncio

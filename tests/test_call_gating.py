@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from langgraph.types import Command
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medagent.agents.scripted import PlannerRequest, ScriptedPlanner, tool_call
@@ -185,8 +186,9 @@ async def test_an_approval_with_no_call_waiting_for_it_runs_nothing(settings: Se
             step = {"role": "assistant", "content": "", "tool_calls": [
                 {"id": call["id"], "type": "function",
                  "function": {"name": call["name"], "arguments": call["arguments"]}}]}
-            await graph.aupdate_state(config, {"messages": [step], "steps": 1, "refusals": [None],
-                                               "offered": ["free", "guarded"]}, as_node="planner")
+            await graph.aupdate_state(config, Command(update={"messages": [step], "steps": 1, "refusals": [None],
+                                                              "offered": ["free", "guarded"]}, goto="tools"),
+                                      as_node="planner")  # the planner node routes itself with a Command
             assert await session.unfinished()
         ran.clear()
         with pytest.raises(NoApprovalPending) as caught:

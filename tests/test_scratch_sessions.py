@@ -1,5 +1,5 @@
-"""Scratch sessions (one study case each) read nothing back from the checkpointer, yet answer, keep their
-conversation and pause for approvals as any session does; a tool's readiness is looked up on disk at most once
+"""Scratch sessions (one study case each) read nothing back from the checkpointer, yet answer and keep their
+conversation as any session does (approvals: tests/test_agent_loop.py); a tool's readiness is looked up on disk at most once
 per ``readiness_ttl_s`` while tools are offered."""
 
 from __future__ import annotations
@@ -86,26 +86,6 @@ async def test_a_scratch_session_answers_keeps_its_conversation_and_reads_no_sta
         assert await session.history() == []
         assert not (await agent._graph.aget_state({"configurable": {"thread_id": session.id}})).values
         assert len(session.id) == 32 and session.id != agent.scratch_session().id
-
-
-@pytest.mark.asyncio
-@pytest.mark.parametrize("approved", [True, False])
-async def test_a_scratch_session_pauses_for_approval_and_resumes(settings: Settings, nih_images: list[Path],
-                                                                 approved: bool) -> None:
-    async with Agent(AgentConfig(checkpoint_url="memory://"), settings=settings,
-                     planner=_note_then_answer("send_report")) as agent:
-        agent.toolbox.registry.register(_note_tool("send_report", approval=True))
-        session = agent.scratch_session()
-        await session.attach(nih_images[0], "DX")
-        paused = await session.ask("Send the report")
-        assert paused.text is None and paused.pending_approval is not None
-        assert paused.pending_approval["tool"] == "send_report"
-        finished = await session.approve(approved)
-        assert finished.text == "answer 1"
-        (record,) = finished.tool_calls
-        assert record["ok"] is approved
-        # after the pause the state was read back from the checkpointer: the resumed run's messages are all there
-        assert [m["role"] for m in await session.history()] == ["user", "assistant", "tool", "assistant"]
 
 
 @pytest.mark.asyncio
