@@ -40,7 +40,9 @@ IMAGE = Path(os.environ.get("MEDAGENT_SHARED_DATA", REPO.parent / "shared" / "da
     "00000001_000.png"
 
 
-async def _run(folder: Path, endpoint: str, cases: int, concurrency: int, name: str) -> tuple[float, float]:
+async def _run(folder: Path, endpoint: str, cases: int, concurrency: int, name: str,
+               workers: int = 0) -> tuple[float, float]:
+    """``workers``: worker processes (executor: processes); 0: the cases run in this process."""
     manifest = folder / "manifest.csv"
     with manifest.open("w", newline="") as stream:
         writer = csv.writer(stream)
@@ -52,19 +54,25 @@ planners:
 graph: {{type: agent_loop, question: "Describe the image."}}
 dataset: {{type: manifest, path: manifest.csv, modality: DX, columns: {{path: path, case_id: case_id}}}}
 concurrency: {{cases: {concurrency}, per_planner_endpoint: {concurrency}}}
-"""
+""" + (f"executor: {{type: processes, workers: {workers}}}\n" if workers else "")
     config = parse_study(text, str(folder / f"{name}.yaml"))
     settings = Settings(home=folder / "home")
     with StudyStore.open(None, settings.home) as store:
         started = None
         async for event in run_study(config, store=store, settings=settings, run_id=name):
             if event.kind == "started":
-                started, cpu_started = time.perf_counter(), time.process_time()
+                started, cpu_started = time.perf_counter(), _cpu()
         assert started is not None
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        elapsed, cpu = time.perf_counter() - started, _cpu() - cpu_started
         statuses = {case.status for case in store.cases(name)}
         assert statuses == {"succeeded"}, statuses
     return elapsed, cpu
+
+
+def _cpu() -> float:
+    """This process's CPU time and that of its children that ended (worker processes, start-up included)."""
+    spent = os.times()
+    return spent.user + spent.system + spent.children_user + spent.children_system
 
 
 @contextlib.contextmanager
@@ -82,15 +90,15 @@ def _server(latency: float, capacity: int, answer: str | None = None) -> Iterato
         process.wait(timeout=10)
 
 
-async def main(cases: int, latency: float, capacity: int, sequential_cases: int) -> dict[str, Any]:
+async def main(cases: int, latency: float, capacity: int, sequential_cases: int, workers: int = 0) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp())
     with _server(latency, capacity) as url:
         await _run(folder, url, 2, 2, "warm-up")  # imports and first loads happen once per process
         # as many cases in flight as a study may have (MAX_CONCURRENCY): enough to keep every server slot busy
-        concurrent, concurrent_cpu = await _run(folder, url, cases, min(cases, MAX_CONCURRENCY), "concurrent")
+        concurrent, concurrent_cpu = await _run(folder, url, cases, min(cases, MAX_CONCURRENCY), "concurrent", workers)
         sequential, _ = await _run(folder, url, sequential_cases, 1, "sequential")
     ideal = math.ceil(cases / capacity) * latency
-    return {"cases": cases, "latency_s": latency, "capacity": capacity,
+    return {"cases": cases, "latency_s": latency, "capacity": capacity, "worker_processes": workers,
             "concurrent_wall_s": round(concurrent, 2), "ideal_wall_s": ideal,
             "client_cpu_ms_per_case": round(concurrent_cpu / cases * 1000, 1),
             "efficiency": round(ideal / concurrent, 3),
@@ -106,6 +114,8 @@ if __name__ == "__main__":
     parser.add_argument("--latency", type=float, default=1.0)
     parser.add_argument("--capacity", type=int, default=16)
     parser.add_argument("--sequential-cases", type=int, default=8, help="cases in the one-at-a-time baseline")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="worker processes for the concurrent run (executor: processes); 0: this process alone")
     arguments = parser.parse_args()
     print(json.dumps(asyncio.run(main(arguments.cases, arguments.latency, arguments.capacity,
-                                      arguments.sequential_cases)), indent=2))
+                                      arguments.sequential_cases, arguments.workers)), indent=2))

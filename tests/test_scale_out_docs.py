@@ -126,12 +126,15 @@ def test_the_guides_commands_name_real_commands_and_options() -> None:
 def test_the_guides_yaml_examples_load() -> None:
     from medagent.agents.planner import PlannerConfig
     from medagent.remote.ray_config import parse_deployment, serve_config
-    from medagent.studies.config import ExecutorSpec
+    from medagent.studies.config import ConcurrencySpec, ExecutorSpec
 
     examples = dict(_CHECKED.findall(GUIDE.read_text()))
-    assert set(examples) == {"executor", "expert-deployment", "planner-replicas"}, set(examples)
+    assert set(examples) == {"executor", "worker-processes", "expert-deployment", "planner-replicas"}, set(examples)
     study = yaml.safe_load(examples["executor"])
     assert ExecutorSpec.model_validate(study["executor"]).type == "ray"
+    local = yaml.safe_load(examples["worker-processes"])
+    assert ExecutorSpec.model_validate(local["executor"]).type == "processes"
+    ConcurrencySpec.model_validate(local["concurrency"])
     deployment = parse_deployment(yaml.safe_load(examples["expert-deployment"]))
     assert serve_config(deployment)["applications"]  # checked by Ray Serve's own schema inside
     planners = yaml.safe_load(examples["planner-replicas"])["planners"]

@@ -143,16 +143,18 @@ _RAY_ADDRESS = re.compile(r"auto|(ray://)?([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-
 
 
 class ExecutorSpec(_Strict):
-    """Where cases run: in this process (``local``), or as calls to case workers on a Ray cluster (``ray``;
-    docs/scale-out.md). ``executor: ray`` is short for ``{type: ray}``. Not part of the configuration hash: a run
-    started on a cluster may be resumed in one process, and the other way round."""
+    """Where cases run: in this process (``local``), in worker processes of this machine (``processes``), or as
+    calls to case workers on a Ray cluster (``ray``; docs/scale-out.md). ``executor: ray`` is short for
+    ``{type: ray}``. Not part of the configuration hash: a run started on a cluster may be resumed in one process,
+    and the other way round."""
 
-    type: Literal["local", "ray"] = "local"
+    type: Literal["local", "processes", "ray"] = "local"
     address: str | None = Field(default=None, max_length=300, description=(
         "ray: auto (the cluster this machine belongs to), HOST:PORT of the head node, or ray://HOST:PORT "
         "(Ray Client); default auto"))
     workers: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY, description=(
-        "ray: case workers (one CPU each, spread over the nodes); default one per CPU of the cluster"))
+        "ray: case workers (one CPU each, spread over the nodes); default one per CPU of the cluster. processes: "
+        "worker processes on this machine; default one per CPU"))
 
     @model_validator(mode="before")
     @classmethod
@@ -167,9 +169,11 @@ class ExecutorSpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _ray_only(self) -> ExecutorSpec:
-        if self.type == "local" and (self.address is not None or self.workers is not None):
-            raise ValueError("address and workers are settings of executor type ray")
+    def _settings_of_the_type(self) -> ExecutorSpec:
+        if self.type != "ray" and self.address is not None:
+            raise ValueError("address is a setting of executor type ray")
+        if self.type == "local" and self.workers is not None:
+            raise ValueError("workers is a setting of executor types processes and ray")
         return self
 
 

@@ -44,6 +44,7 @@ from medagent.tools.invoke import ToolCallRecord, label_probabilities
 from medagent.tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
+    from medagent.studies.process_executor import ProcessCases
     from medagent.studies.ray_executor import RayCases
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class StudyProgress(BaseModel):
     repeat: int | None = None
     status: str | None = None
     attempts: int | None = None  # 2: the case's first worker died and it ran again (executor: ray)
-    node_id: str | None = None  # the Ray node that ran the case (executor: ray)
+    node_id: str | None = None  # the Ray node (executor: ray) or the worker process, pid-N (processes), of the case
 
 
 @dataclass
@@ -217,7 +218,7 @@ class StudyRunner:
         # everything that can be refused (ids, the dataset, served planners) is checked before the run's row exists
         items = self.work(limit)
         await check_planner_endpoints(self.config)
-        cluster = await self._cluster() if self.config.executor.type == "ray" else None
+        cluster = await self._cluster() if self.config.executor.type != "local" else None
         try:
             with heap_frozen():
                 async with contextlib.aclosing(self._lease_and_run(run_id, items, resume=resume, force=force,
@@ -228,14 +229,19 @@ class StudyRunner:
             if cluster is not None:
                 await cluster.aclose()
 
-    async def _cluster(self) -> RayCases:
-        """The study's case workers on its Ray cluster (refusals come before the run's row exists)."""
+    async def _cluster(self) -> RayCases | ProcessCases:
+        """The study's case workers: processes of this machine or on its Ray cluster (refusals come before the
+        run's row exists)."""
+        if self.config.executor.type == "processes":
+            from medagent.studies.process_executor import ProcessCases
+
+            return await ProcessCases.open(self)
         from medagent.studies.ray_executor import RayCases
 
         return await RayCases.open(self)
 
     async def _lease_and_run(self, run_id: str | None, items: list[_WorkItem], *, resume: bool, retry_failed: bool,
-                             force: bool, cluster: RayCases | None) -> AsyncGenerator[StudyProgress, None]:
+                             force: bool, cluster: RayCases | ProcessCases | None) -> AsyncGenerator[StudyProgress, None]:
         digest = config_hash(self.config)
         dumped = self.config.model_dump(mode="json", by_alias=True)
         owner = new_owner()
@@ -271,7 +277,7 @@ class StudyRunner:
             await asyncio.to_thread(self.store.renew_lease, run_id, owner, self.lease_ttl_s)
 
     async def _run_items(self, run_id: str, items: list[_WorkItem], retry_failed: bool, keeper: asyncio.Task[None],
-                         cluster: RayCases | None = None) -> AsyncGenerator[StudyProgress, None]:
+                         cluster: RayCases | ProcessCases | None = None) -> AsyncGenerator[StudyProgress, None]:
         finished = await asyncio.to_thread(self.store.completed_keys, run_id)
         failed_before = await asyncio.to_thread(self.store.failed_keys, run_id)
         skip = finished | (set() if retry_failed else failed_before)
