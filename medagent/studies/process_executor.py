@@ -11,7 +11,7 @@ into the same artifact store under the same de-identification key, so the ids ar
 
 A worker that dies fails the cases it had in flight; each is sent once more, to a worker still alive, and recorded
 with ``attempts = 2``; a second loss records the case as failed (``worker_lost``). Each worker loads its own
-experts: share a GPU model between workers by serving it (``medagent experts serve``) and naming it remotely.
+experts: share a GPU model between workers by serving it (``medagent expert serve``) and naming it remotely.
 """
 
 from __future__ import annotations
